@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from vit_explore.testing import VARIANTS, tiny_vit
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def input_for(model, batch=3, seed=0, size=None):
+    g = torch.Generator().manual_seed(seed)
+    h, w = size or model.patch_embed.img_size
+    return torch.randn(batch, 3, h, w, generator=g)
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def variant(request):
+    return request.param
+
+
+@pytest.fixture
+def model(variant):
+    return tiny_vit(variant)
+
+
+@pytest.fixture
+def x(model):
+    return input_for(model)

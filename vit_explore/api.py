@@ -1,0 +1,85 @@
+"""The public entry point ``explain``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .capture.adapters import inspect_vit
+from .capture.session import Needs, capture
+from .explainers._registry import ExplainerResult, get_explainer
+from .explanation import Explanation
+from .inputs import ImageLike, as_batch, check_tensor
+from .targets import TargetLike, resolve_target
+
+
+def explain(
+    model: nn.Module,
+    x: ImageLike,
+    method: str = "rollout",
+    target: TargetLike = None,
+    **params: Any,
+) -> Explanation:
+    """Explain the predictions of a timm ViT on a batch of images.
+
+    Args:
+        model: any timm ``VisionTransformer`` (CLS, distilled, register tokens, average pool).
+        x: a preprocessed (B, 3, H, W) float tensor, or a PIL image / (H, W, 3) uint8 array
+            (or a list of them), then preprocessed with the model's own data config.
+        method: a key of ``list_methods()``.
+        target: None (top-1 per image), an int, or one int per image.
+        **params: method parameters (see each method's docstring).
+
+    Returns:
+        An ``Explanation`` with ``patch_map`` (B, gh, gw) and ``heatmap()``.
+
+    Example:
+        >>> ex = explain(model, x, method="rollout", start_layer=1)  # doctest: +SKIP
+    """
+    spec = get_explainer(method)
+    bound = spec.bind(params)
+    info = inspect_vit(model)
+    xb = as_batch(model, x)
+    if spec.kind == "trace":  # capture() validates the batch itself
+        trace = capture(model, xb, spec.needs_for(bound), target=target, score=bound.get("score", "logit"), info=info)
+        out = spec.fn(trace, **bound)
+        logits, tgt, layout = trace.logits, trace.target, trace.layout
+    else:
+        xb = check_tensor(info, xb, model)
+        out = spec.fn(model, xb, target=target, info=info, **bound)
+        if not isinstance(out, ExplainerResult) or out.logits is None or out.layout is None:
+            raise TypeError(f"model-level explainer {method!r} must return an ExplainerResult with logits and layout")
+        logits, layout = out.logits, out.layout
+        tgt = out.target if out.target is not None else resolve_target(target, logits)
+    result = out if isinstance(out, ExplainerResult) else ExplainerResult(out)
+    pm = result.patch_map
+    if pm.shape != (xb.shape[0], *layout.grid):
+        raise RuntimeError(f"{method} returned a map of shape {tuple(pm.shape)}, expected {(xb.shape[0], *layout.grid)}")
+    return Explanation(
+        patch_map=pm.detach().to(torch.float32),
+        target=tgt,
+        logits=logits,
+        method=method,
+        params=bound,
+        layout=layout,
+        extras=dict(result.extras),
+    )
+
+
+def attention_maps(
+    model: nn.Module, x: ImageLike, query: int | tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Every block's and head's attention map from a single pass: (B, L, H, gh, gw).
+
+    Args:
+        model: a timm ViT.
+        x: images, as for ``explain``.
+        query: None for the read-out row (CLS), or a patch index / (row, col) cell whose
+            attention row to return.
+    """
+    from .explainers.raw_attention import attention_stack
+
+    trace = capture(model, as_batch(model, x), Needs(attn=True))
+    return attention_stack(trace, query)

@@ -1,0 +1,133 @@
+"""Recognise a timm Vision Transformer and find its attention modules.
+
+This and ``session.py`` are the only modules that touch ``nn.Module`` internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .layout import Readout
+
+_ATTN_ATTRS = ("qkv", "attn_drop", "num_heads", "scale", "fused_attn")
+
+
+@dataclass(frozen=True)
+class ViTInfo:
+    """What capture needs to know about a model.
+
+    Attributes:
+        attns: the attention module of every block, in order (L entries).
+        num_prefix: ``model.num_prefix_tokens``.
+        num_reg: register tokens.
+        readout: read-out rule of the classifier (see ``TokenLayout``).
+        patch_size: ``(ph, pw)``.
+        img_size: the fixed input size, or None when the model takes any size.
+        in_chans: input channels of the patch embedding.
+        num_classes: classifier outputs.
+    """
+
+    attns: tuple[nn.Module, ...]
+    num_prefix: int
+    num_reg: int
+    readout: Readout
+    patch_size: tuple[int, int]
+    img_size: tuple[int, int] | None
+    dynamic_pad: bool
+    in_chans: int
+    num_classes: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.attns)
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    return (int(v[0]), int(v[1]))
+
+
+def inspect_vit(model: object) -> ViTInfo:
+    """Check that ``model`` is a supported timm ViT and describe it.
+
+    Raises:
+        UnsupportedModelError: not an ``nn.Module``, not a timm VisionTransformer,
+            a block without a separate timm ``Attention``, or an unsupported pooling.
+    """
+    name = type(model).__name__
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"expected a timm VisionTransformer (torch.nn.Module), got {name}; "
+            "create one with timm.create_model('vit_...') or vit_explore.load_model()."
+        )
+    missing = [a for a in ("patch_embed", "blocks", "num_prefix_tokens", "head") if not hasattr(model, a)]
+    if missing:
+        raise UnsupportedModelError(
+            f"expected a timm VisionTransformer (with patch_embed, blocks, num_prefix_tokens, head), "
+            f"got {name}, which lacks {', '.join(missing)}. Only Vision Transformers can be explained; "
+            "CNNs and hybrid models are not supported."
+        )
+    attns = []
+    for i, blk in enumerate(model.blocks):
+        attn = getattr(blk, "attn", None)
+        if attn is None or any(not hasattr(attn, a) for a in _ATTN_ATTRS):
+            got = type(attn).__name__ if attn is not None else "no .attn"
+            raise UnsupportedModelError(
+                f"block {i} is a {type(blk).__name__} ({got}); capture expects blocks with a timm "
+                "Attention at .attn (qkv, attn_drop, fused_attn), as in Block, ResPostBlock and "
+                "LayerScale blocks. ParallelScalingBlock and other fused block types are not supported."
+            )
+        attns.append(attn)
+    if not attns:
+        raise UnsupportedModelError(f"{name} has no transformer blocks")
+
+    pool = getattr(model, "global_pool", "token")
+    num_reg = int(getattr(model, "num_reg_tokens", 0) or 0)
+    distilled = getattr(model, "dist_token", None) is not None and hasattr(model, "head_dist")
+    if pool == "token":
+        if not getattr(model, "has_class_token", True) and getattr(model, "cls_token", None) is None:
+            raise UnsupportedModelError(f"{name} pools by token but has no class token")
+        readout: Readout = "cls_dist" if distilled else "cls"
+    elif pool == "avg":
+        readout = "avg_all" if getattr(model, "pool_include_prefix", False) else "avg"
+    else:
+        raise UnsupportedModelError(
+            f"global_pool={pool!r} is not supported; expected 'token' (class token) or 'avg' "
+            "(global average pool). Attention-pool ('map') and max pooling have no linear read-out row."
+        )
+
+    pe = model.patch_embed
+    patch_size = _pair(getattr(pe, "patch_size", 16))
+    dynamic = bool(getattr(model, "dynamic_img_size", False)) or not getattr(pe, "strict_img_size", True)
+    img_size = None if dynamic or getattr(pe, "img_size", None) is None else _pair(pe.img_size)
+    proj = getattr(pe, "proj", None)
+    in_chans = int(getattr(proj, "in_channels", 3))
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    if num_classes <= 0:
+        raise UnsupportedModelError(
+            f"{name} has no classifier head (num_classes=0); explanations need class logits. "
+            "Create it with num_classes > 0."
+        )
+    return ViTInfo(
+        attns=tuple(attns),
+        num_prefix=int(model.num_prefix_tokens),
+        num_reg=num_reg,
+        readout=readout,
+        patch_size=patch_size,
+        img_size=img_size,
+        dynamic_pad=bool(getattr(pe, "dynamic_img_pad", False)),
+        in_chans=in_chans,
+        num_classes=num_classes,
+    )
+
+
+def grid_for(info: ViTInfo, height: int, width: int) -> tuple[int, int]:
+    """Patch grid of an input of ``height x width`` pixels."""
+    ph, pw = info.patch_size
+    if info.dynamic_pad:
+        return (-(-height // ph), -(-width // pw))
+    return (height // ph, width // pw)

@@ -1,0 +1,89 @@
+"""Token bookkeeping: prefix tokens, patch grid and read-out rows (methods.md §1.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Readout = Literal["cls", "cls_dist", "avg", "avg_all"]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the tokens of one captured pass sit.
+
+    Attributes:
+        num_prefix: ``T``, tokens before the patches (CLS, distillation, registers).
+        num_reg: register tokens among the prefix (never read out, never a patch).
+        grid: ``(gh, gw)`` patch grid of this input.
+        patch_size: ``(ph, pw)`` pixels per patch.
+        input_size: ``(H, W)`` of the input tensor.
+        readout: which query rows feed the classifier: ``"cls"`` (row 0),
+            ``"cls_dist"`` (mean of rows 0 and 1, DeiT distilled), ``"avg"`` (mean of
+            the patch rows, global-average-pool models) or ``"avg_all"`` (mean of all rows).
+    """
+
+    num_prefix: int
+    num_reg: int
+    grid: tuple[int, int]
+    patch_size: tuple[int, int]
+    input_size: tuple[int, int]
+    readout: Readout
+
+    @property
+    def num_patches(self) -> int:
+        """``P = gh * gw``."""
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        """``N = T + P``."""
+        return self.num_prefix + self.num_patches
+
+    def readout_weights(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """Weights (N,) over query rows whose weighted sum is the read-out row."""
+        w = torch.zeros(self.num_tokens, dtype=dtype, device=device)
+        if self.readout == "cls":
+            w[0] = 1.0
+        elif self.readout == "cls_dist":
+            w[:2] = 0.5
+        elif self.readout == "avg":
+            w[self.num_prefix :] = 1.0 / self.num_patches
+        else:
+            w[:] = 1.0 / self.num_tokens
+        return w
+
+    def readout_row(self, m: torch.Tensor) -> torch.Tensor:
+        """Read-out row of token-to-token matrices ``(..., N, N) -> (..., N)``."""
+        if self.readout == "cls":
+            return m[..., 0, :]
+        if self.readout == "cls_dist":
+            return 0.5 * (m[..., 0, :] + m[..., 1, :])
+        if self.readout == "avg":
+            return m[..., self.num_prefix :, :].mean(dim=-2)
+        return m.mean(dim=-2)
+
+    def patch_columns(self, v: torch.Tensor) -> torch.Tensor:
+        """Patch entries of token vectors, on the grid: ``(..., N) -> (..., gh, gw)``."""
+        if v.shape[-1] != self.num_tokens:
+            raise ValueError(f"expected {self.num_tokens} tokens in the last axis, got {v.shape[-1]}")
+        return v[..., self.num_prefix :].reshape(*v.shape[:-1], *self.grid)
+
+    def read(self, m: torch.Tensor) -> torch.Tensor:
+        """Read-out row of ``(..., N, N)`` matrices, patch columns, on the grid."""
+        return self.patch_columns(self.readout_row(m))
+
+    def query_row(self, m: torch.Tensor, patch: int) -> torch.Tensor:
+        """Row of patch ``patch`` (row-major index) of ``(..., N, N)``, patch columns, on the grid."""
+        if not 0 <= patch < self.num_patches:
+            raise ValueError(f"patch index {patch} is outside the {self.grid[0]}x{self.grid[1]} grid")
+        return self.patch_columns(m[..., self.num_prefix + patch, :])
+
+    def patch_index(self, row: int, col: int) -> int:
+        """Row-major patch index of grid cell ``(row, col)``."""
+        gh, gw = self.grid
+        if not (0 <= row < gh and 0 <= col < gw):
+            raise ValueError(f"grid cell ({row}, {col}) is outside the {gh}x{gw} grid")
+        return row * gw + col

@@ -1,0 +1,341 @@
+"""One forward (and optionally one backward) pass of a timm ViT, recorded into a ``Trace``.
+
+The model is never copied and never patched at class level: fused attention is switched
+off per attention module for the pass, hooks are registered per module, and everything
+(``fused_attn``, training flags, ``requires_grad``, hooks) is put back in ``finally``.
+See methods.md §1.2 for the design.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import CaptureError, InputError, suggest
+from ..inputs import check_tensor
+from ..targets import TargetLike, resolve_target, target_score
+from .adapters import ViTInfo, grid_for, inspect_vit
+from .layout import TokenLayout
+
+Score = Literal["logit", "prob", "log_prob"]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one pass must record. Only what is asked for is captured.
+
+    Attributes:
+        attn: attention probabilities ``A`` (B, H, N, N) of the blocks in ``layers``.
+        attn_grad: ``dy/dA`` for the same blocks (y = target score, summed over the batch).
+        scores: pre-softmax scores ``S = (q*scale) k^T`` (B, H, N, N) for the same blocks.
+        activations: outputs of modules, by name (``"blocks.11.norm1"``), (B, N, C).
+        activation_grads: gradients of the target score w.r.t. those outputs.
+        input_grad: gradient w.r.t. the input tensor (B, 3, H, W).
+        detach_attn_input: gradients do not flow back through the attention branch
+            into earlier blocks (AG-CAM's ``x.detach()`` at the attention input).
+        layers: blocks whose attention is recorded (None: all). Other blocks keep
+            their fused kernel.
+        grad_from_block: build the autograd graph only from this block's input on
+            (cheaper when only late gradients are needed, e.g. TAM).
+    """
+
+    attn: bool = False
+    attn_grad: bool = False
+    scores: bool = False
+    activations: tuple[str, ...] = ()
+    activation_grads: bool = False
+    input_grad: bool = False
+    detach_attn_input: bool = False
+    layers: tuple[int, ...] | None = None
+    grad_from_block: int | None = None
+
+    @property
+    def needs_grad(self) -> bool:
+        return self.attn_grad or self.activation_grads or self.input_grad
+
+    @property
+    def needs_unfused(self) -> bool:
+        return self.attn or self.attn_grad or self.scores
+
+    def union(self, other: Needs) -> Needs:
+        """The needs of two methods run from one pass."""
+        layers = None if self.layers is None or other.layers is None else tuple(sorted({*self.layers, *other.layers}))
+        gfb = None if self.grad_from_block is None or other.grad_from_block is None else min(
+            self.grad_from_block, other.grad_from_block
+        )
+        if self.detach_attn_input != other.detach_attn_input and (self.needs_grad and other.needs_grad):
+            raise CaptureError("cannot share one pass between methods with and without detached attention input")
+        return Needs(
+            attn=self.attn or other.attn,
+            attn_grad=self.attn_grad or other.attn_grad,
+            scores=self.scores or other.scores,
+            activations=tuple(dict.fromkeys(self.activations + other.activations)),
+            activation_grads=self.activation_grads or other.activation_grads,
+            input_grad=self.input_grad or other.input_grad,
+            detach_attn_input=self.detach_attn_input or other.detach_attn_input,
+            layers=layers,
+            grad_from_block=gfb,
+        )
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything one captured pass recorded. Tensors are detached.
+
+    Attributes:
+        logits: (B, C).
+        target: (B,) long, the class whose score was differentiated (argmax if not given).
+        layout: token layout of this input.
+        attn: L entries (B, H, N, N), None for blocks not recorded.
+        attn_grad: same layout as ``attn``, ``dy/dA``.
+        scores: same layout, pre-softmax scores.
+        activations: name -> (B, N, C) module outputs.
+        activation_grads: name -> gradient of the target score.
+        input: the (B, 3, H, W) tensor that was fed.
+        input_grad: its gradient, if asked.
+    """
+
+    logits: torch.Tensor
+    target: torch.Tensor
+    layout: TokenLayout
+    input: torch.Tensor
+    attn: tuple[torch.Tensor | None, ...] | None = None
+    attn_grad: tuple[torch.Tensor | None, ...] | None = None
+    scores: tuple[torch.Tensor | None, ...] | None = None
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    activation_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    input_grad: torch.Tensor | None = None
+    score: Score = "logit"
+
+    @property
+    def num_layers(self) -> int:
+        seq = self.attn if self.attn is not None else self.attn_grad
+        return len(seq) if seq is not None else 0
+
+    def attn_at(self, layer: int) -> torch.Tensor:
+        """Attention of block ``layer`` (negative counts from the end)."""
+        return _pick(self.attn, layer, "attn")
+
+    def attn_grad_at(self, layer: int) -> torch.Tensor:
+        return _pick(self.attn_grad, layer, "attn_grad")
+
+    def scores_at(self, layer: int) -> torch.Tensor:
+        return _pick(self.scores, layer, "scores")
+
+
+def _pick(seq, layer: int, what: str) -> torch.Tensor:
+    if seq is None:
+        raise CaptureError(f"this trace has no {what}; capture it with Needs({what}=True)")
+    if not -len(seq) <= layer < len(seq):
+        raise InputError(f"layer {layer} is out of range: the model has {len(seq)} blocks (0..{len(seq) - 1})")
+    t = seq[layer]
+    if t is None:
+        raise CaptureError(f"block {layer % len(seq)} was not recorded; add it to Needs(layers=...)")
+    return t
+
+
+class _SavedState:
+    """Training flags, ``requires_grad`` and ``fused_attn`` of a model, to put back later."""
+
+    _MISSING = object()
+
+    def __init__(self, model: nn.Module, attns: Sequence[nn.Module]) -> None:
+        self.training = [(m, m.training) for m in model.modules()]
+        self.requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        self.fused = [(a, a.__dict__.get("fused_attn", self._MISSING)) for a in attns]
+
+    def restore(self) -> None:
+        for m, flag in self.training:
+            m.training = flag
+        for p, flag in self.requires_grad:
+            p.requires_grad_(flag)
+        for a, old in self.fused:
+            if old is self._MISSING:
+                a.__dict__.pop("fused_attn", None)
+            else:
+                a.fused_attn = old
+
+
+def capture(
+    model: nn.Module,
+    x: torch.Tensor,
+    needs: Needs,
+    *,
+    target: TargetLike = None,
+    score: Score = "logit",
+    info: ViTInfo | None = None,
+) -> Trace:
+    """Run ``model`` once on ``x`` and record what ``needs`` asks for.
+
+    Args:
+        model: a timm VisionTransformer (any image/patch size, CLS, distilled, registers, GAP).
+        x: (B, C, H, W) float tensor, already preprocessed.
+        needs: what to record.
+        target: class(es) for the backward pass: None (top-1 per image), an int, or B ints.
+        score: differentiate the ``"logit"`` (default), the softmax ``"prob"`` or ``"log_prob"``.
+
+    Returns:
+        A ``Trace``. The model is left exactly as it was found, also when the pass raises.
+    """
+    info = info or inspect_vit(model)
+    x = check_tensor(info, x, model)
+    num_layers = info.num_layers
+    layers = tuple(range(num_layers)) if needs.layers is None else tuple(i % num_layers for i in needs.layers)
+    for i in needs.layers or ():
+        if not -num_layers <= i < num_layers:
+            raise InputError(f"layer {i} is out of range: the model has {num_layers} blocks (0..{num_layers - 1})")
+    gfb = needs.grad_from_block
+    if gfb is not None:
+        gfb %= num_layers
+    modules = dict(model.named_modules()) if needs.activations else {}
+    for name in needs.activations:
+        if name not in modules:
+            raise InputError(f"no module named {name!r} in {type(model).__name__}{suggest(name, modules)}")
+
+    record_attn = needs.attn or needs.attn_grad
+    attn_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    qkv_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    act_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.activations}
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    state = _SavedState(model, info.attns)
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for i in layers:
+            attn = info.attns[i]
+            if needs.needs_unfused:
+                attn.fused_attn = False
+            if record_attn:
+                handles.append(attn.attn_drop.register_forward_hook(_store_output(attn_store[i])))
+            if needs.scores:
+                handles.append(attn.qkv.register_forward_hook(_store_output(qkv_store[i], detach=True)))
+        if needs.detach_attn_input:
+            for attn in info.attns:
+                handles.append(attn.register_forward_pre_hook(_detach_first_arg))
+        if gfb is not None and needs.needs_grad:
+            handles.append(model.blocks[gfb].register_forward_pre_hook(_detach_first_arg))
+        for name in needs.activations:
+            handles.append(modules[name].register_forward_hook(_store_output(act_store[name])))
+
+        need_grad = needs.needs_grad
+        xin = x.detach()
+        if need_grad and (needs.input_grad or gfb is None):
+            xin = xin.clone().requires_grad_(True)
+        with torch.set_grad_enabled(need_grad):
+            logits = model(xin)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise CaptureError(
+                f"expected the model to return logits (B, num_classes), got "
+                f"{type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}"
+            )
+        for i in layers:
+            got = len(attn_store[i]) if record_attn else len(qkv_store[i]) if needs.scores else 1
+            if got != 1:
+                raise CaptureError(
+                    f"block {i}: expected its attention to be computed once through attn_drop, saw {got} "
+                    f"calls; {type(info.attns[i]).__name__} may not follow timm's unfused attention path."
+                )
+        tgt = resolve_target(target, logits)
+
+        attn_list = [attn_store[i][0] if i in attn_store and attn_store[i] else None for i in range(num_layers)]
+        grads: dict[str, object] = {}
+        if need_grad:
+            wanted: list[torch.Tensor] = []
+            keys: list[tuple[str, object]] = []
+            if needs.attn_grad:
+                for i in layers:
+                    wanted.append(attn_list[i])
+                    keys.append(("attn", i))
+            if needs.activation_grads:
+                for name in needs.activations:
+                    wanted.append(act_store[name][-1])
+                    keys.append(("act", name))
+            if needs.input_grad:
+                wanted.append(xin)
+                keys.append(("input", None))
+            y = target_score(logits, tgt, score).sum()
+            if not y.requires_grad:
+                raise CaptureError("the target score does not depend on any captured tensor; nothing to differentiate")
+            usable = [t.requires_grad for t in wanted]
+            got_grads = torch.autograd.grad(
+                y, [t for t, u in zip(wanted, usable) if u], allow_unused=True
+            )
+            it = iter(got_grads)
+            for (kind, key), t, u in zip(keys, wanted, usable):
+                g = next(it) if u else None
+                grads[f"{kind}:{key}"] = torch.zeros_like(t) if g is None else g.detach()
+
+        def per_layer(kind: str) -> tuple[torch.Tensor | None, ...]:
+            return tuple(grads.get(f"{kind}:{i}") if i in layers else None for i in range(num_layers))
+
+        scores = None
+        if needs.scores:
+            scores = tuple(
+                _scores_from_qkv(info.attns[i], qkv_store[i][0]) if i in layers else None for i in range(num_layers)
+            )
+        B, _, H, W = x.shape
+        layout = TokenLayout(
+            num_prefix=info.num_prefix,
+            num_reg=info.num_reg,
+            grid=grid_for(info, H, W),
+            patch_size=info.patch_size,
+            input_size=(H, W),
+            readout=info.readout,
+        )
+        if record_attn:
+            n = attn_list[layers[0]].shape[-1]
+            if n != layout.num_tokens:
+                raise CaptureError(
+                    f"attention has {n} tokens but the layout expects {layout.num_prefix} prefix + "
+                    f"{layout.num_patches} patches = {layout.num_tokens}"
+                )
+        return Trace(
+            logits=logits.detach(),
+            target=tgt,
+            layout=layout,
+            input=x.detach(),
+            attn=tuple(a.detach() if a is not None else None for a in attn_list) if needs.attn else None,
+            attn_grad=per_layer("attn") if needs.attn_grad else None,
+            scores=scores,
+            activations={n: v[-1].detach() for n, v in act_store.items()},
+            activation_grads={n: grads[f"act:{n}"] for n in needs.activations} if needs.activation_grads else {},
+            input_grad=grads.get("input:None") if needs.input_grad else None,
+            score=score,
+        )
+    finally:
+        for h in handles:
+            h.remove()
+        state.restore()
+
+
+def _store_output(store: list, detach: bool = False):
+    def hook(module, args, output):
+        store.append(output.detach() if detach else output)
+
+    return hook
+
+
+def _detach_first_arg(module, args):
+    if not args:
+        return None
+    return (args[0].detach().requires_grad_(True), *args[1:])
+
+
+@torch.no_grad()
+def _scores_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
+    """Pre-softmax scores from the ``qkv`` output, computed exactly as timm's unfused path."""
+    B, N, _ = qkv.shape
+    h = attn.num_heads
+    q, k, _v = qkv.reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return (q * attn.scale) @ k.transpose(-2, -1)
+
+
+def needs_for_layers(needs: Needs, layers: Sequence[int] | None) -> Needs:
+    """``needs`` restricted to ``layers``."""
+    return replace(needs, layers=None if layers is None else tuple(layers))

@@ -1,0 +1,134 @@
+"""The method registry: name -> ``ExplainerSpec`` (timm's ``register_model`` pattern)."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..capture.layout import TokenLayout
+from ..capture.session import Needs
+from ..errors import InputError, UnknownMethodError, suggest
+
+Kind = Literal["trace", "model"]
+
+#: Every method key the product plans; those not registered yet are reported as such.
+PLANNED = (
+    "raw_attention", "rollout", "attention_flow", "tam", "chefer_lrp", "chefer_generic", "attn_grad_cam",
+    "grad_cam", "ag_cam", "vit_cx", "attn_lrp", "saliency", "integrated_gradients", "occlusion", "rise",
+)
+
+
+@dataclass(frozen=True)
+class ExplainerResult:
+    """What an explainer returns when a bare (B, gh, gw) tensor is not enough.
+
+    ``logits``, ``target`` and ``layout`` are filled by model-level explainers (which run
+    their own passes); ``extras`` holds method-specific outputs (pixel maps, masks, scores).
+    """
+
+    patch_map: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    layout: TokenLayout | None = None
+
+
+@dataclass(frozen=True)
+class ExplainerSpec:
+    """A registered method.
+
+    Attributes:
+        name: method key.
+        fn: ``fn(trace, **params)`` for kind ``"trace"``; ``fn(model, x, *, target, **params)``
+            for kind ``"model"`` (methods that need several passes).
+        needs: what the capture must record, or a function of the bound params returning it.
+        kind: ``"trace"`` or ``"model"``.
+        class_specific: whether the map depends on the target class.
+        paper: citation; reference: reference implementation.
+        defaults: keyword parameters and their defaults, read from ``fn``'s signature.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    needs: Needs | Callable[[Mapping[str, Any]], Needs]
+    kind: Kind
+    class_specific: bool
+    paper: str
+    reference: str
+    defaults: Mapping[str, Any]
+
+    def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Fill defaults and reject unknown parameters."""
+        unknown = [k for k in params if k not in self.defaults]
+        if unknown:
+            k = unknown[0]
+            valid = ", ".join(self.defaults) or "none"
+            raise InputError(
+                f"method {self.name!r} has no parameter {k!r}{suggest(k, self.defaults)} (parameters: {valid})"
+            )
+        return {**self.defaults, **params}
+
+    def needs_for(self, params: Mapping[str, Any]) -> Needs:
+        return self.needs(params) if callable(self.needs) else self.needs
+
+
+_REGISTRY: dict[str, ExplainerSpec] = {}
+
+
+def register_explainer(
+    name: str,
+    *,
+    needs: Needs | Callable[[Mapping[str, Any]], Needs] = Needs(),
+    kind: Kind = "trace",
+    class_specific: bool,
+    paper: str,
+    reference: str,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering an explainer under ``name``; a duplicate name raises."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY:
+            raise ValueError(f"explainer {name!r} is already registered")
+        sig = inspect.signature(fn)
+        skip = {"trace"} if kind == "trace" else {"model", "x", "target", "info"}
+        defaults = {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.name not in skip and p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        _REGISTRY[name] = ExplainerSpec(name, fn, needs, kind, class_specific, paper, reference, defaults)
+        return fn
+
+    return deco
+
+
+def get_explainer(name: str) -> ExplainerSpec:
+    """Look up a method by key, with a suggestion for near misses."""
+    from . import _load_all
+
+    _load_all()
+    if not isinstance(name, str):
+        raise UnknownMethodError(f"method must be a string key, got {type(name).__name__}")
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in PLANNED:
+        raise UnknownMethodError(
+            f"method {name!r} is planned but not available in this version; available: {', '.join(sorted(_REGISTRY))}"
+        )
+    raise UnknownMethodError(
+        f"unknown method {name!r}{suggest(name, [*_REGISTRY, *PLANNED])} See vit_explore.list_methods()."
+    )
+
+
+def list_methods(pattern: str | None = None) -> list[str]:
+    """Registered method keys, optionally filtered with a shell-style pattern (``"*rollout*"``)."""
+    from . import _load_all
+
+    _load_all()
+    names = sorted(_REGISTRY)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]

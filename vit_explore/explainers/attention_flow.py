@@ -1,0 +1,48 @@
+"""Attention flow (Abnar & Zuidema, ACL 2020, arXiv:2005.00928; methods.md §6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..capture.session import Needs, Trace
+from ._fusion import add_identity, check_start_layer, row_normalize
+from ._registry import register_explainer
+
+
+@register_explainer(
+    "attention_flow",
+    needs=Needs(attn=True),
+    class_specific=False,
+    paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020",
+    reference="samiraabnar/attention_flow (attention_graph_util.compute_flows)",
+)
+def attention_flow(trace: Trace, *, start_layer: int = 0) -> torch.Tensor:
+    """Max-flow from the read-out token at the top to each input token.
+
+    The graph has one node per (layer, token); the edge from token ``f`` in layer ``i`` to
+    token ``t`` in layer ``i-1`` has capacity ``Â_{i-1}[f, t]`` with
+    ``Â = rownorm(mean_h A + I)``. The source is the CLS node at the top (distilled:
+    both prefix nodes with capacity 1/2 each; average-pool models: every patch node with
+    capacity 1/P), which for a CLS model equals the reference. Flows to all input tokens
+    are normalised to sum to one (reference step 4); the map is their patch entries.
+    The max-flows are solved on integer-scaled capacities; see ``layered_max_flow`` for
+    the error bound.
+
+    Args:
+        trace: uses ``trace.attn`` (L x (B, H, N, N)).
+        start_layer: first block in the graph.
+
+    Returns:
+        (B, gh, gw) normalised flow.
+    """
+    from ._maxflow import layered_max_flow
+
+    start = check_start_layer(start_layer, trace.num_layers)
+    layout = trace.layout
+    a = torch.stack([trace.attn_at(i) for i in range(start, trace.num_layers)], dim=1)  # (B, L', H, N, N)
+    a_hat = row_normalize(add_identity(a.double().mean(dim=2))).cpu().numpy()
+    weights = layout.readout_weights(torch.float64).numpy()
+    flows = np.stack([layered_max_flow(a_hat[b], weights) for b in range(a_hat.shape[0])])
+    flows = flows / flows.sum(axis=1, keepdims=True)
+    return layout.patch_columns(torch.from_numpy(flows).to(device=a.device, dtype=torch.float32))

@@ -1,0 +1,126 @@
+"""Turning user images into checked model inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError
+
+ImageLike = Any  # torch.Tensor | PIL.Image.Image | np.ndarray | a list of those
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def data_config(model: nn.Module) -> dict:
+    """The model's own timm data config (input size, mean, std, interpolation, crop).
+
+    A fixed-size model whose config names another size (e.g. a model built directly with a
+    small ``img_size``) gets its own input size.
+    """
+    import timm.data
+
+    cfg = dict(timm.data.resolve_data_config({}, model=model))
+    pe = getattr(model, "patch_embed", None)
+    img_size = getattr(pe, "img_size", None)
+    if img_size is not None and not getattr(model, "dynamic_img_size", False):
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if tuple(cfg["input_size"][1:]) != size:
+            cfg["input_size"] = (cfg["input_size"][0], *size)
+    return cfg
+
+
+def preprocess(model: nn.Module, image: ImageLike) -> torch.Tensor:
+    """Preprocess PIL images or HxWx3 uint8 arrays with the model's timm data config.
+
+    Args:
+        model: the timm model whose ``pretrained_cfg`` gives size, mean and std.
+        image: a PIL image, an (H, W, 3) uint8 array, or a list of them.
+
+    Returns:
+        (B, 3, H, W) float32 tensor on the model's device.
+    """
+    import timm.data
+    from PIL import Image
+
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not images:
+        raise InputError("no images given")
+    cfg = data_config(model)
+    transform = timm.data.create_transform(**cfg, is_training=False)
+    out = []
+    for i, im in enumerate(images):
+        if isinstance(im, np.ndarray):
+            if im.ndim == 2:
+                im = np.repeat(im[..., None], 3, axis=-1)
+            if im.ndim != 3 or im.shape[-1] not in (3, 4):
+                raise InputError(f"image {i}: expected an (H, W, 3) array, got shape {im.shape}")
+            if im.dtype != np.uint8:
+                raise InputError(
+                    f"image {i}: expected a uint8 array (0..255), got {im.dtype}; pass a float tensor "
+                    "that is already normalised, or convert with (img * 255).astype(np.uint8)"
+                )
+            im = Image.fromarray(im[..., :3])
+        if not isinstance(im, Image.Image):
+            raise InputError(f"image {i}: expected a PIL image or a uint8 array, got {type(im).__name__}")
+        out.append(transform(im.convert("RGB")))
+    device, _ = _model_device_dtype(model)
+    return torch.stack(out).to(device)
+
+
+def as_batch(model: nn.Module, x: ImageLike) -> torch.Tensor:
+    """A float tensor batch from a tensor, PIL image, uint8 array or a list of them."""
+    if isinstance(x, torch.Tensor):
+        if x.ndim == 3:
+            x = x[None]
+        return x
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
+        return torch.stack([t if t.ndim == 3 else t[0] for t in x])
+    return preprocess(model, x)
+
+
+def check_tensor(info, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Validate a preprocessed batch against the model; move it to the model's device and dtype.
+
+    Raises:
+        InputError: not a float tensor, not (B, C, H, W), wrong channels, wrong size for a
+            fixed-size model, a size that is not a multiple of the patch, or NaN/inf values.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"expected a float tensor (B, 3, H, W), got {type(x).__name__}; use vx.preprocess(model, image)")
+    if not x.dtype.is_floating_point:
+        raise InputError(
+            f"expected a float tensor, got dtype {x.dtype}; preprocess images with vx.preprocess(model, image)"
+        )
+    if x.ndim != 4:
+        raise InputError(f"expected a 4-d batch (B, C, H, W), got shape {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    if B == 0:
+        raise InputError("the batch is empty")
+    if C != info.in_chans:
+        raise InputError(f"the model takes {info.in_chans} channels but the input has {C} (shape {tuple(x.shape)})")
+    if info.img_size is not None and (H, W) != info.img_size:
+        raise InputError(
+            f"the model takes {info.img_size[0]}x{info.img_size[1]} images but the input is {H}x{W}; resize it "
+            "(vx.preprocess does) or create the model with dynamic_img_size=True"
+        )
+    ph, pw = info.patch_size
+    if not info.dynamic_pad and (H % ph or W % pw):
+        raise InputError(f"input size {H}x{W} is not a multiple of the patch size {ph}x{pw}")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("the input has NaN or infinite values")
+    device, dtype = _model_device_dtype(model)
+    return x.to(device=device, dtype=dtype if dtype.is_floating_point else x.dtype)
+
+
+def stack_images(images: Sequence[ImageLike], model: nn.Module) -> torch.Tensor:
+    """Batch a list of mixed image kinds."""
+    return torch.cat([as_batch(model, im) for im in images])
