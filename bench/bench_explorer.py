@@ -1,0 +1,141 @@
+"""Explorer responsiveness, measured in a real browser (headless Chromium + JupyterLab 4).
+
+    python bench/bench_explorer.py [--strokes 20] [--scrubs 60]
+
+Prints, with baselines measured in the same run:
+* scrub: time to redraw after a layer/head slider input (synchronous canvas redraw from the
+  front-end attention cache, no kernel message), p50/p95, as a fraction of one 60 Hz frame;
+* brush -> probabilities: pointer-up to the new top-k drawn in the panel, p50/p95 over N
+  strokes of 3 patches, against an empty custom-message round trip on the same kernel.
+Needs chromium (apt-get install chromium) and the built front end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.widget.jupyter_harness import (  # noqa: E402
+    JupyterServer,
+    browser,
+    explorer_cells,
+    kernel_eval,
+    missing_requirements,
+    open_and_run,
+)
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--strokes", type=int, default=20)
+    ap.add_argument("--scrubs", type=int, default=60)
+    ap.add_argument("--pings", type=int, default=20)
+    args = ap.parse_args()
+    why = missing_requirements()
+    if why:
+        print(f"skipped: {why}")
+        return
+    server = JupyterServer("lab")
+    server.start()
+    try:
+        server.write_notebook("bench.ipynb", explorer_cells(["raw_attention", "rollout"]))
+        with browser() as b:
+            page = b.new_page(viewport={"width": 1300, "height": 1000})
+            open_and_run(page, server, "bench.ipynb")
+            page.locator("[data-testid=vx-canvas]").wait_for(timeout=180_000)
+            kc = server.kernel_client("bench.ipynb")
+            nl, nh, (gh, gw) = kernel_eval(kc, "[w.num_layers, w.num_heads, w.grid]")
+            model_name = kernel_eval(kc, "type(model).__name__ + ' ' + str(tuple(x.shape))")
+            kc.stop_channels()
+            page.wait_for_function(
+                "n => { const v = window.__vx && window.__vx.views[0]; if (!v) return false;"
+                " const c = document.querySelector('[data-testid=vx-mapnote]'); return c && c.hidden; }",
+                arg=nl,
+                timeout=60_000,
+            )
+            page.wait_for_timeout(1000)  # the rest of the stack streams in behind the first layer
+
+            # ---- scrub: input event -> redraw done (synchronous), alternating layers and heads
+            scrub = page.evaluate(
+                """([n, nl, nh]) => {
+                    const root = window.__vx.views[0].el;
+                    const layer = root.querySelector('[data-testid=vx-layer]');
+                    const head = root.querySelector('[data-testid=vx-head]');
+                    const out = [], draw = [];
+                    for (let i = 0; i < n; i++) {
+                        const el = i % 2 ? head : layer;
+                        el.value = String(i % 2 ? (i % (nh + 1)) - 1 : i % nl);
+                        const t0 = performance.now();
+                        el.dispatchEvent(new Event('input', { bubbles: true }));
+                        out.push(performance.now() - t0);
+                        draw.push(window.__vx.views[0].debug.lastDrawMs);
+                    }
+                    return { total: out, draw };
+                }""",
+                [args.scrubs, nl, nh],
+            )
+
+            # ---- empty round trip (baseline)
+            rtt = page.evaluate(
+                """async (n) => {
+                    const m = window.__vx.views[0].model;
+                    const out = [];
+                    for (let i = 0; i < n; i++) {
+                        const t0 = performance.now();
+                        await new Promise((res) => {
+                            const cb = (msg) => { if (msg && msg.kind === 'pong' && msg.id === i) { m.off('msg:custom', cb); res(); } };
+                            m.on('msg:custom', cb);
+                            m.send({ kind: 'ping', id: i });
+                        });
+                        out.push(performance.now() - t0);
+                    }
+                    return out;
+                }""",
+                args.pings,
+            )
+
+            # ---- brush strokes of 3 patches -> new probabilities drawn
+            canvas = page.locator("[data-testid=vx-canvas]")
+            box = canvas.bounding_box()
+            clear = page.locator("[data-testid=vx-clear]")
+            lat = []
+            for s in range(args.strokes):
+                clear.click()
+                before = page.evaluate("window.__vx.views[0].debug.results")
+                r = 1 + (s % (gh - 2))
+                c0 = (s * 3) % (gw - 3)
+                pts = [(box["x"] + (c + 0.5) * box["width"] / gw, box["y"] + (r + 0.5) * box["height"] / gh)
+                       for c in (c0, c0 + 1, c0 + 2)]
+                page.mouse.move(*pts[0])
+                page.mouse.down()
+                for p in pts[1:]:
+                    page.mouse.move(*p, steps=2)
+                page.mouse.up()
+                page.wait_for_function("n => window.__vx.views[0].debug.results > n", arg=before, timeout=30_000)
+                d = page.evaluate("window.__vx.views[0].debug")
+                lat.append(d["resultAt"] - d["strokeEndAt"])
+    finally:
+        server.stop()
+
+    frame = 1000 / 60
+    print(f"Explorer in JupyterLab 4 + headless Chromium; model {model_name}, {nl} layers x {nh} heads, grid {gh}x{gw}")
+    print(f"scrub redraw (input event -> canvas drawn), n={len(scrub['total'])}: "
+          f"p50 {pct(scrub['total'], .5):.2f} ms, p95 {pct(scrub['total'], .95):.2f} ms "
+          f"(canvas draw alone p50 {pct(scrub['draw'], .5):.2f} ms); "
+          f"p95 / one 60 Hz frame = {pct(scrub['total'], .95) / frame:.3f}")
+    print(f"empty custom-message round trip, n={len(rtt)}: p50 {statistics.median(rtt):.1f} ms, p95 {pct(rtt, .95):.1f} ms")
+    print(f"brush -> probabilities, n={len(lat)} strokes of 3 patches: p50 {statistics.median(lat):.1f} ms, "
+          f"p95 {pct(lat, .95):.1f} ms; p50 / empty round trip = {statistics.median(lat) / statistics.median(rtt):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

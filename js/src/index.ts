@@ -1,0 +1,153 @@
+// anywidget 0.11 front-end module (AFM) of vit_explore's Explorer, plus a standalone host shim
+// used by Explorer.to_html() (no Jupyter, no network: state and attention are embedded).
+import "./styles.css";
+import { fromBase64 } from "./decode";
+import { dropStore, handleAttnMessage, storeFor, type AttnMessage } from "./store";
+import { renderView, type DebugInfo, type Model } from "./view";
+
+declare global {
+  interface Window {
+    __vx?: { views: { uid: string; el: HTMLElement; debug: DebugInfo; model: Model }[] };
+  }
+}
+
+function register(uid: string, el: HTMLElement, debug: DebugInfo, model: Model, signal: AbortSignal) {
+  const reg = (window.__vx ??= { views: [] });
+  const entry = { uid, el, debug, model };
+  reg.views.push(entry);
+  signal.addEventListener("abort", () => {
+    reg.views = reg.views.filter((v) => v !== entry);
+  });
+}
+
+function requestMissing(model: Model): void {
+  const store = storeFor(model.get("_uid"));
+  const img = model.get("image_index") as number;
+  const nl = model.get("num_layers") as number;
+  if (model.get("offline")) return;
+  const missing = store.missingLayers(img, nl);
+  if (missing.length === 0) return;
+  const key = img;
+  if (store.requested.has(key)) return;
+  store.requested.add(key);
+  model.send({ kind: "attn_request", image_index: img, first_layer: model.get("layer"), layers: missing });
+}
+
+function initialize({ model, signal }: { model: Model; signal?: AbortSignal }) {
+  const uid = model.get("_uid") as string;
+  const store = storeFor(uid);
+  const onMsg = (msg: { kind?: string }, buffers: DataView[]) => {
+    if (msg?.kind === "attn") {
+      handleAttnMessage(store, msg as AttnMessage, buffers);
+      store.emit();
+    } else if (msg?.kind === "attn_reset") {
+      // the Python side recomputed (e.g. a new set of images): forget what we had
+      store.attn.clear();
+      store.requested.clear();
+      requestMissing(model);
+    }
+  };
+  model.on("msg:custom", onMsg);
+  const onImage = () => requestMissing(model);
+  model.on("change:image_index", onImage);
+  requestMissing(model);
+  const cleanup = () => {
+    model.off("msg:custom", onMsg);
+    model.off("change:image_index", onImage);
+    dropStore(uid);
+  };
+  signal?.addEventListener("abort", cleanup);
+  return cleanup;
+}
+
+function render({ model, el, signal }: { model: Model; el: HTMLElement; signal?: AbortSignal }) {
+  const ctrl = new AbortController();
+  signal?.addEventListener("abort", () => ctrl.abort());
+  const uid = model.get("_uid") as string;
+  const debug = renderView(model, el, storeFor(uid), ctrl.signal);
+  register(uid, el, debug, model, ctrl.signal);
+  // asking here too covers a view re-rendered after the stack was dropped
+  requestMissing(model);
+  return () => ctrl.abort();
+}
+
+export default { initialize, render };
+
+// ---------------------------------------------------------------- standalone (to_html)
+
+type Json = any;
+
+/** Replace {"$b64": "..."} leaves by DataViews (how binary travels inside the HTML file). */
+function revive(v: Json): Json {
+  if (Array.isArray(v)) return v.map(revive);
+  if (v && typeof v === "object") {
+    if (typeof v.$b64 === "string" && Object.keys(v).length === 1) {
+      const b = fromBase64(v.$b64);
+      return new DataView(b.buffer, b.byteOffset, b.byteLength);
+    }
+    const out: Record<string, Json> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = revive(x);
+    return out;
+  }
+  return v;
+}
+
+/** A minimal in-memory model with the anywidget model API; `send` goes nowhere. */
+export class LocalModel implements Model {
+  private state: Record<string, Json>;
+  private handlers = new Map<string, Set<(...a: any[]) => void>>();
+  sent: unknown[] = [];
+  constructor(state: Record<string, Json>) {
+    this.state = { ...state };
+  }
+  get(key: string) {
+    return this.state[key];
+  }
+  set(key: string, value: unknown) {
+    const old = this.state[key];
+    this.state[key] = value;
+    if (old !== value) this.emit(`change:${key}`, value);
+  }
+  save_changes() {}
+  on(ev: string, cb: (...a: any[]) => void) {
+    if (!this.handlers.has(ev)) this.handlers.set(ev, new Set());
+    this.handlers.get(ev)!.add(cb);
+  }
+  off(ev?: string | null, cb?: ((...a: any[]) => void) | null) {
+    if (!ev) this.handlers.clear();
+    else if (!cb) this.handlers.delete(ev);
+    else this.handlers.get(ev)?.delete(cb);
+  }
+  send(content: unknown) {
+    this.sent.push(content);
+  }
+  emit(ev: string, ...args: unknown[]) {
+    for (const cb of Array.from(this.handlers.get(ev) ?? [])) cb(...args);
+  }
+}
+
+export interface StandaloneData {
+  state: Record<string, Json>;
+  attn: { image_index: number; layer: number; num_layers: number; heads: number; rows: number; cols: number; data: string; scales: string }[];
+  maps: { key: string; data: string; shape: number[]; dtype: string; signed: boolean }[];
+}
+
+/** Mount an Explorer from exported data into `el` (used by the HTML written by Explorer.to_html()). */
+export function mountStandalone(el: HTMLElement, data: StandaloneData): LocalModel {
+  const model = new LocalModel(revive({ ...data.state, offline: true }));
+  const uid = model.get("_uid") as string;
+  const store = storeFor(uid);
+  for (const a of data.attn) {
+    const d = fromBase64(a.data);
+    const s = fromBase64(a.scales);
+    handleAttnMessage(store, { kind: "attn", ...a }, [new DataView(d.buffer), new DataView(s.buffer)]);
+  }
+  for (const m of data.maps) {
+    const d = fromBase64(m.data);
+    store.putMapPayload({ key: m.key, data: new DataView(d.buffer), shape: m.shape, dtype: m.dtype, signed: m.signed });
+  }
+  const ctrl = new AbortController();
+  initialize({ model, signal: ctrl.signal });
+  render({ model, el, signal: ctrl.signal });
+  return model;
+}

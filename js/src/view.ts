@@ -1,0 +1,928 @@
+// One view of the Explorer: DOM, canvas drawing and interaction. All user strings go in as textContent.
+import { applyStroke, cellAt, cellsOnSegment, describeCell, moveCursor, rectCells, sortedCells, type Grid } from "./brush";
+import { colorize, COLORMAPS, DEFAULT_DIVERGING, DEFAULT_SEQUENTIAL, DIVERGING, normalize } from "./colormap";
+import { attnRow, bytesOf, type MapPayload } from "./decode";
+import type { CachedMap, Store } from "./store";
+
+/** The subset of the anywidget model API we use (the standalone shim implements the same). */
+export interface Model {
+  get(key: string): any;
+  set(key: string, value: unknown): void;
+  save_changes(): void;
+  on(event: string, cb: (...args: any[]) => void): void;
+  off(event?: string | null, cb?: ((...args: any[]) => void) | null): void;
+  send(content: unknown, callbacks?: unknown, buffers?: unknown[]): void;
+}
+
+interface ClassProb {
+  index: number;
+  name: string;
+  prob: number;
+}
+
+interface Intervention {
+  id?: number;
+  image_index?: number;
+  patches?: number[];
+  mode?: string;
+  keep?: boolean;
+  target?: number;
+  target_name?: string;
+  before?: ClassProb[];
+  after?: ClassProb[];
+  target_before?: number;
+  target_after?: number;
+  delta?: number;
+  causal_score?: number | null;
+  new_top?: ClassProb;
+  ms?: number;
+  error?: string;
+}
+
+export const MODES = ["noise", "blur", "mean", "zero", "drop"];
+const ATTN = "raw_attention";
+const CANVAS_CSS = 384;
+
+let viewCounter = 0;
+
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string> = {},
+  text?: string,
+): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else e.setAttribute(k, v);
+  }
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+const fmt = (p: number | undefined | null, d = 3) => (p === undefined || p === null || !Number.isFinite(p) ? "–" : p.toFixed(d));
+const signed = (p: number | undefined | null) => (p === undefined || p === null ? "–" : (p >= 0 ? "+" : "−") + Math.abs(p).toFixed(3));
+
+export interface DebugInfo {
+  draws: number;
+  lastDrawMs: number;
+  strokeEndAt: number;
+  resultAt: number;
+  results: number;
+  lastResultId: number;
+}
+
+export function renderView(model: Model, el: HTMLElement, store: Store, signal: AbortSignal): DebugInfo {
+  const vid = ++viewCounter;
+  const id = (s: string) => `vx${vid}-${s}`;
+  const debug: DebugInfo = { draws: 0, lastDrawMs: 0, strokeEndAt: 0, resultAt: 0, results: 0, lastResultId: -1 };
+  const on = (t: EventTarget, ev: string, cb: (e: any) => void) => t.addEventListener(ev, cb, { signal });
+  const listen = (ev: string, cb: () => void) => {
+    model.on(ev, cb);
+    signal.addEventListener("abort", () => model.off(ev, cb));
+  };
+
+  // ---------- DOM ----------
+  const root = h("div", { class: "vx-root", "data-testid": "vx-root", "data-lm-suppress-shortcuts": "true" });
+  const bar = h("div", { class: "vx-bar" });
+  const title = h("span", { class: "vx-title" });
+  const prevImg = h("button", { class: "vx-btn", "aria-label": "Previous image", "data-testid": "vx-prev-image" }, "◀");
+  const imgLabel = h("span", { class: "vx-imglabel", "aria-live": "polite" });
+  const nextImg = h("button", { class: "vx-btn", "aria-label": "Next image", "data-testid": "vx-next-image" }, "▶");
+  const status = h("span", { class: "vx-status", role: "status", "data-testid": "vx-status" });
+  const spinner = h("span", { class: "vx-spinner", "aria-hidden": "true" });
+  const statusText = h("span");
+  status.append(spinner, statusText);
+  const helpBtn = h("button", { class: "vx-btn", "aria-expanded": "false", "aria-controls": id("help") }, "?");
+  const pngBtn = h("button", { class: "vx-btn", title: "Save the current view as PNG" }, "PNG");
+  bar.append(title, prevImg, imgLabel, nextImg, status, h("span", { class: "vx-grow" }), pngBtn, helpBtn);
+
+  const methodsBox = h("div", { class: "vx-methods", role: "group", "aria-label": "Explanation method", "data-testid": "vx-methods" });
+
+  const main = h("div", { class: "vx-main" });
+  const stage = h("div", { class: "vx-stage" });
+  const canvas = h("canvas", {
+    class: "vx-canvas",
+    "data-testid": "vx-canvas",
+    tabindex: "0",
+    role: "application",
+    "aria-label":
+      "Image with the explanation map. Arrows move the patch cursor, Space marks a patch, Shift+arrows extend, Enter runs the intervention, Delete clears.",
+  });
+  const mapNote = h("div", { class: "vx-mapnote", "data-testid": "vx-mapnote" });
+  const readout = h("div", { class: "vx-readout", "data-testid": "vx-readout" }, " ");
+  const legend = h("div", { class: "vx-legend" });
+  const legendBar = h("canvas", { class: "vx-legendbar", width: "128", height: "8", "aria-hidden": "true" });
+  const legendLo = h("span");
+  const legendHi = h("span");
+  legend.append(legendLo, legendBar, legendHi);
+  const canvasWrap = h("div", { class: "vx-canvaswrap" });
+  canvasWrap.append(canvas, mapNote);
+  stage.append(canvasWrap, legend, readout);
+
+  const side = h("div", { class: "vx-side" });
+  const predHead = h("h4", { id: id("pred") }, "Prediction — click a class to explain it");
+  const classes = h("div", { class: "vx-classes", role: "radiogroup", "aria-labelledby": id("pred"), "data-testid": "vx-classes" });
+  const brushHead = h("h4", {}, "Brush patches, see what changes");
+  const toolBox = h("div", { class: "vx-seg", role: "radiogroup", "aria-label": "Tool" });
+  const tools: [string, string][] = [
+    ["brush", "Brush"],
+    ["erase", "Erase"],
+    ["query", "Pick query patch"],
+  ];
+  const toolBtns = tools.map(([k, label]) => {
+    const b = h("button", { class: "vx-btn", role: "radio", "data-tool": k, "aria-checked": "false" }, label);
+    toolBox.append(b);
+    return b;
+  });
+  const modeBox = h("div", { class: "vx-seg", role: "radiogroup", "aria-label": "Intervention", "data-testid": "vx-modes" });
+  const modeBtns = MODES.map((m) => {
+    const b = h("button", { class: "vx-btn", role: "radio", "data-mode": m, "aria-checked": "false" }, m);
+    modeBox.append(b);
+    return b;
+  });
+  const keepLabel = h("label", { class: "vx-check" });
+  const keepBox = h("input", { type: "checkbox", "data-testid": "vx-keep" });
+  keepLabel.append(keepBox, document.createTextNode(" keep only the brushed patches"));
+  const actions = h("div", { class: "vx-row" });
+  const clearBtn = h("button", { class: "vx-btn", "data-testid": "vx-clear" }, "Clear");
+  const cfBtn = h("button", { class: "vx-btn", "data-testid": "vx-counterfactual", title: "Brush the smallest set of patches whose removal flips the prediction" }, "Find counterfactual");
+  actions.append(clearBtn, cfBtn);
+  const result = h("div", { class: "vx-result", "data-testid": "vx-result" });
+  side.append(predHead, classes, brushHead, toolBox, modeBox, keepLabel, actions, result);
+  main.append(stage, side);
+
+  const controls = h("div", { class: "vx-controls" });
+  const mkRange = (key: string, label: string, min: number, max: number, step = 1) => {
+    const wrap = h("div", { class: "vx-field" });
+    const lab = h("label", { for: id(key) }, label);
+    const input = h("input", { type: "range", id: id(key), min: String(min), max: String(max), step: String(step), "data-testid": `vx-${key}` });
+    const out = h("output", { for: id(key) });
+    wrap.append(lab, input, out);
+    controls.append(wrap);
+    return { input, out };
+  };
+  // Notebook hosts take arrow keys for themselves (JupyterLab's notebook calls preventDefault while
+  // they bubble; Notebook 7 stops them in the capture phase), so a native range input never moves.
+  // Every key aimed at our elements is therefore routed by one window capture-phase listener
+  // (it runs before any host listener), handled here, and kept from the notebook.
+  const stepKeys: Record<string, number> = { ArrowLeft: -1, ArrowDown: -1, ArrowRight: 1, ArrowUp: 1, PageDown: -5, PageUp: 5 };
+  const rangeKey = (input: HTMLInputElement, e: KeyboardEvent): boolean => {
+    if (e.altKey || e.ctrlKey || e.metaKey) return false;
+    const step = Number(input.step) || 1;
+    const min = Number(input.min);
+    const max = Number(input.max);
+    let v = Number(input.value);
+    if (e.key in stepKeys) v += stepKeys[e.key] * step;
+    else if (e.key === "Home") v = min;
+    else if (e.key === "End") v = max;
+    else return false;
+    v = Math.min(max, Math.max(min, Math.round(v / step) * step));
+    if (String(v) !== input.value) {
+      input.value = String(v);
+      input.dispatchEvent(new Event("input", { bubbles: true }));
+    }
+    return true;
+  };
+  const layerR = mkRange("layer", "Layer", 0, 0);
+  const headR = mkRange("head", "Head", -1, 0);
+  const opacityR = mkRange("opacity", "Opacity", 0, 1, 0.05);
+  const ranges = new Set<HTMLElement>([layerR.input, headR.input, opacityR.input]);
+  const cmapWrap = h("div", { class: "vx-field" });
+  const cmapSel = h("select", { id: id("cmap"), "data-testid": "vx-colormap" });
+  for (const c of ["auto", ...COLORMAPS]) cmapSel.append(h("option", { value: c }, c));
+  cmapWrap.append(h("label", { for: id("cmap") }, "Colormap"), cmapSel);
+  const gridLabel = h("label", { class: "vx-check" });
+  const gridBox = h("input", { type: "checkbox" });
+  gridLabel.append(gridBox, document.createTextNode(" grid"));
+  const smoothLabel = h("label", { class: "vx-check" });
+  const smoothBox = h("input", { type: "checkbox" });
+  smoothLabel.append(smoothBox, document.createTextNode(" smooth"));
+  const clsBtn = h("button", { class: "vx-btn", "data-testid": "vx-cls", title: "Show the CLS (read-out) row instead of a patch's row" }, "CLS row");
+  controls.append(cmapWrap, gridLabel, smoothLabel, clsBtn);
+
+  const headsHead = h("div", { class: "vx-headstitle" });
+  const heads = h("div", { class: "vx-heads", role: "group", "aria-label": "Heads of the current layer", "data-testid": "vx-heads" });
+
+  const error = h("div", { class: "vx-error", role: "alert", "data-testid": "vx-error", hidden: "" });
+  const errorText = h("span");
+  const errorClose = h("button", { class: "vx-btn", "aria-label": "Dismiss" }, "×");
+  error.append(errorText, errorClose);
+  const live = h("div", { class: "vx-sr", "aria-live": "polite", "data-testid": "vx-live" });
+  const help = h("div", { class: "vx-help", id: id("help"), hidden: "" });
+  const keys: [string, string][] = [
+    ["[ / ]", "previous / next layer"],
+    [", / .", "previous / next head (before head 0: the mean)"],
+    ["arrows", "move the patch cursor (canvas focused)"],
+    ["Shift+arrows", "extend a rectangle of marked patches"],
+    ["Space", "mark / unmark the patch under the cursor"],
+    ["Enter", "run the intervention on the marked patches"],
+    ["Delete / Esc", "clear the marked patches"],
+    ["q", "use the cursor's patch as the attention query"],
+  ];
+  const dl = h("dl");
+  for (const [k, v] of keys) dl.append(h("dt", {}, k), h("dd", {}, v));
+  help.append(dl);
+
+  root.append(bar, methodsBox, error, main, controls, headsHead, heads, help, live);
+  el.append(root);
+  signal.addEventListener("abort", () => root.remove());
+
+  // ---------- local state ----------
+  let tool = "brush";
+  let pending = new Set<number>((model.get("brushed") as number[]) ?? []);
+  let cursor = 0;
+  let anchor = -1;
+  let stroke: { erase: boolean; x: number; y: number } | null = null;
+  let hover = -1;
+  let imageCanvas: HTMLCanvasElement | null = null;
+  let lastAnnounced = -1;
+  const overlay = document.createElement("canvas");
+  let themeFg = "#1f1f1f";
+  let themeAccent = "#1976d2";
+  const readTheme = () => {
+    const cs = getComputedStyle(root);
+    themeFg = cs.getPropertyValue("--vx-fg").trim() || themeFg;
+    themeAccent = cs.getPropertyValue("--vx-accent").trim() || themeAccent;
+  };
+
+  const grid = (): [number, number] => (model.get("grid") as [number, number]) ?? [1, 1];
+  const methodInfo = (m: string) => ((model.get("method_info") ?? {})[m] ?? {}) as { class_specific?: boolean; label?: string };
+  const methods = () => (model.get("methods") as string[]) ?? [];
+  const offline = () => !!model.get("offline");
+
+  const mapKey = (method: string) => {
+    const cs = methodInfo(method).class_specific;
+    return `${model.get("image_index")}|${method}|${cs ? model.get("target") : "-"}|${model.get("params_version") ?? 0}`;
+  };
+
+  function currentMap(): (CachedMap & { label: string }) | { note: string } {
+    const method = model.get("method") as string;
+    const img = model.get("image_index") as number;
+    if (method === ATTN) {
+      const layer = model.get("layer") as number;
+      const l = store.getAttn(img, layer);
+      if (!l) return { note: "loading attention…" };
+      const head = model.get("head") as number;
+      const q = model.get("query") as number;
+      const hi = head < 0 ? l.heads - 1 : head;
+      const values = attnRow(l, hi, q < 0 ? 0 : q + 1);
+      const who = q < 0 ? "CLS row" : `row of patch ${q}`;
+      return { values, signed: false, shape: grid(), label: `attention · layer ${layer} · ${head < 0 ? "mean of heads" : `head ${head}`} · ${who}` };
+    }
+    const p = model.get("map_payload") as (MapPayload & { key: string; signed: boolean; error?: string }) | null;
+    const key = mapKey(method);
+    if (p && p.key === key && p.error) return { note: p.error };
+    if (p && p.key && p.data) {
+      try {
+        store.putMapPayload(p);
+      } catch (e) {
+        return { note: String(e) };
+      }
+    }
+    const hit = store.maps.get(key);
+    const label = methodInfo(method).label ?? method;
+    const tgt = methodInfo(method).class_specific ? ` · class “${className(model.get("target"))}”` : "";
+    if (hit) return { ...hit, label: `${label}${tgt}` };
+    return { note: offline() ? `${label} was not computed for this export` : `computing ${label}…` };
+  }
+
+  function className(i: number): string {
+    const names = (model.get("class_names") as string[]) ?? [];
+    return names[i] ?? `class ${i}`;
+  }
+
+  function buildImage(): void {
+    const im = model.get("image") as { data: DataView; height: number; width: number } | null;
+    if (!im || !im.data) {
+      imageCanvas = null;
+      return;
+    }
+    const rgb = bytesOf(im.data);
+    const c = document.createElement("canvas");
+    c.width = im.width;
+    c.height = im.height;
+    const ctx = c.getContext("2d")!;
+    const data = ctx.createImageData(im.width, im.height);
+    for (let i = 0, j = 0; i < im.width * im.height; i++, j += 3) {
+      data.data[i * 4] = rgb[j];
+      data.data[i * 4 + 1] = rgb[j + 1];
+      data.data[i * 4 + 2] = rgb[j + 2];
+      data.data[i * 4 + 3] = 255;
+    }
+    ctx.putImageData(data, 0, 0);
+    imageCanvas = c;
+  }
+
+  function size(): { w: number; h: number } {
+    const im = model.get("image") as { height: number; width: number } | null;
+    const ar = im && im.width ? im.height / im.width : 1;
+    return { w: CANVAS_CSS, h: Math.round(CANVAS_CSS * ar) };
+  }
+
+  function gridGeom(): Grid {
+    const [gh, gw] = grid();
+    const { w, h: hh } = size();
+    return { gh, gw, width: w, height: hh };
+  }
+
+  function chooseCmap(isSigned: boolean): string {
+    const c = model.get("colormap") as string;
+    if (c && c !== "auto") return c;
+    return isSigned ? DEFAULT_DIVERGING : DEFAULT_SEQUENTIAL;
+  }
+
+  let lastMap: (CachedMap & { label: string }) | null = null;
+
+  function draw(): void {
+    const t0 = performance.now();
+    const { w, h: hh } = size();
+    const dpr = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(hh * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(hh * dpr);
+      canvas.style.width = `${w}px`;
+      canvas.style.height = `${hh}px`;
+    }
+    const ctx = canvas.getContext("2d")!;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, hh);
+    if (imageCanvas) {
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(imageCanvas, 0, 0, w, hh);
+    }
+    const [gh, gw] = grid();
+    const m = currentMap();
+    if ("values" in m) {
+      lastMap = m;
+      mapNote.textContent = "";
+      mapNote.hidden = true;
+      const cmap = chooseCmap(m.signed);
+      const n = normalize(m.values, m.signed);
+      overlay.width = gw;
+      overlay.height = gh;
+      const octx = overlay.getContext("2d")!;
+      const img = octx.createImageData(gw, gh);
+      colorize(n.t, cmap, 255, img.data);
+      octx.putImageData(img, 0, 0);
+      ctx.globalAlpha = Number(model.get("opacity") ?? 0.6);
+      ctx.imageSmoothingEnabled = !!model.get("smooth");
+      ctx.drawImage(overlay, 0, 0, w, hh);
+      ctx.globalAlpha = 1;
+      drawLegend(cmap, n.lo, n.hi);
+      canvas.setAttribute("data-map", m.label);
+    } else {
+      mapNote.textContent = m.note;
+      mapNote.hidden = false;
+    }
+    const cw = w / gw;
+    const ch = hh / gh;
+    if (model.get("show_grid")) {
+      ctx.strokeStyle = themeFg;
+      ctx.globalAlpha = 0.25;
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      for (let c = 1; c < gw; c++) {
+        ctx.moveTo(Math.round(c * cw) + 0.5, 0);
+        ctx.lineTo(Math.round(c * cw) + 0.5, hh);
+      }
+      for (let r = 1; r < gh; r++) {
+        ctx.moveTo(0, Math.round(r * ch) + 0.5);
+        ctx.lineTo(w, Math.round(r * ch) + 0.5);
+      }
+      ctx.stroke();
+      ctx.globalAlpha = 1;
+    }
+    // brushed patches: light veil + accent outline (not colour alone: a hatch line too)
+    for (const p of pending) {
+      const x = (p % gw) * cw;
+      const y = Math.floor(p / gw) * ch;
+      ctx.fillStyle = "rgba(255,255,255,0.45)";
+      ctx.fillRect(x, y, cw, ch);
+      ctx.strokeStyle = "#000";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(x, y + ch);
+      ctx.lineTo(x + cw, y);
+      ctx.stroke();
+      ctx.strokeStyle = themeAccent;
+      ctx.lineWidth = 2;
+      ctx.strokeRect(x + 1, y + 1, cw - 2, ch - 2);
+    }
+    const q = model.get("query") as number;
+    if (q >= 0 && model.get("method") === ATTN) {
+      const x = (q % gw) * cw + cw / 2;
+      const y = Math.floor(q / gw) * ch + ch / 2;
+      ctx.strokeStyle = "#fff";
+      ctx.lineWidth = 3;
+      ctx.beginPath();
+      ctx.arc(x, y, Math.min(cw, ch) * 0.35, 0, 2 * Math.PI);
+      ctx.stroke();
+      ctx.strokeStyle = "#e6007e";
+      ctx.lineWidth = 1.5;
+      ctx.stroke();
+    }
+    if (document.activeElement === canvas) {
+      ctx.setLineDash([3, 2]);
+      ctx.strokeStyle = "#ff0";
+      ctx.lineWidth = 2;
+      ctx.strokeRect((cursor % gw) * cw + 1, Math.floor(cursor / gw) * ch + 1, cw - 2, ch - 2);
+      ctx.setLineDash([]);
+    }
+    updateReadout();
+    debug.draws++;
+    debug.lastDrawMs = performance.now() - t0;
+  }
+
+  function drawLegend(cmap: string, lo: number, hi: number): void {
+    const ctx = legendBar.getContext("2d")!;
+    const img = ctx.createImageData(128, 1);
+    const t = new Float32Array(128).map((_, i) => i / 127);
+    colorize(t, cmap, 255, img.data);
+    for (let r = 0; r < 8; r++) ctx.putImageData(img, 0, r);
+    legendLo.textContent = lo.toPrecision(3);
+    legendHi.textContent = hi.toPrecision(3);
+  }
+
+  function updateReadout(): void {
+    const [, gw] = grid();
+    if (hover < 0) {
+      readout.textContent = lastMap ? lastMap.label : " ";
+      return;
+    }
+    const v = lastMap && lastMap.values.length > hover ? lastMap.values[hover] : NaN;
+    readout.textContent = `${describeCell(hover, gw)}: ${Number.isFinite(v) ? v.toPrecision(4) : "–"}`;
+  }
+
+  function drawThumbs(): void {
+    const img = model.get("image_index") as number;
+    const layer = model.get("layer") as number;
+    const nh = model.get("num_heads") as number;
+    const l = store.getAttn(img, layer);
+    const [gh, gw] = grid();
+    const q = model.get("query") as number;
+    headsHead.textContent = `Heads of layer ${layer} (${q < 0 ? "CLS row" : `row of patch ${q}`}) — click one to show it`;
+    if (heads.childElementCount !== nh + 1) {
+      heads.textContent = "";
+      for (let i = -1; i < nh; i++) {
+        const b = h("button", { class: "vx-thumb", "data-head": String(i), "data-testid": `vx-head-${i}`, "aria-pressed": "false" });
+        const c = h("canvas", { width: String(gw), height: String(gh), "aria-hidden": "true" });
+        b.append(c, h("span", {}, i < 0 ? "mean" : `h${i}`));
+        b.setAttribute("aria-label", i < 0 ? "Mean of heads" : `Head ${i}`);
+        heads.append(b);
+      }
+    }
+    const cur = model.get("head") as number;
+    const isAttn = model.get("method") === ATTN;
+    for (const b of Array.from(heads.children) as HTMLButtonElement[]) {
+      const hi = Number(b.dataset.head);
+      b.setAttribute("aria-pressed", String(isAttn && hi === cur));
+      const c = b.querySelector("canvas")!;
+      if (c.width !== gw || c.height !== gh) {
+        c.width = gw;
+        c.height = gh;
+      }
+      const ctx = c.getContext("2d")!;
+      if (!l) {
+        ctx.clearRect(0, 0, gw, gh);
+        continue;
+      }
+      const values = attnRow(l, hi < 0 ? l.heads - 1 : hi, q < 0 ? 0 : q + 1);
+      const n = normalize(values, false);
+      const data = ctx.createImageData(gw, gh);
+      colorize(n.t, chooseCmap(false), 255, data.data);
+      ctx.putImageData(data, 0, 0);
+    }
+  }
+
+  function syncControls(): void {
+    const nl = model.get("num_layers") as number;
+    const nh = model.get("num_heads") as number;
+    const layer = model.get("layer") as number;
+    const head = model.get("head") as number;
+    layerR.input.max = String(nl - 1);
+    layerR.input.value = String(layer);
+    layerR.out.textContent = `${layer}`;
+    layerR.input.setAttribute("aria-valuetext", `Layer ${layer} of ${nl - 1}`);
+    headR.input.max = String(nh - 1);
+    headR.input.value = String(head);
+    headR.out.textContent = head < 0 ? "mean" : String(head);
+    headR.input.setAttribute("aria-valuetext", head < 0 ? "mean of heads" : `head ${head} of ${nh - 1}`);
+    const op = Number(model.get("opacity") ?? 0.6);
+    opacityR.input.value = String(op);
+    opacityR.out.textContent = op.toFixed(2);
+    cmapSel.value = (model.get("colormap") as string) || "auto";
+    gridBox.checked = !!model.get("show_grid");
+    smoothBox.checked = !!model.get("smooth");
+    keepBox.checked = !!model.get("keep");
+    const mode = model.get("mode") as string;
+    for (const b of modeBtns) b.setAttribute("aria-checked", String(b.dataset.mode === mode));
+    for (const b of toolBtns) b.setAttribute("aria-checked", String(b.dataset.tool === tool));
+    const ni = model.get("num_images") as number;
+    const ii = model.get("image_index") as number;
+    imgLabel.textContent = `image ${ii + 1} of ${ni}`;
+    prevImg.disabled = ii <= 0;
+    nextImg.disabled = ii >= ni - 1;
+    title.textContent = (model.get("title") as string) || "";
+    clsBtn.disabled = (model.get("query") as number) < 0;
+    const off = offline();
+    for (const b of [...modeBtns, clearBtn, cfBtn]) b.disabled = off;
+    keepBox.disabled = off;
+  }
+
+  function buildMethods(): void {
+    methodsBox.textContent = "";
+    const cur = model.get("method") as string;
+    for (const m of methods()) {
+      const info = methodInfo(m);
+      const b = h("button", { class: "vx-btn vx-method", "data-method": m, "aria-pressed": String(m === cur), "data-testid": `vx-method-${m}` });
+      b.textContent = info.label ?? m;
+      if (info.class_specific) b.title = "class-specific";
+      methodsBox.append(b);
+    }
+  }
+
+  function syncMethods(): void {
+    const cur = model.get("method") as string;
+    for (const b of Array.from(methodsBox.children) as HTMLElement[]) b.setAttribute("aria-pressed", String(b.dataset.method === cur));
+  }
+
+  function buildClasses(): void {
+    classes.textContent = "";
+    const topk = (model.get("topk") as ClassProb[]) ?? [];
+    const tgt = model.get("target") as number;
+    const list = topk.some((c) => c.index === tgt) ? topk : [...topk, { index: tgt, name: className(tgt), prob: NaN }];
+    for (const c of list) {
+      const b = h("button", { class: "vx-class", role: "radio", "aria-checked": String(c.index === tgt), "data-class": String(c.index) });
+      const name = h("span", { class: "vx-cname" });
+      name.textContent = c.name; // user-supplied: text only
+      const barw = h("span", { class: "vx-pbar" });
+      const fill = h("span", { class: "vx-pfill" });
+      fill.style.width = `${Math.max(0, Math.min(1, c.prob || 0)) * 100}%`;
+      barw.append(fill);
+      const val = h("span", { class: "vx-pval" }, Number.isFinite(c.prob) ? c.prob.toFixed(3) : "");
+      b.append(name, barw, val);
+      classes.append(b);
+    }
+  }
+
+  function showIntervention(): void {
+    const r = (model.get("intervention") as Intervention) ?? {};
+    result.textContent = "";
+    const cur = sortedCells(pending);
+    if (offline()) {
+      result.append(h("p", { class: "vx-muted" }, "Interventions need a running kernel (this is a static export)."));
+      return;
+    }
+    if (cur.length === 0) {
+      result.append(h("p", { class: "vx-muted" }, "Drag over the image to mark patches; when you let go, they are perturbed and the prediction is re-run."));
+      return;
+    }
+    const fresh =
+      r.patches &&
+      r.patches.length === cur.length &&
+      r.patches.every((p, i) => p === cur[i]) &&
+      r.mode === model.get("mode") &&
+      !!r.keep === !!model.get("keep") &&
+      r.image_index === model.get("image_index") &&
+      r.target === model.get("target");
+    if (!fresh) {
+      result.append(h("p", { class: "vx-muted", "data-testid": "vx-pending" }, `${cur.length} patch${cur.length === 1 ? "" : "es"} marked — computing…`));
+      return;
+    }
+    if (r.error) {
+      result.append(h("p", { class: "vx-errtext" }, r.error));
+      return;
+    }
+    const sum = h("p", { class: "vx-summary", "data-testid": "vx-summary" });
+    const tn = h("strong");
+    tn.textContent = `“${r.target_name ?? className(r.target ?? 0)}”`;
+    sum.append(
+      document.createTextNode("Target "),
+      tn,
+      document.createTextNode(`: ${fmt(r.target_before)} → ${fmt(r.target_after)} (Δ ${signed(r.delta)})`),
+    );
+    if (r.causal_score !== undefined && r.causal_score !== null) sum.append(document.createTextNode(` · causal score ${fmt(r.causal_score)}`));
+    const sub = h("p", { class: "vx-muted" }, `${cur.length} patch${cur.length === 1 ? "" : "es"} · ${r.keep ? "keep only" : "remove"} · ${r.mode}${r.ms !== undefined ? ` · ${r.ms.toFixed(0)} ms` : ""}`);
+    const table = h("table", { class: "vx-table", "data-testid": "vx-probs" });
+    const thead = h("tr");
+    thead.append(h("th", {}, "class"), h("th", {}, "before"), h("th", {}, "after"));
+    table.append(thead);
+    const before = new Map((r.before ?? []).map((c) => [c.index, c]));
+    const after = new Map((r.after ?? []).map((c) => [c.index, c]));
+    const ids = Array.from(new Set([...after.keys(), ...before.keys()]));
+    ids.sort((a, b) => (after.get(b)?.prob ?? -1) - (after.get(a)?.prob ?? -1));
+    for (const i of ids) {
+      const tr = h("tr");
+      if (i === r.target) tr.className = "vx-target";
+      const name = h("td");
+      name.textContent = after.get(i)?.name ?? before.get(i)?.name ?? className(i);
+      const cell = (p?: number) => {
+        const td = h("td");
+        const bw = h("span", { class: "vx-pbar" });
+        const f = h("span", { class: "vx-pfill" });
+        f.style.width = `${Math.max(0, Math.min(1, p ?? 0)) * 100}%`;
+        bw.append(f);
+        td.append(bw, h("span", { class: "vx-pval" }, p === undefined ? "–" : p.toFixed(3)));
+        return td;
+      };
+      tr.append(name, cell(before.get(i)?.prob), cell(after.get(i)?.prob));
+      table.append(tr);
+    }
+    result.append(sum, sub, table);
+    if (r.id !== undefined && r.id !== lastAnnounced) {
+      lastAnnounced = r.id;
+      const top = r.after?.[0];
+      live.textContent = `After perturbing ${cur.length} patches: ${r.target_name ?? ""} ${fmt(r.target_before, 2)} → ${fmt(r.target_after, 2)}${top ? `; top class ${top.name} ${fmt(top.prob, 2)}` : ""}.`;
+      debug.resultAt = performance.now();
+      debug.results++;
+      debug.lastResultId = r.id;
+    }
+  }
+
+  function showStatus(): void {
+    const s = (model.get("status") as { busy?: boolean; label?: string; error?: string | null }) ?? {};
+    spinner.hidden = !s.busy;
+    statusText.textContent = s.busy ? s.label || "working…" : "";
+    root.setAttribute("aria-busy", String(!!s.busy));
+    if (s.error) {
+      errorText.textContent = s.error;
+      error.hidden = false;
+    } else error.hidden = true;
+  }
+
+  // ---------- commit helpers ----------
+  const setState = (patch: Record<string, unknown>) => {
+    for (const [k, v] of Object.entries(patch)) model.set(k, v);
+    model.save_changes();
+  };
+  const commitBrush = () => {
+    debug.strokeEndAt = performance.now();
+    setState({ brushed: sortedCells(pending) });
+    draw();
+    showIntervention();
+  };
+  const toAttention = (patch: Record<string, unknown>) => {
+    if (model.get("method") !== ATTN && methods().includes(ATTN)) patch.method = ATTN;
+    setState(patch);
+  };
+  const stepLayer = (d: number) => {
+    const nl = model.get("num_layers") as number;
+    const v = Math.max(0, Math.min(nl - 1, (model.get("layer") as number) + d));
+    toAttention({ layer: v });
+  };
+  const stepHead = (d: number) => {
+    const nh = model.get("num_heads") as number;
+    const v = Math.max(-1, Math.min(nh - 1, (model.get("head") as number) + d));
+    toAttention({ head: v });
+  };
+
+  // ---------- events ----------
+  on(layerR.input, "input", () => toAttention({ layer: Number(layerR.input.value) }));
+  on(headR.input, "input", () => toAttention({ head: Number(headR.input.value) }));
+  on(opacityR.input, "input", () => setState({ opacity: Number(opacityR.input.value) }));
+  on(cmapSel, "change", () => setState({ colormap: cmapSel.value }));
+  on(gridBox, "change", () => setState({ show_grid: gridBox.checked }));
+  on(smoothBox, "change", () => setState({ smooth: smoothBox.checked }));
+  on(keepBox, "change", () => setState({ keep: keepBox.checked }));
+  on(clsBtn, "click", () => setState({ query: -1 }));
+  on(prevImg, "click", () => setState({ image_index: Math.max(0, (model.get("image_index") as number) - 1) }));
+  on(nextImg, "click", () => setState({ image_index: Math.min((model.get("num_images") as number) - 1, (model.get("image_index") as number) + 1) }));
+  on(methodsBox, "click", (e: MouseEvent) => {
+    const b = (e.target as HTMLElement).closest("[data-method]") as HTMLElement | null;
+    if (b) setState({ method: b.dataset.method });
+  });
+  on(heads, "click", (e: MouseEvent) => {
+    const b = (e.target as HTMLElement).closest("[data-head]") as HTMLElement | null;
+    if (b) toAttention({ head: Number(b.dataset.head) });
+  });
+  on(classes, "click", (e: MouseEvent) => {
+    const b = (e.target as HTMLElement).closest("[data-class]") as HTMLElement | null;
+    if (b) setState({ target: Number(b.dataset.class) });
+  });
+  on(modeBox, "click", (e: MouseEvent) => {
+    const b = (e.target as HTMLElement).closest("[data-mode]") as HTMLElement | null;
+    if (b) setState({ mode: b.dataset.mode });
+  });
+  on(toolBox, "click", (e: MouseEvent) => {
+    const b = (e.target as HTMLElement).closest("[data-tool]") as HTMLElement | null;
+    if (b) {
+      tool = b.dataset.tool!;
+      syncControls();
+    }
+  });
+  on(clearBtn, "click", () => {
+    pending = new Set();
+    commitBrush();
+  });
+  on(cfBtn, "click", () => model.send({ kind: "counterfactual" }));
+  on(errorClose, "click", () => {
+    error.hidden = true;
+  });
+  on(helpBtn, "click", () => {
+    help.hidden = !help.hidden;
+    helpBtn.setAttribute("aria-expanded", String(!help.hidden));
+  });
+  on(pngBtn, "click", () => {
+    const a = document.createElement("a");
+    a.download = `vit-explore-${model.get("method")}-image${model.get("image_index")}.png`;
+    a.href = canvas.toDataURL("image/png");
+    a.click();
+  });
+
+  const local = (e: PointerEvent) => {
+    const r = canvas.getBoundingClientRect();
+    return { x: e.clientX - r.left, y: e.clientY - r.top };
+  };
+  on(canvas, "pointerdown", (e: PointerEvent) => {
+    if (e.button !== 0) return;
+    const { x, y } = local(e);
+    const g = gridGeom();
+    const cell = cellAt(g, x, y);
+    if (cell < 0) return;
+    cursor = cell;
+    if (tool === "query") {
+      toAttention({ query: (model.get("query") as number) === cell ? -1 : cell });
+      return;
+    }
+    if (offline()) return;
+    canvas.setPointerCapture(e.pointerId);
+    stroke = { erase: tool === "erase" || e.altKey, x, y };
+    pending = applyStroke(pending, [cell], stroke.erase);
+    draw();
+    e.preventDefault();
+  });
+  on(canvas, "pointermove", (e: PointerEvent) => {
+    const { x, y } = local(e);
+    const g = gridGeom();
+    hover = cellAt(g, x, y);
+    if (stroke) {
+      pending = applyStroke(pending, cellsOnSegment(g, stroke.x, stroke.y, x, y), stroke.erase);
+      stroke.x = x;
+      stroke.y = y;
+      draw();
+    } else updateReadout();
+  });
+  const endStroke = () => {
+    if (!stroke) return;
+    stroke = null;
+    commitBrush();
+  };
+  on(canvas, "pointerup", endStroke);
+  on(canvas, "pointercancel", endStroke);
+  on(canvas, "pointerleave", () => {
+    hover = -1;
+    updateReadout();
+  });
+  on(canvas, "focus", draw);
+  on(canvas, "blur", draw);
+  const canvasKey = (e: KeyboardEvent): boolean => {
+    const [gh, gw] = grid();
+    if (e.key.startsWith("Arrow") || e.key === "Home" || e.key === "End") {
+      const next = moveCursor(cursor, e.key, gh, gw);
+      if (e.shiftKey && !offline()) {
+        if (anchor < 0) anchor = cursor;
+        pending = applyStroke(pending, rectCells(anchor, next, gw), false);
+      } else anchor = -1;
+      cursor = next;
+      hover = cursor;
+      draw();
+      return true;
+    } else if (e.key === " " && !offline()) {
+      pending = pending.has(cursor) ? applyStroke(pending, [cursor], true) : applyStroke(pending, [cursor], false);
+      draw();
+      showIntervention();
+      return true;
+    } else if (e.key === "Enter" && !offline()) {
+      commitBrush();
+      return true;
+    } else if ((e.key === "Delete" || e.key === "Backspace" || e.key === "Escape") && !offline()) {
+      pending = new Set();
+      commitBrush();
+      return true;
+    } else if (e.key === "q") {
+      toAttention({ query: cursor });
+      return true;
+    }
+    return false;
+  };
+  const rootKey = (e: KeyboardEvent): boolean => {
+    if ((e.target as HTMLElement).tagName === "SELECT") return false;
+    if (e.key === "[" || e.key === "]") {
+      stepLayer(e.key === "]" ? 1 : -1);
+      return true;
+    } else if (e.key === "," || e.key === ".") {
+      stepHead(e.key === "." ? 1 : -1);
+      return true;
+    } else if (e.key === "?") {
+      helpBtn.click();
+      return true;
+    }
+    return false;
+  };
+  window.addEventListener(
+    "keydown",
+    (e: KeyboardEvent) => {
+      const target = e.target as HTMLElement;
+      if (!(target instanceof Node) || !root.contains(target)) return;
+      let handled = false;
+      if (ranges.has(target)) handled = rangeKey(target as HTMLInputElement, e);
+      else if (target === canvas) handled = canvasKey(e);
+      if (!handled) handled = rootKey(e);
+      if (handled) {
+        e.preventDefault();
+        e.stopPropagation();
+      }
+    },
+    { capture: true, signal },
+  );
+
+  // ---------- model -> view ----------
+  const redrawAll = () => {
+    syncControls();
+    draw();
+    drawThumbs();
+  };
+  listen("change:layer", redrawAll);
+  listen("change:head", redrawAll);
+  listen("change:query", redrawAll);
+  listen("change:opacity", () => {
+    syncControls();
+    draw();
+  });
+  listen("change:colormap", redrawAll);
+  listen("change:show_grid", redrawAll);
+  listen("change:smooth", redrawAll);
+  listen("change:keep", () => {
+    syncControls();
+    showIntervention();
+  });
+  listen("change:mode", () => {
+    syncControls();
+    showIntervention();
+  });
+  listen("change:method", () => {
+    syncMethods();
+    draw();
+    drawThumbs();
+  });
+  listen("change:methods", () => {
+    buildMethods();
+    draw();
+  });
+  listen("change:map_payload", draw);
+  listen("change:params_version", draw);
+  listen("change:image", () => {
+    buildImage();
+    draw();
+  });
+  listen("change:image_index", () => {
+    syncControls();
+    draw();
+    drawThumbs();
+    showIntervention();
+  });
+  listen("change:topk", buildClasses);
+  listen("change:target", () => {
+    buildClasses();
+    draw();
+    showIntervention();
+  });
+  listen("change:brushed", () => {
+    pending = new Set((model.get("brushed") as number[]) ?? []);
+    draw();
+    showIntervention();
+  });
+  listen("change:intervention", showIntervention);
+  listen("change:status", showStatus);
+  listen("change:title", syncControls);
+  listen("change:num_images", syncControls);
+  const unsub = store.onChange(() => {
+    draw();
+    drawThumbs();
+  });
+  signal.addEventListener("abort", unsub);
+
+  // theme: canvases don't see CSS, so re-read the variables when the host's theme changes
+  const mo = new MutationObserver(() => {
+    readTheme();
+    draw();
+  });
+  mo.observe(document.body, { attributes: true, attributeFilter: ["class", "data-jp-theme-light", "data-jp-theme-name", "theme"] });
+  signal.addEventListener("abort", () => mo.disconnect());
+  const mq = window.matchMedia?.("(prefers-color-scheme: dark)");
+  if (mq) on(mq, "change", () => {
+    readTheme();
+    draw();
+  });
+
+  readTheme();
+  buildImage();
+  buildMethods();
+  buildClasses();
+  syncControls();
+  showStatus();
+  draw();
+  drawThumbs();
+  showIntervention();
+  return debug;
+}

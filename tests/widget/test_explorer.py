@@ -1,0 +1,357 @@
+"""The Explorer's Python side: validation, which state change computes what, payloads, escaping."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vit_explore as vx
+from vit_explore.errors import InputError, UnknownMethodError
+from vit_explore.testing import tiny_vit
+from vit_explore.widget import Explorer
+from vit_explore.widget import _serialize as ser
+from vit_explore.widget._explorer import _Worker
+
+from ..conftest import input_for
+from ..replica import readout_rows, replica_forward, tokens_into_blocks
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def toy():
+    return tiny_vit("vanilla")
+
+
+@pytest.fixture
+def imgs(toy):
+    return input_for(toy, batch=2, seed=1)
+
+
+def counts(w: Explorer) -> dict[str, int]:
+    return dict(w.stats)
+
+
+# ------------------------------------------------------------------ validation
+
+
+def test_unknown_keyword_raises_type_error(toy, imgs):
+    with pytest.raises(TypeError):
+        Explorer(toy, imgs, colour_map="viridis")
+
+
+def test_bad_method_name_suggests_the_right_one(toy, imgs):
+    with pytest.raises(UnknownMethodError, match=r"did you mean 'rollout'"):
+        Explorer(toy, imgs, methods=["raw_attention", "rolout"])
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout"])
+    with pytest.raises(UnknownMethodError, match=r"did you mean 'rollout'"):
+        w.method = "rolout"
+    with pytest.raises(UnknownMethodError, match=r"not offered by this Explorer.*methods=\[\.\.\., 'grad_cam'\]"):
+        w.method = "grad_cam"
+    assert w.method == "raw_attention"
+
+
+def test_default_methods_are_every_registered_method_attention_first(toy, imgs):
+    w = Explorer(toy, imgs)
+    assert w.methods[0] == "raw_attention"
+    assert sorted(w.methods) == vx.list_methods()
+    for m in w.methods:
+        assert w.method_info[m]["class_specific"] == vx.get_explainer(m).class_specific
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "pattern"),
+    [
+        ("layer", 3, r"layer must be in 0\.\.2"),
+        ("head", -2, r"head must be -1"),
+        ("head", 4, r"0\.\.3"),
+        ("query", 16, r"patch index in 0\.\.15"),
+        ("target", 7, r"class index in 0\.\.6"),
+        ("image_index", 2, r"image_index must be in 0\.\.1"),
+        ("brushed", [3, 16], r"0\.\.15, got \[16\]"),
+        ("mode", "nois", r"did you mean 'noise'"),
+        ("opacity", 1.5, r"\[0, 1\]"),
+        ("colormap", "viridiss", r"did you mean 'viridis'"),
+    ],
+)
+def test_state_validation(toy, imgs, name, value, pattern):
+    w = Explorer(toy, imgs, methods=["raw_attention"])
+    old = getattr(w, name)
+    with pytest.raises(InputError, match=pattern):
+        setattr(w, name, value)
+    assert getattr(w, name) == old
+
+
+def test_constructor_input_errors(toy, imgs):
+    with pytest.raises(InputError, match="class index"):
+        Explorer(toy, imgs, target=99)
+    with pytest.raises(InputError, match="class_names has 2 entries but the model has 7"):
+        Explorer(toy, imgs, class_names=["a", "b"])
+    with pytest.raises(InputError, match="images is empty"):
+        Explorer(toy, [])
+    with pytest.raises(InputError, match="takes 32x32"):
+        Explorer(toy, torch.randn(1, 3, 48, 48))
+    with pytest.raises(vx.UnsupportedModelError):
+        Explorer(torch.nn.Linear(2, 2), imgs)
+    with pytest.raises(InputError, match="no parameter 'start'"):
+        Explorer(toy, imgs, params={"rollout": {"start": 1}})
+
+
+def test_brushed_is_normalised_to_sorted_unique(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention"])
+    w.brushed = [5, 1, 5]
+    assert w.brushed == [1, 5]
+    w.wait()
+
+
+# ------------------------------------------------------------------ what each change computes
+
+
+def test_each_state_change_triggers_exactly_its_computation(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout", "grad_cam"])
+    assert w.wait(30)
+    assert counts(w) == {"forward": 1}  # one captured pass: top-k, grid, the attention stack
+    top0 = int(toy(imgs[:1]).argmax())
+    assert w.target == top0
+
+    # scrubbing never touches the model
+    w.layer, w.head, w.query = 0, 2, 5
+    w.head, w.query = -1, -1
+    w.opacity, w.colormap = 0.3, "magma"
+    assert w.wait(30) and counts(w) == {"forward": 1}
+
+    w.method = "rollout"
+    assert w.wait(30) and counts(w) == {"forward": 1, "explain:rollout": 1}
+    assert w.map_payload["key"] == f"0|rollout|-|0"
+    # not class-specific: a new target reuses the map
+    w.target = (top0 + 1) % 7
+    assert w.wait(30) and counts(w) == {"forward": 1, "explain:rollout": 1}
+    # class-specific: one computation per class, cached
+    w.method = "grad_cam"
+    assert w.wait(30) and counts(w)["explain:grad_cam"] == 1
+    w.target = top0
+    assert w.wait(30) and counts(w)["explain:grad_cam"] == 2
+    w.target = (top0 + 1) % 7
+    w.method = "rollout"
+    w.method = "grad_cam"
+    assert w.wait(30) and counts(w) == {"forward": 1, "explain:rollout": 1, "explain:grad_cam": 2}
+
+    # brushing runs one intervention (and its causal score); a new mode another; clearing none
+    w.brushed = [0, 1, 4]
+    assert w.wait(30) and counts(w)["intervene"] == 1 and counts(w)["causal_score"] == 1
+    w.mode = "zero"
+    assert w.wait(30) and counts(w)["intervene"] == 2
+    w.brushed = []
+    assert w.wait(30) and counts(w)["intervene"] == 2 and w.intervention == {}
+
+    # a new image: one forward; brush cleared; the target stays pinned (the user picked one)
+    w.brushed = [3]
+    w.wait(30)
+    w.image_index = 1
+    assert w.wait(30)
+    c = counts(w)
+    assert c["forward"] == 2 and w.brushed == [] and w.target == (top0 + 1) % 7
+    assert c["explain:grad_cam"] == 3  # grad_cam for image 1
+    w.image_index = 0
+    assert w.wait(30) and counts(w)["forward"] == 2 and counts(w)["explain:grad_cam"] == 3  # all cached
+
+
+def test_target_follows_the_image_until_the_user_picks_one(toy):
+    x = input_for(toy, batch=6, seed=4)
+    tops = [int(v) for v in toy(x).argmax(-1)]
+    i = next(j for j in range(1, 6) if tops[j] != tops[0])
+    w = Explorer(toy, x, methods=["raw_attention"])
+    w.image_index = i
+    assert w.wait(30) and w.target == tops[i]
+    assert [c["index"] for c in w.topk][0] == tops[i]
+
+
+def test_explainer_failure_is_reported_and_the_widget_stays_usable(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout"], params={"rollout": {"start_layer": 99}})
+    w.method = "rollout"
+    assert w.wait(30)
+    assert "Rollout on image 1 failed" in w.status["error"]
+    assert w.map_payload["key"] == "0|rollout|-|0" and "error" in w.map_payload
+    assert w.errors and "Traceback" in w.errors[-1]
+    w.set_params("rollout", start_layer=0)
+    assert w.wait(30)
+    assert w.status["error"] is None and "data" in w.map_payload and w.params_version == 1
+
+
+# ------------------------------------------------------------------ values
+
+
+def test_intervention_matches_a_hand_made_perturbation(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention"])
+    w.mode = "zero"
+    w.brushed = [1, 6, 11]
+    assert w.wait(30)
+    r = w.intervention
+    xz = imgs[:1].clone()
+    for p in (1, 6, 11):  # 4x4 grid of 8x8 patches, row-major
+        row, col = divmod(p, 4)
+        xz[:, :, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] = 0.0
+    with torch.no_grad():
+        after = toy(xz).double().softmax(-1)[0]
+        before = toy(imgs[:1]).double().softmax(-1)[0]
+    t = w.target
+    assert r["patches"] == [1, 6, 11] and r["target"] == t and r["mode"] == "zero"
+    assert r["target_after"] == pytest.approx(float(after[t]), abs=1e-5)
+    assert r["target_before"] == pytest.approx(float(before[t]), abs=1e-5)
+    assert r["delta"] == pytest.approx(float(after[t] - before[t]), abs=1e-5)
+    assert [c["index"] for c in r["after"]] == [int(i) for i in after.argsort(descending=True)[:5]]
+    assert isinstance(r["causal_score"], float)
+
+
+def test_attention_payload_round_trip_error_bound(toy, imgs):
+    """Each dequantised entry is within scale/510 of a float64 replica's attention."""
+    w = Explorer(toy, imgs, methods=["raw_attention"])
+    sent: list[tuple[dict, list]] = []
+    w.send = lambda msg, buffers=None: sent.append((msg, buffers))  # this instance only
+    nbytes = w._send_attention(1, first=1)
+    assert [m["layer"] for m, _ in sent] == [1, 0, 2]  # the current layer first
+    with torch.no_grad():
+        _, attns, _ = replica_forward(toy, tokens_into_blocks(toy, imgs[1:2]))
+    H, P, T = 4, 16, 1
+    assert nbytes == 3 * ((H + 1) * (1 + P) * P + (H + 1) * (1 + P) * 4)
+    for msg, (q, scales) in sent:
+        assert (msg["heads"], msg["rows"], msg["cols"]) == (H + 1, 1 + P, P)
+        q = np.frombuffer(q, np.uint8).reshape(H + 1, 1 + P, P)
+        s = np.frombuffer(scales, np.float32).reshape(H + 1, 1 + P)
+        a = attns[msg["layer"]][0]  # (H, N, N) float64
+        a = torch.cat([a, a.mean(0, keepdim=True)])
+        want = torch.cat([a[:, :1, T:], a[:, T:, T:]], dim=1).numpy()  # CLS row, then patch rows
+        got = ser.dequantize_rows(q, s)
+        bound = s.astype(np.float64)[..., None] / 510 + 1e-6
+        assert np.all(np.abs(got - want) <= bound)
+        assert np.allclose(s, want.max(-1), atol=1e-6)
+
+
+def test_quantize_rows_hand_case():
+    q, s = ser.quantize_rows(np.array([[0.0, 0.5, 1.0], [0.0, 0.0, 0.0], [2.0, -1.0, 1.0]]))
+    assert s.tolist() == [1.0, 0.0, 2.0]
+    assert q.tolist() == [[0, 128, 255], [0, 0, 0], [255, 0, 128]]
+
+
+def test_readout_row_follows_the_layout_rule():
+    m = tiny_vit("distilled")
+    x = input_for(m, batch=1)
+    w = Explorer(m, x, methods=["raw_attention"])
+    q, s = w._images[0]["attn"][0]
+    with torch.no_grad():
+        _, attns, _ = replica_forward(m, tokens_into_blocks(m, x))
+    want = readout_rows(attns[0][0], m)  # (H, P), mean of the two prefix rows
+    got = ser.dequantize_rows(q, s)[:4, 0]
+    assert np.all(np.abs(got - want.numpy()) <= s[:4, :1] / 510 + 1e-6)
+
+
+def test_explanation_property_is_the_current_view(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout"])
+    w.layer, w.head, w.query = 1, 2, 3
+    ex = w.explanation
+    with torch.no_grad():
+        _, attns, _ = replica_forward(toy, tokens_into_blocks(toy, imgs[:1]))
+    want = attns[1][0, 2, 1 + 3, 1:].reshape(4, 4)
+    assert torch.allclose(ex.patch_map[0].double(), want, atol=1e-5)
+    w.method = "rollout"
+    ex2 = w.explanation
+    assert ex2.method == "rollout" and w.stats["explain:rollout"] == 1  # the cached map
+
+
+def test_payload_sizes_are_small(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout"])
+    assert len(w.image["data"]) == 32 * 32 * 3
+    w.method = "rollout"
+    w.wait(30)
+    assert len(w.map_payload["data"]) == 16 * 4
+    # the attention stack is never a trait (saved notebooks stay small)
+    state = w.get_state()
+    assert not any(isinstance(v, (bytes, memoryview)) and len(v) > 4096 for v in state.values())
+
+
+# ------------------------------------------------------------------ worker
+
+
+def test_worker_keeps_only_the_newest_job_per_slot():
+    ran: list[int] = []
+    gate = threading.Event()
+    wk = _Worker(lambda busy, label: None)
+    wk.submit("a", "", gate.wait)
+    time.sleep(0.05)
+    for i in range(5):
+        wk.submit("b", "", lambda i=i: ran.append(i))
+    gate.set()
+    assert wk.wait(10)
+    assert ran == [4]
+
+
+def test_stale_intervention_is_dropped(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention"])
+    for p in range(6):
+        w.brushed = list(range(p + 1))
+    assert w.wait(30)
+    assert w.intervention["patches"] == list(range(6))
+    assert w.stats["intervene"] <= 6
+    assert w.intervention["id"] == w._req
+
+
+# ------------------------------------------------------------------ escaping and export
+
+
+HOSTILE = '</script><img src=x onerror="alert(1)">'
+
+
+def test_user_strings_are_text_never_html(toy, imgs):
+    names = [HOSTILE] + [f"c{i}" for i in range(6)]
+    w = Explorer(toy, imgs, methods=["raw_attention"], class_names=names, title=HOSTILE)
+    assert w.class_names[0] == HOSTILE  # passed through untouched, as data
+    page = w.to_html()
+    assert page.count("</script>") == 3  # the page's own three scripts only
+    assert "<img" not in page.split("<body")[0]
+    assert "&lt;/script&gt;" in page.split("</title>")[0]  # the title element escapes it
+    data = json.loads(re.search(r'id="vx-data">(.*?)</script>', page, re.S).group(1))
+    assert data["state"]["class_names"][0] == HOSTILE
+    for f in (REPO / "js" / "src").glob("*.ts"):
+        src = f.read_text()
+        assert "innerHTML" not in src and "insertAdjacentHTML" not in src and "outerHTML" not in src, f
+
+
+def test_to_html_embeds_state_attention_and_maps(toy, imgs, tmp_path):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout", "grad_cam"])
+    out = tmp_path / "ex.html"
+    page = w.to_html(out, methods="all")
+    assert out.read_text() == page
+    data = json.loads(re.search(r'id="vx-data">(.*?)</script>', page, re.S).group(1))
+    assert len(data["attn"]) == 2 * 3  # every image, every layer
+    keys = {m["key"] for m in data["maps"]}
+    assert {"0|rollout|-|0", "1|rollout|-|0"} <= keys
+    assert any(k.startswith("0|grad_cam|") for k in keys)
+    a = data["attn"][0]
+    import base64
+
+    q = np.frombuffer(base64.b64decode(a["data"]), np.uint8).reshape(a["heads"], a["rows"], a["cols"])
+    s = np.frombuffer(base64.b64decode(a["scales"]), np.float32).reshape(a["heads"], a["rows"])
+    q0, s0 = w._images[a["image_index"]]["attn"][a["layer"]]
+    assert np.array_equal(q, q0) and np.array_equal(s, s0)
+    assert data["state"]["image"]["data"]["$b64"]
+    with pytest.raises(InputError):
+        w.to_html(methods="some")
+
+
+def test_figure_shows_probabilities_before_and_after(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention"], topk=3)
+    fig = w.figure()
+    assert len(fig.data) == 1 and len(fig.data[0].y) == 3
+    probs = toy(imgs[:1]).softmax(-1)[0].detach()
+    assert fig.data[0].y[0] == pytest.approx(float(probs.max()), abs=1e-6)
+    w.brushed = [0, 1]
+    w.wait(30)
+    fig = w.figure()
+    assert [tr.name.split(" ")[0] for tr in fig.data] == ["before", "after"]
