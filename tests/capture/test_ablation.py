@@ -1,0 +1,155 @@
+"""Head ablation, token blocking and token dropping against a plain float64 replica."""
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+from vit_explore.capture.ablation import ablate_heads, block_tokens, drop_tokens
+from vit_explore.errors import InputError
+from vit_explore.testing import tiny_vit
+
+from ..conftest import input_for
+from ..replica import _gelu, _lin, _ln, _ls, replica_forward, tokens_into_blocks
+
+
+def replica_edit(model, tokens, heads=None, blocked=None, layers=None):
+    """Plain float64 forward with heads zeroed ({layer: [h]}) and key columns blocked."""
+    heads = heads or {}
+    x = tokens
+    L = len(model.blocks)
+    for li, blk in enumerate(model.blocks):
+        a = blk.attn
+        B, N, C = x.shape
+        h = a.num_heads
+        d = C // h
+        y = _ln(x, blk.norm1)
+        qkv = _lin(y, a.qkv).reshape(B, N, 3, h, d)
+        q, k, v = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        if blocked is not None and (layers is None or li in [i % L for i in layers]):
+            s = s.clone()
+            s[..., blocked] = float("-inf")
+        p = torch.softmax(s, dim=-1)
+        o = p @ v  # (B, h, N, d)
+        for hh in heads.get(li, []):
+            o[:, hh] = 0
+        o = o.transpose(1, 2).reshape(B, N, C)
+        x = x + _ls(_lin(o, a.proj), blk.ls1)
+        y = _ln(x, blk.norm2)
+        x = x + _ls(_lin(_gelu(_lin(y, blk.mlp.fc1)), blk.mlp.fc2), blk.ls2)
+    x = _ln(x, model.norm)
+    T = model.num_prefix_tokens
+    if model.global_pool == "avg":
+        return _lin(_ln(x[:, T:].mean(1), model.fc_norm), model.head)
+    if hasattr(model, "head_dist"):
+        return (_lin(x[:, 0], model.head) + _lin(x[:, 1], model.head_dist)) / 2
+    return _lin(x[:, 0], model.head)
+
+
+def _state(model):
+    return (
+        [(m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [blk.attn.__dict__.get("fused_attn", "missing") for blk in model.blocks],
+    )
+
+
+def test_replica_matches_model(model, x):
+    with torch.no_grad():
+        ref, _, _ = replica_forward(model, tokens_into_blocks(model, x))
+        assert torch.allclose(model(x).double(), ref, atol=1e-5)
+
+
+def test_all_heads_of_a_layer(model, x):
+    H = model.blocks[1].attn.num_heads
+    ref = replica_edit(model, tokens_into_blocks(model, x), heads={1: list(range(H))})
+    with ablate_heads(model, {1: list(range(H))}), torch.no_grad():
+        got = model(x)
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(model(x).double(), ref, atol=1e-3)
+
+
+def test_some_heads_negative_indices():
+    model = tiny_vit("vanilla")
+    x = input_for(model)
+    ref = replica_edit(model, tokens_into_blocks(model, x), heads={2: [3], 0: [0, 1]})
+    with ablate_heads(model, {-1: [-1], 0: [0, 1]}), torch.no_grad():
+        assert torch.allclose(model(x).double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_block_tokens_patches_and_layers(variant, fused):
+    model = tiny_vit(variant)
+    for blk in model.blocks:
+        blk.attn.fused_attn = fused
+    x = input_for(model, batch=2)
+    T = model.num_prefix_tokens
+    gh, gw = model.patch_embed.grid_size if variant != "nonsquare" else (4, 6)
+    g = torch.zeros(gh, gw, dtype=torch.bool)
+    g[0, 1] = g[2, 2] = True
+    cols = [T + 1, T + 2 * gw + 2]
+    ref = replica_edit(model, tokens_into_blocks(model, x), blocked=cols, layers=[1, 2])
+    with block_tokens(model, g, layers=[1, -1]), torch.no_grad():
+        got = model(x)
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    with block_tokens(model, cols, layers=[1, 2]), torch.no_grad():
+        assert torch.allclose(model(x).double(), ref, atol=1e-5)
+
+
+def test_compose_and_restore(model, x):
+    before = _state(model)
+    with torch.no_grad():
+        plain = model(x)
+    ref = replica_edit(model, tokens_into_blocks(model, x), heads={0: [1]}, blocked=[0, model.num_prefix_tokens])
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ablate_heads(model, {0: [1]}))
+        stack.enter_context(block_tokens(model, [0, model.num_prefix_tokens]))
+        with torch.no_grad():
+            got = model(x)
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    assert _state(model) == before
+    with torch.no_grad():
+        assert torch.equal(model(x), plain)
+
+
+def test_restored_after_error(model, x):
+    before = _state(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with ablate_heads(model, {0: [0]}), block_tokens(model, [1]):
+            raise RuntimeError("boom")
+    assert _state(model) == before
+
+
+def test_drop_tokens_with_source_matches_replica():
+    model = tiny_vit("registers")
+    x = input_for(model, batch=2)
+    T = model.num_prefix_tokens
+    keep = torch.tensor([[0, 5, 9], [1, 2, 15], [3, 4, 7]])
+    source = torch.tensor([1, 0, 1])
+    tok = tokens_into_blocks(model, x)
+    sub = torch.cat([tok[source][:, :T], torch.stack([tok[s, T + k] for s, k in zip(source, keep)])], 1)
+    ref, _, _ = replica_forward(model, sub)
+    with drop_tokens(model, keep, source), torch.no_grad():
+        got = model(x)
+    assert got.shape == (3, 7)
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+
+
+def test_bad_input():
+    model = tiny_vit("vanilla")
+    with pytest.raises(InputError, match="out of range"):
+        with ablate_heads(model, {5: [0]}):
+            pass
+    with pytest.raises(InputError, match="head 4"):
+        with ablate_heads(model, {0: [4]}):
+            pass
+    with pytest.raises(InputError, match="every token"):
+        with block_tokens(model, list(range(17))), torch.no_grad():
+            model(input_for(model, 1))
+    with pytest.raises(InputError, match="grid"):
+        with block_tokens(model, torch.zeros(3, 3, dtype=torch.bool)), torch.no_grad():
+            model(input_for(model, 1))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

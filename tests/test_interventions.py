@@ -1,0 +1,253 @@
+"""intervene / causal_score / counterfactual against plain forwards and hand-built inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+import vit_explore.interventions as vi
+from vit_explore.errors import InputError
+from vit_explore.testing import tiny_vit
+
+from .conftest import input_for
+from .replica import replica_forward, tokens_into_blocks
+
+
+def grid_of(model, x):
+    ph, pw = model.patch_embed.patch_size
+    return x.shape[-2] // ph, x.shape[-1] // pw
+
+
+def fwd(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def pixel_region(model, regions, hw):
+    ph, pw = model.patch_embed.patch_size
+    r = regions.float().repeat_interleave(ph, 1).repeat_interleave(pw, 2)[:, : hw[0], : hw[1]]
+    return r[:, None]
+
+
+def _state(model):
+    return (
+        [(m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [blk.attn.__dict__.get("fused_attn", "missing") for blk in model.blocks],
+    )
+
+
+def test_drop_nothing_is_plain_forward(model, x):
+    g = torch.zeros(*grid_of(model, x), dtype=torch.bool)
+    r = vi.intervene(model, x, g, mode="drop")
+    assert torch.allclose(r.logits, fwd(model, x), atol=1e-5)
+    assert torch.allclose(r.base_logits, fwd(model, x), atol=1e-5)
+    assert torch.allclose(r.delta, torch.zeros(len(x)), atol=1e-6)
+
+
+def test_zero_everything_is_blank_image(model, x):
+    g = torch.ones(*grid_of(model, x), dtype=torch.bool)
+    r = vi.intervene(model, x, g, mode="zero")
+    assert torch.allclose(r.logits, fwd(model, torch.zeros_like(x)), atol=1e-5)
+    m = vi.intervene(model, x, g, mode="mean")
+    assert torch.allclose(m.logits, fwd(model, x.mean((2, 3), keepdim=True).expand_as(x)), atol=1e-5)
+    k = vi.intervene(model, x, ~g, mode="zero", keep=True)  # keep nothing
+    assert torch.allclose(k.logits, r.logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", vi.MODES)
+def test_batched_sets_equal_one_by_one(mode):
+    model = tiny_vit("registers")
+    x = input_for(model, batch=1, seed=3)
+    sets = [[0], [1, 2, 3], [5, 6, 9, 10, 15], [], list(range(16))[:-1]]
+    both = vi.intervene(model, x, sets, mode=mode, seed=7)
+    assert both.logits.shape == (5, 7)
+    for k, s in enumerate(sets):
+        one = vi.intervene(model, x, [s], mode=mode, seed=7)
+        assert torch.allclose(both.logits[k], one.logits[0], atol=1e-5), (mode, k)
+        assert torch.equal(both.patches[k], one.patches[0])
+    chunked = vi.intervene(model, x, sets, mode=mode, seed=7, batch_size=2)
+    assert torch.allclose(chunked.logits, both.logits, atol=1e-5)
+
+
+def test_noise_keep_by_hand():
+    model = tiny_vit("vanilla")
+    x = input_for(model, batch=1, seed=1)
+    eps = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 0.3
+    r = vi.intervene(model, x, [0, 5], mode="noise", keep=True, seed=5, sigma=0.3)
+    kept = torch.zeros(32, 32)
+    kept[0:8, 0:8] = 1  # patch 0
+    kept[8:16, 8:16] = 1  # patch 5 = row 1, col 1
+    want = x * kept + eps * (1 - kept)
+    assert torch.allclose(r.input, want, atol=1e-6)
+    assert torch.allclose(r.logits, fwd(model, want), atol=1e-5)
+    expect_region = torch.ones(4, 4, dtype=torch.bool)
+    expect_region[0, 0] = expect_region[1, 1] = False
+    assert torch.equal(r.patches[0], expect_region)
+    # removing instead of keeping: the same noise on the two patches only
+    rm = vi.intervene(model, x, [0, 5], mode="noise", seed=5, sigma=0.3)
+    assert torch.allclose(rm.input, x * (1 - kept) + eps * kept, atol=1e-6)
+
+
+def test_pixel_mask_any_pixel_rule_and_blur():
+    model = tiny_vit("vanilla")
+    x = input_for(model, batch=2, seed=2)
+    pix = torch.zeros(32, 32, dtype=torch.bool)
+    pix[9, 17] = True  # one pixel of patch (1, 2) = index 6
+    r = vi.intervene(model, x, pix, mode="blur", blur_size=5, blur_sigma=1.5)
+    assert r.patches.shape == (2, 4, 4) and r.patches[:, 1, 2].all() and int(r.patches.sum()) == 2
+    # blur substrate replica: plain 2-D Gaussian, reflect padding
+    t = torch.arange(5, dtype=torch.float64) - 2
+    k1 = torch.exp(-(t**2) / (2 * 1.5**2))
+    k2 = torch.outer(k1, k1) / k1.sum() ** 2
+    xp = torch.nn.functional.pad(x.double(), (2, 2, 2, 2), mode="reflect")
+    blur = torch.nn.functional.conv2d(xp, k2[None, None].expand(3, 1, 5, 5).contiguous(), groups=3).float()
+    reg = pixel_region(model, r.patches, (32, 32))
+    assert torch.allclose(r.input, x * (1 - reg) + blur * reg, atol=1e-5)
+    j = vi.intervene(model, x, [6], mode="blur", blur_size=5, blur_sigma=1.5)
+    assert torch.allclose(j.logits, r.logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "gap", "registers", "distilled", "layerscale"])
+def test_drop_matches_token_subset_replica(variant):
+    model = tiny_vit(variant)
+    x = input_for(model, batch=1, seed=4)
+    T = model.num_prefix_tokens
+    sets = [[0, 3, 7, 8], [1, 2, 3, 4, 5, 6, 12, 13], [15]]
+    r = vi.intervene(model, x, sets, mode="drop")
+    tok = tokens_into_blocks(model, x)
+    for k, s in enumerate(sets):
+        kept = [p for p in range(16) if p not in s]
+        sub = torch.cat([tok[:, :T], tok[:, [T + p for p in kept]]], 1)
+        ref, _, _ = replica_forward(model, sub)
+        assert torch.allclose(r.logits[k].double(), ref[0], atol=1e-5), (variant, k)
+        assert r.kept[k].tolist() == kept
+
+
+def test_delta_topk_target():
+    model = tiny_vit("vanilla")
+    x = input_for(model, batch=3, seed=5)
+    r = vi.intervene(model, x, [1, 2], mode="zero", target=[0, 1, 2], topk=3)
+    base = fwd(model, x).softmax(-1)
+    assert r.target.tolist() == [0, 1, 2]
+    assert torch.allclose(r.delta, r.probs[torch.arange(3), r.target] - base[torch.arange(3), r.target], atol=1e-6)
+    bp, bi = base.topk(3)
+    assert torch.equal(r.topk.before_indices, bi)
+    assert torch.allclose(r.topk.delta, r.probs.gather(1, bi) - bp, atol=1e-6)
+    assert torch.allclose(r.topk.after_probs, r.probs.topk(3).values)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_causal_score_by_hand(keep):
+    model = tiny_vit("gap")
+    x = input_for(model, batch=1, seed=6)
+    sets = [[0, 1, 4, 5], [10, 11]]
+    got = vi.causal_score(model, x, sets, keep=keep, seed=3)
+    base = fwd(model, x).softmax(-1)[0]
+    c = int(base.argmax())
+    eps = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 0.1
+    for k, s in enumerate(sets):
+        g = torch.zeros(16, dtype=torch.bool)
+        g[s] = True
+        region = g.reshape(1, 4, 4)
+        M = 1 - pixel_region(model, region, (32, 32))  # 1 on kept pixels when removing
+        if keep:
+            M = 1 - M
+        xk = x * M + eps * (1 - M)
+        xr = x + eps * (1 - M)
+        want = fwd(model, xk).softmax(-1)[0, c] - fwd(model, xr).softmax(-1)[0, c] + base[c]
+        assert abs(float(got[k]) - float(want)) < 1e-5
+    for mode in ("noise", "zero", "drop"):
+        r = vi.intervene(model, x, sets, mode=mode, keep=keep, seed=3)
+        assert torch.allclose(r.causal_score, got, atol=1e-5)
+
+
+def test_model_left_as_found(model, x):
+    model.train()
+    model.blocks[0].attn.fused_attn = False
+    before = _state(model)
+    g = torch.zeros(*grid_of(model, x), dtype=torch.bool)
+    g[0, 0] = True
+    for mode in vi.MODES:
+        r = vi.intervene(model, x, g, mode=mode)
+        _ = r.causal_score
+    assert _state(model) == before
+    with pytest.raises(InputError):
+        vi.intervene(model, x, g, mode="nope")
+    assert _state(model) == before
+
+
+def test_base_cache_sees_weight_changes():
+    model = tiny_vit("vanilla")
+    x = input_for(model, batch=1)
+    a = vi.intervene(model, x, [0], mode="zero")
+    with torch.no_grad():
+        model.head.bias[0] += 5.0
+    b = vi.intervene(model, x, [0], mode="zero")
+    assert torch.allclose(b.base_logits, fwd(model, x), atol=1e-6)
+    assert not torch.allclose(a.base_logits, b.base_logits)
+    with pytest.raises(Exception, match="changed"):
+        _ = a.causal_score
+    with vi.ablate_heads(model, {0: [0, 1, 2, 3]}):
+        c = vi.intervene(model, x, [0], mode="zero")
+        assert torch.allclose(c.base_logits, fwd(model, x), atol=1e-6)
+    assert not torch.allclose(c.base_logits, b.base_logits)
+
+
+def test_counterfactual_changes_prediction_and_is_pruned():
+    model = tiny_vit("vanilla", seed=3)
+    x = input_for(model, batch=1, seed=8)
+    base = fwd(model, x).softmax(-1)[0]
+    c = int(base.argmax())
+    score_map = torch.arange(16, dtype=torch.float32).flip(0).reshape(4, 4)
+    cf = vi.counterfactual(model, x, mode="zero", order_by=score_map, batch_size=4)
+    assert cf.found and cf.target == c
+    assert cf.order.tolist() == list(range(16))
+    keep = 1 - pixel_region(model, cf.patches[None], (32, 32))
+    p = fwd(model, x * keep).softmax(-1)[0]
+    assert int(p.argmax()) == cf.new_class != c
+    assert abs(cf.path_target[0] - float(base[c])) < 1e-6
+    assert len(cf.path_target) == cf.greedy_size + 1
+    # greedy prefix: the first cf.greedy_size patches flip, the previous prefix does not
+    g = torch.zeros(16)
+    g[: cf.greedy_size] = 1
+    prev = torch.zeros(16)
+    prev[: cf.greedy_size - 1] = 1
+    for grid, flips in ((g, True), (prev, False)):
+        keep = 1 - pixel_region(model, grid.bool().reshape(1, 4, 4), (32, 32))
+        assert (int(fwd(model, x * keep).argmax()) != c) == flips
+    # pruned: putting back any single chosen patch restores the prediction
+    for p_idx in torch.nonzero(cf.patches.reshape(-1)).reshape(-1).tolist():
+        s = cf.patches.reshape(-1).clone()
+        s[p_idx] = False
+        if s.any():
+            keep = 1 - pixel_region(model, s.reshape(1, 4, 4), (32, 32))
+            assert int(fwd(model, x * keep).argmax()) == c
+    rollout = vi.counterfactual(model, x, mode="drop", order_by="rollout")
+    assert rollout.patches.shape == (4, 4)
+
+
+def test_bad_input():
+    model = tiny_vit("vanilla")
+    x = input_for(model, batch=1)
+    with pytest.raises(InputError, match=r"shape \(4, 4\)"):
+        vi.intervene(model, x, torch.zeros(3, 3, dtype=torch.bool))
+    with pytest.raises(InputError, match="out of range"):
+        vi.intervene(model, x, [3, 16])
+    with pytest.raises(InputError, match="out of range"):
+        vi.intervene(model, x, [[1], [-1]])
+    with pytest.raises(InputError, match="empty"):
+        vi.intervene(model, x, [])
+    with pytest.raises(InputError, match="did you mean 'blur'"):
+        vi.intervene(model, x, [1], mode="blurr")
+    with pytest.raises(InputError, match="float"):
+        vi.intervene(model, x, torch.zeros(4, 4))
+    with pytest.raises(InputError, match="ONE image"):
+        vi.intervene(model, input_for(model, batch=2), [[1], [2]])
+    with pytest.raises(InputError, match="blur_size"):
+        vi.intervene(model, x, [1], mode="blur", blur_size=4)
+    with pytest.raises(InputError, match="average"):
+        vi.intervene(tiny_vit("gap"), x, np.ones((4, 4), dtype=bool), mode="drop")
+    with pytest.raises(InputError, match="one image"):
+        vi.counterfactual(model, input_for(model, batch=2))
+    with pytest.raises(InputError, match="order_by"):
+        vi.counterfactual(model, x, order_by=torch.zeros(3, 3))

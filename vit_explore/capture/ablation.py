@@ -1,0 +1,267 @@
+"""Reversible model surgery for interventions: token dropping, head ablation, token blocking.
+
+Every function here is a context manager (or runs inside one) that registers per-module
+hooks and removes them in ``finally``; nothing is patched at class level, no flag is
+changed, so the model is left exactly as it was found. They compose freely (nest them or
+enter them on one ``contextlib.ExitStack``). This module and ``session.py`` are the only
+places that touch ``nn.Module`` internals.
+
+* ``drop_tokens``: after the position embedding (the output of ``model.patch_drop``), keep
+  the prefix tokens and only the chosen patch tokens; the kept tokens keep their own
+  position embeddings, so the cost falls with the number of kept tokens. Global-average-pool
+  models then average over the kept patches.
+* ``ablate_heads``: zero the outputs of chosen heads (their channels at the input of
+  ``attn.proj``, i.e. after the per-head ``softmax(QK^T) V`` and after timm's optional
+  ``attn.norm``), per layer.
+* ``block_tokens``: no query may attend to the chosen tokens (an additive ``-inf`` column
+  mask given to timm's ``Attention`` as ``attn_mask``; works on the fused and unfused paths).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError, UnsupportedModelError
+from .adapters import inspect_vit
+
+__all__ = [
+    "ablate_heads",
+    "block_tokens",
+    "drop_tokens",
+    "eval_mode",
+    "forward_logits",
+    "model_fingerprint",
+]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode for the block; restore each training flag after."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def model_fingerprint(model: nn.Module) -> tuple:
+    """A cheap key that changes when parameters are modified in place or hooks are added.
+
+    Used to cache the unmodified forward of an image between interventions.
+    """
+    params = tuple((id(p), p._version) for p in model.parameters())
+    hooks = tuple(
+        (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()
+        if m._forward_hooks or m._forward_pre_hooks
+    )
+    return (id(model), params, hooks)
+
+
+@torch.no_grad()
+def forward_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits (B, C) of ``x`` (B, 3, H, W) in eval mode without autograd, in chunks of ``batch_size``."""
+    with eval_mode(model):
+        if batch_size is None or x.shape[0] <= batch_size:
+            return model(x)
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+# --------------------------------------------------------------------------- token dropping
+
+
+@contextlib.contextmanager
+def drop_tokens(
+    model: nn.Module, keep: torch.Tensor, source: torch.Tensor | None = None
+) -> Iterator[None]:
+    """Keep only some patch tokens after the position embedding.
+
+    Args:
+        model: a timm VisionTransformer (with ``patch_drop`` after ``_pos_embed``).
+        keep: (K, n) long, row-major patch indices kept for each of the K output sequences
+            (same n for all rows; group sets by size to run sets of different sizes).
+        source: (K,) long, which input image each output row comes from (None: row k of
+            the input batch, which must then have K images). Lets one patch embedding of
+            one image feed K different token subsets.
+
+    The prefix tokens (CLS, distillation, registers) are always kept; the position
+    embeddings the kept tokens received are unchanged.
+    """
+    target = getattr(model, "patch_drop", None)
+    if not isinstance(target, nn.Module):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no patch_drop module after the position embedding; "
+            "token dropping needs a timm VisionTransformer"
+        )
+    if keep.ndim != 2:
+        raise InputError(f"keep must be (K, n) patch indices, got shape {tuple(keep.shape)}")
+    T = int(model.num_prefix_tokens)
+
+    def hook(module, args, out):
+        B, N, C = out.shape
+        P = N - T
+        if keep.numel() and (int(keep.max()) >= P or int(keep.min()) < 0):
+            raise InputError(f"kept patch index out of range: the sequence has {P} patches")
+        src = out if source is None else out[source.to(out.device)]
+        if src.shape[0] != keep.shape[0]:
+            raise InputError(
+                f"{keep.shape[0]} kept-token sets for a batch of {src.shape[0]}; pass source= to map sets to images"
+            )
+        idx = keep.to(out.device)[..., None].expand(-1, -1, C)
+        return torch.cat([src[:, :T], torch.gather(src[:, T:], 1, idx)], dim=1)
+
+    handle = target.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# --------------------------------------------------------------------------- head ablation
+
+
+@contextlib.contextmanager
+def ablate_heads(model: nn.Module, heads: Mapping[int, Sequence[int] | int]) -> Iterator[None]:
+    """Switch off attention heads: ``{layer: [head, ...]}`` (negative layers count from the end).
+
+    A head's output ``softmax(q k^T * scale) v`` (its ``head_dim`` channels at the input of
+    ``attn.proj``) is set to zero, so only ``proj``'s bias remains of what it contributed.
+    """
+    info = inspect_vit(model)
+    L = info.num_layers
+    if not isinstance(heads, Mapping):
+        raise InputError(f"heads must be a dict {{layer: [heads]}}, got {type(heads).__name__}")
+    plan: dict[int, list[int]] = {}
+    for layer, hs in heads.items():
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -L <= int(layer) < L:
+            raise InputError(f"layer {layer!r} is out of range: the model has {L} blocks (0..{L - 1})")
+        attn = info.attns[int(layer) % L]
+        H = int(attn.num_heads)
+        hs_list = [hs] if isinstance(hs, (int, np.integer)) else list(hs)
+        for h in hs_list:
+            if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not -H <= int(h) < H:
+                raise InputError(f"head {h!r} of layer {layer} is out of range: the block has {H} heads (0..{H - 1})")
+        plan.setdefault(int(layer) % L, []).extend(int(h) % H for h in hs_list)
+    handles = []
+    try:
+        for layer, hs in plan.items():
+            attn = info.attns[layer]
+            proj = getattr(attn, "proj", None)
+            if not isinstance(proj, nn.Module):
+                raise UnsupportedModelError(f"block {layer}'s attention has no proj module to ablate heads at")
+            handles.append(proj.register_forward_pre_hook(_zero_heads_hook(sorted(set(hs)), int(attn.num_heads))))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _zero_heads_hook(heads: list[int], num_heads: int):
+    def hook(module, args):
+        y = args[0]
+        d = y.shape[-1] // num_heads
+        keep = torch.ones(num_heads, dtype=y.dtype, device=y.device)
+        keep[heads] = 0
+        y = y * keep.repeat_interleave(d)
+        return (y, *args[1:])
+
+    return hook
+
+
+# --------------------------------------------------------------------------- token blocking
+
+
+@contextlib.contextmanager
+def block_tokens(
+    model: nn.Module,
+    tokens_or_patches: Sequence[int] | torch.Tensor | np.ndarray,
+    layers: Sequence[int] | None = None,
+) -> Iterator[None]:
+    """No query attends to the chosen tokens in ``layers`` (None: every block).
+
+    Args:
+        tokens_or_patches: a boolean patch grid (gh, gw) (those patches' tokens), or a
+            sequence of **token** indices into the full sequence (0 = CLS, ``T + p`` = patch
+            ``p`` where ``T`` is the number of prefix tokens), or a boolean (N,) token mask.
+        layers: block indices (negative from the end).
+
+    The blocked tokens still exist (their own rows attend to the others); for
+    global-average-pool models they are still averaged by the read-out.
+    """
+    info = inspect_vit(model)
+    L = info.num_layers
+    sel = range(L) if layers is None else list(layers)
+    for i in sel:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -L <= int(i) < L:
+            raise InputError(f"layer {i!r} is out of range: the model has {L} blocks (0..{L - 1})")
+    sel = sorted({int(i) % L for i in sel})
+    T = info.num_prefix
+    spec = torch.as_tensor(np.asarray(tokens_or_patches.detach().cpu() if isinstance(tokens_or_patches, torch.Tensor)
+                                      else tokens_or_patches))
+    if spec.dtype == torch.bool and spec.ndim == 2:
+        grid_mask = spec
+
+        def columns(N: int) -> torch.Tensor:
+            if N - T != grid_mask.numel():
+                raise InputError(
+                    f"the patch grid {tuple(grid_mask.shape)} has {grid_mask.numel()} cells but the sequence has "
+                    f"{N - T} patch tokens"
+                )
+            return torch.cat([torch.zeros(T, dtype=torch.bool), grid_mask.reshape(-1)])
+    elif spec.dtype == torch.bool and spec.ndim == 1:
+        tok_mask = spec
+
+        def columns(N: int) -> torch.Tensor:
+            if tok_mask.numel() != N:
+                raise InputError(f"the token mask has {tok_mask.numel()} entries but the sequence has {N} tokens")
+            return tok_mask
+    elif spec.ndim <= 1 and not spec.dtype.is_floating_point:
+        idx = spec.reshape(-1).long()
+
+        def columns(N: int) -> torch.Tensor:
+            if idx.numel() and (int(idx.max()) >= N or int(idx.min()) < -N):
+                raise InputError(f"token index out of range: the sequence has {N} tokens (0..{N - 1})")
+            m = torch.zeros(N, dtype=torch.bool)
+            m[idx % N] = True
+            return m
+    else:
+        raise InputError(
+            "tokens_or_patches must be a bool (gh, gw) patch grid, a bool (N,) token mask or a list of token "
+            f"indices; got dtype {spec.dtype} and shape {tuple(spec.shape)}"
+        )
+
+    cache: dict = {}
+
+    def hook(module, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        N = x.shape[1]
+        key = (N, x.dtype, x.device)
+        if key not in cache:
+            cols = columns(N)
+            if bool(cols.all()):
+                raise InputError("every token would be blocked; leave at least one token visible")
+            bias = torch.zeros(1, 1, N, N, dtype=x.dtype)
+            bias[..., cols] = float("-inf")
+            cache[key] = bias.to(x.device)
+        bias = cache[key]
+        old = kwargs.get("attn_mask")
+        if old is not None:
+            if old.dtype == torch.bool:
+                old = torch.zeros_like(old, dtype=x.dtype).masked_fill(~old, float("-inf"))
+            bias = old + bias
+        return args, {**kwargs, "attn_mask": bias}
+
+    handles = []
+    try:
+        for i in sel:
+            handles.append(info.attns[i].register_forward_pre_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

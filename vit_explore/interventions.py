@@ -1,0 +1,692 @@
+"""Live interventions on image patches: what the model predicts without (or with only) a region.
+
+``intervene`` replaces a set of patches by a substrate (``blur``, ``mean``, ``zero``,
+``noise``) or removes their tokens from the sequence (``drop``), for many patch sets in one
+batched forward pass, and reports the new logits, probabilities and the change for the
+target and the top-k classes. ``causal_score`` gives the region's ViT-CX causal score
+(Xie et al. 2022, arXiv:2211.03064, methods.md §10 step 7), the quantity ViT-CX
+aggregates over its masks, so a brushed region and a ViT-CX mask are measured alike.
+``counterfactual`` searches a small set of patches whose removal changes the prediction.
+The head and token ablations (``ablate_heads``, ``block_tokens``) live in
+``vit_explore.capture.ablation`` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits, model_fingerprint
+from .capture.adapters import ViTInfo, grid_for, inspect_vit
+from .errors import CaptureError, InputError, suggest
+from .inputs import check_tensor
+from .targets import TargetLike, resolve_target
+
+__all__ = [
+    "MODES",
+    "Counterfactual",
+    "Intervention",
+    "TopK",
+    "ablate_heads",
+    "block_tokens",
+    "causal_score",
+    "counterfactual",
+    "intervene",
+]
+
+Mode = Literal["blur", "mean", "zero", "noise", "drop"]
+MODES: tuple[str, ...] = ("blur", "mean", "zero", "noise", "drop")
+PatchesLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Top-k classes before and after an intervention, per patch set (K, k).
+
+    ``delta`` is the change of the classes that were top-k *before*:
+    ``after prob of before_indices - before_probs``.
+    """
+
+    before_indices: torch.Tensor
+    before_probs: torch.Tensor
+    after_indices: torch.Tensor
+    after_probs: torch.Tensor
+    delta: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """The result of ``intervene`` for K patch sets (one per image, or several for one image).
+
+    Attributes:
+        logits, probs: (K, C) of the intervened inputs.
+        base_logits, base_probs: (K, C) of the unmodified image each set acts on.
+        target: (K,) class whose change is reported.
+        delta: (K,) ``probs[target] - base_probs[target]``.
+        topk: top-k classes before and after (see ``TopK``).
+        input: (K, 3, H, W) the tensor that was fed; for ``drop`` the unmodified image (the
+            kept tokens are in ``kept``).
+        kept: for ``drop``, K tensors of the kept row-major patch indices; else None.
+        patches: (K, gh, gw) bool, the region acted on (the complement of the given
+            patches when ``keep=True``).
+        image_index: (K,) which image of the batch each set acts on.
+        mode, keep: as given.
+        causal_score: (K,) the region's ViT-CX causal score (see ``causal_score``),
+            computed on first access (one or two extra batched forward passes per set).
+    """
+
+    logits: torch.Tensor
+    probs: torch.Tensor
+    base_logits: torch.Tensor
+    base_probs: torch.Tensor
+    target: torch.Tensor
+    delta: torch.Tensor
+    topk: TopK
+    input: torch.Tensor
+    patches: torch.Tensor
+    image_index: torch.Tensor
+    mode: str
+    keep: bool
+    kept: tuple[torch.Tensor, ...] | None = None
+    _causal: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def causal_score(self) -> torch.Tensor:
+        """(K,) ViT-CX causal score of each region, ``Delta[target]`` (methods.md §10 step 7)."""
+        if "causal" not in self._cache:
+            if self._causal is None:
+                raise CaptureError("this Intervention carries no causal score")
+            self._cache["causal"] = self._causal()
+        return self._cache["causal"]
+
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """A small patch set whose removal changes the prediction of one image.
+
+    Attributes:
+        patches: (gh, gw) bool, the chosen (pruned) patches.
+        found: whether the prediction changed within ``max_patches``.
+        target: the class explained (the prediction unless given).
+        new_class: the top-1 class after removing ``patches`` (None if not found).
+        path_target, path_new: probabilities of ``target`` and of ``new_class`` as the
+            greedy search adds patches in map order; entry ``k`` is after ``k`` patches
+            (entry 0 is the unmodified image).
+        greedy_size: patches chosen by the greedy pass before pruning.
+        order: (P,) patch indices in the order the greedy pass tried them.
+        probs: (C,) probabilities after removing ``patches``; base_probs: (C,) before.
+        mode: the removal mode.
+    """
+
+    patches: torch.Tensor
+    found: bool
+    target: int
+    new_class: int | None
+    path_target: list[float]
+    path_new: list[float]
+    greedy_size: int
+    order: torch.Tensor
+    probs: torch.Tensor
+    base_probs: torch.Tensor
+    mode: str
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class _Setup:
+    info: ViTInfo
+    x: torch.Tensor  # (B, 3, H, W) checked
+    grid: tuple[int, int]
+
+
+def _setup(model: nn.Module, x: torch.Tensor, info: ViTInfo | None = None) -> _Setup:
+    info = info or inspect_vit(model)
+    if isinstance(x, torch.Tensor) and x.ndim == 3:
+        x = x[None]
+    x = check_tensor(info, x, model)
+    H, W = x.shape[-2:]
+    return _Setup(info, x, grid_for(info, H, W))
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}{suggest(str(mode), MODES)} (modes: {', '.join(MODES)})")
+
+
+def _as_tensor(p: Any) -> torch.Tensor:
+    if isinstance(p, torch.Tensor):
+        return p.detach().cpu()
+    return torch.as_tensor(np.asarray(p))
+
+
+def _one_set(p: Any, grid: tuple[int, int], hw: tuple[int, int], ps: tuple[int, int]) -> torch.Tensor:
+    """One patch set -> (gh, gw) bool: a bool grid, a bool pixel mask or a list of indices."""
+    gh, gw = grid
+    t = torch.zeros(0, dtype=torch.long) if isinstance(p, (list, tuple)) and len(p) == 0 else _as_tensor(p)
+    if t.dtype == torch.bool:
+        if tuple(t.shape) == grid:
+            return t.clone()
+        if tuple(t.shape) == hw:
+            return _pixels_to_grid(t[None], grid, ps)[0]
+        raise InputError(
+            f"a patch grid must have shape {grid} (or a pixel mask {hw}), got {tuple(t.shape)}"
+        )
+    if t.dtype.is_floating_point or t.dtype.is_complex:
+        raise InputError(f"patches must be a bool mask or integer patch indices, got dtype {t.dtype}")
+    if t.ndim > 1:
+        raise InputError(f"patch indices must be a flat list, got shape {tuple(t.shape)}")
+    idx = t.reshape(-1).long()
+    P = gh * gw
+    bad = (idx < 0) | (idx >= P)
+    if bool(bad.any()):
+        raise InputError(
+            f"patch index {int(idx[bad][0])} is out of range: the {gh}x{gw} grid has {P} patches (0..{P - 1}, row-major)"
+        )
+    g = torch.zeros(P, dtype=torch.bool)
+    g[idx] = True
+    return g.reshape(gh, gw)
+
+
+def _pixels_to_grid(m: torch.Tensor, grid: tuple[int, int], ps: tuple[int, int]) -> torch.Tensor:
+    """(K, H, W) bool pixel masks -> (K, gh, gw): a patch counts if ANY of its pixels is set."""
+    gh, gw = grid
+    ph, pw = ps
+    H, W = m.shape[-2:]
+    f = F.pad(m.float()[:, None], (0, gw * pw - W, 0, gh * ph - H))
+    return F.max_pool2d(f, (ph, pw))[:, 0] > 0
+
+
+def _parse_patches(patches: PatchesLike, s: _Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> regions (K, gh, gw) bool and image index (K,) long (both on CPU).
+
+    Accepted: a bool (gh, gw) grid or (H, W) pixel mask (applied to every image); a bool
+    (B, gh, gw) / (B, H, W) stack (one per image; for a single image, a (K, gh, gw) stack
+    is K sets); a flat list of patch indices (applied to every image); or a list of patch
+    sets (each any of the single-set forms) for ONE image.
+    """
+    B = s.x.shape[0]
+    grid, hw, ps = s.grid, tuple(s.x.shape[-2:]), s.info.patch_size
+    if isinstance(patches, (list, tuple)):
+        if len(patches) == 0:
+            raise InputError(
+                "the intervention list is empty; give patch indices, a bool grid, or a list of patch sets "
+                "(for 'no patches', pass a bool grid of all False)"
+            )
+        if all(isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in patches):
+            one = _one_set(list(patches), grid, hw, ps)
+            return one[None].expand(B, *grid).clone(), torch.arange(B)
+        if B != 1:
+            raise InputError(
+                f"a list of {len(patches)} patch sets is for ONE image, but the batch has {B}; "
+                "pass a (B, gh, gw) bool grid for one set per image"
+            )
+        regions = torch.stack([_one_set(p, grid, hw, ps) for p in patches])
+        return regions, torch.zeros(len(patches), dtype=torch.long)
+    if not isinstance(patches, (torch.Tensor, np.ndarray)):
+        raise InputError(
+            f"patches must be a bool grid, a pixel mask, a list of indices or a list of patch sets; "
+            f"got {type(patches).__name__}"
+        )
+    t = _as_tensor(patches)
+    if t.dtype != torch.bool:
+        one = _one_set(t, grid, hw, ps)
+        return one[None].expand(B, *grid).clone(), torch.arange(B)
+    if t.ndim == 2:
+        one = _one_set(t, grid, hw, ps)
+        return one[None].expand(B, *grid).clone(), torch.arange(B)
+    if t.ndim == 3:
+        if tuple(t.shape[1:]) == grid:
+            regions = t.clone()
+        elif tuple(t.shape[1:]) == hw:
+            regions = _pixels_to_grid(t, grid, ps)
+        else:
+            raise InputError(
+                f"a patch grid stack must have shape (K, {grid[0]}, {grid[1]}) (or pixel masks (K, {hw[0]}, {hw[1]})), "
+                f"got {tuple(t.shape)}"
+            )
+        K = regions.shape[0]
+        if K == 0:
+            raise InputError("the intervention list is empty (0 patch sets)")
+        if K == B:
+            return regions, torch.arange(B)
+        if B == 1:
+            return regions, torch.zeros(K, dtype=torch.long)
+        raise InputError(f"{K} patch grids for a batch of {B} images; give one per image, or use one image")
+    raise InputError(
+        f"a patch grid must have shape {grid} or (B, {grid[0]}, {grid[1]}), got {tuple(t.shape)}"
+    )
+
+
+# --------------------------------------------------------------------------- substrates
+
+
+def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Depthwise separable Gaussian blur of (B, C, H, W), reflect padding."""
+    if size < 1 or size % 2 == 0:
+        raise InputError(f"blur_size must be a positive odd number of pixels, got {size}")
+    if sigma <= 0:
+        raise InputError(f"blur_sigma must be > 0, got {sigma}")
+    r = size // 2
+    t = torch.arange(size, dtype=torch.float64) - r
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = (k / k.sum()).to(device=x.device, dtype=x.dtype)
+    C = x.shape[1]
+    mode = "reflect" if r < min(x.shape[-2:]) else "replicate"
+    y = F.pad(x, (r, r, r, r), mode=mode)
+    y = F.conv2d(y, k.reshape(1, 1, 1, size).expand(C, 1, 1, size), groups=C)
+    return F.conv2d(y, k.reshape(1, 1, size, 1).expand(C, 1, size, 1), groups=C)
+
+
+def seeded_noise(shape: Sequence[int], seed: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """``N(0, sigma^2)`` noise drawn on the CPU from ``torch.Generator().manual_seed(seed)``.
+
+    Drawing on the CPU makes the noise the same on every device.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    return (torch.randn(tuple(shape), generator=g) * sigma).to(device=like.device, dtype=like.dtype)
+
+
+def _substrate(x: torch.Tensor, mode: str, *, seed: int, sigma: float, blur_size: int, blur_sigma: float) -> torch.Tensor:
+    if mode == "blur":
+        return gaussian_blur(x, blur_size, blur_sigma)
+    if mode == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    if mode == "zero":
+        return torch.zeros_like(x)
+    if mode == "noise":
+        return seeded_noise(x.shape, seed, sigma, x)
+    raise AssertionError(mode)
+
+
+def _pixel_region(regions: torch.Tensor, s: _Setup) -> torch.Tensor:
+    """(K, gh, gw) bool -> (K, 1, H, W) float, 1 on the pixels of the acted-on patches."""
+    ph, pw = s.info.patch_size
+    H, W = s.x.shape[-2:]
+    r = regions.to(s.x.device, s.x.dtype)
+    r = r.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)[:, :H, :W]
+    return r[:, None]
+
+
+# --------------------------------------------------------------------------- forward passes
+
+
+_BASE: dict[str, Any] = {}
+
+
+def base_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Logits (B, C) of the unmodified ``x``, cached for the last (model, image batch).
+
+    The cache is hit only when the model is the same object with unchanged parameters
+    (in-place version counters) and hooks, and ``x`` is equal to the cached batch.
+    """
+    fp = model_fingerprint(model)
+    ref = _BASE.get("model")
+    if (
+        ref is not None and ref() is model and _BASE["fp"] == fp
+        and _BASE["x"].shape == x.shape and _BASE["x"].dtype == x.dtype and _BASE["x"].device == x.device
+        and torch.equal(_BASE["x"], x)
+    ):
+        return _BASE["logits"]
+    logits = forward_logits(model, x, batch_size)
+    _store_base(model, x, logits, fp)
+    return logits
+
+
+def _store_base(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, fp: tuple) -> None:
+    _BASE.clear()
+    _BASE.update(model=weakref.ref(model), fp=fp, x=x.detach().clone(), logits=logits.detach())
+
+
+def _cached_base(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    ref = _BASE.get("model")
+    if (
+        ref is not None and ref() is model and _BASE["x"].shape == x.shape and _BASE["x"].dtype == x.dtype
+        and _BASE["x"].device == x.device and _BASE["fp"] == model_fingerprint(model) and torch.equal(_BASE["x"], x)
+    ):
+        return _BASE["logits"]
+    return None
+
+
+def run_regions(
+    model: nn.Module,
+    s: _Setup,
+    regions: torch.Tensor,
+    img_idx: torch.Tensor,
+    mode: str,
+    *,
+    seed: int = 0,
+    sigma: float = 0.1,
+    blur_size: int = 11,
+    blur_sigma: float = 5.0,
+    batch_size: int | None = None,
+    with_base: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Act on ``regions`` (K, gh, gw) of images ``img_idx`` (K,); all sets batched.
+
+    Returns (logits (K, C), base logits (B, C) or None, fed input (K, 3, H, W), kept indices or None).
+    The unmodified forward is taken from the cache when possible, else fused into the batch.
+    """
+    _check_mode(mode)
+    if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    x = s.x
+    dev_idx = img_idx.to(x.device)
+    base = _cached_base(model, x) if with_base else None
+    need_base = with_base and base is None
+    if mode != "drop":
+        S = _substrate(x, mode, seed=seed, sigma=sigma, blur_size=blur_size, blur_sigma=blur_sigma)
+        R = _pixel_region(regions, s)
+        fed = x[dev_idx] * (1 - R) + S[dev_idx] * R
+        fp = model_fingerprint(model) if need_base else None
+        out = forward_logits(model, torch.cat([x, fed]) if need_base else fed, batch_size)
+        if need_base:
+            base, out = out[: x.shape[0]], out[x.shape[0] :]
+            _store_base(model, x, base, fp)
+        return out, base, fed, None
+    # drop: remove tokens; group the sets by number of kept patches
+    if need_base:
+        base = base_logits(model, x, batch_size)
+    P = s.grid[0] * s.grid[1]
+    kept_flat = ~regions.reshape(-1, P)
+    counts = kept_flat.sum(1)
+    if s.info.readout in ("avg",) and bool((counts == 0).any()):
+        raise InputError(
+            "mode 'drop' would remove every patch token of a global-average-pool model, leaving nothing to "
+            "average; keep at least one patch or use another mode"
+        )
+    kept = tuple(torch.nonzero(kept_flat[k]).reshape(-1) for k in range(len(kept_flat)))
+    out: torch.Tensor | None = None
+    for n in torch.unique(counts).tolist():
+        rows = torch.nonzero(counts == n).reshape(-1)
+        step = len(rows) if batch_size is None else batch_size
+        for i in range(0, len(rows), step):
+            r = rows[i : i + step]
+            imgs, src = torch.unique(img_idx[r], return_inverse=True)
+            keep = torch.stack([kept[int(k)] for k in r]) if n else torch.zeros(len(r), 0, dtype=torch.long)
+            with drop_tokens(model, keep, src):
+                lg = forward_logits(model, x[imgs.to(x.device)])
+            if out is None:
+                out = lg.new_empty(len(regions), lg.shape[1])
+            out[r.to(lg.device)] = lg
+    assert out is not None
+    return out, base, x[dev_idx], kept
+
+
+def _resolve_set_target(target: TargetLike, base_k: torch.Tensor, img_idx: torch.Tensor, B: int) -> torch.Tensor:
+    K = base_k.shape[0]
+    if target is not None and not isinstance(target, numbers.Integral):
+        arr = _as_tensor(target)
+        if arr.ndim == 1 and arr.shape[0] == B and B != K:
+            target = arr[img_idx]
+    return resolve_target(target, base_k)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def intervene(
+    model: nn.Module,
+    x: torch.Tensor,
+    patches: PatchesLike,
+    mode: Mode = "noise",
+    target: TargetLike = None,
+    *,
+    keep: bool = False,
+    seed: int = 0,
+    sigma: float = 0.1,
+    blur_sigma: float = 5.0,
+    blur_size: int = 11,
+    topk: int = 5,
+    batch_size: int | None = None,
+) -> Intervention:
+    """Replace (or drop) image patches and report what the model predicts then.
+
+    Args:
+        model: a timm ViT.
+        x: (B, 3, H, W) preprocessed images, or one image (3, H, W).
+        patches: the region, as a bool (gh, gw) grid or (H, W) pixel mask (every image), a
+            (B, gh, gw) / (B, H, W) bool stack (one per image), a list of row-major patch
+            indices (every image), or a list of patch sets for ONE image (each set is one
+            intervention; all are batched). A pixel mask selects a patch if ANY of its pixels
+            is set (a brush stroke touching a patch selects it).
+        mode: ``"blur"`` (Gaussian, ``blur_size`` x ``blur_size``, ``blur_sigma``; defaults are
+            RISE's insertion substrate 11/5; reflect padding), ``"mean"`` (per-channel mean of
+            the image), ``"zero"`` (0 in normalised space = the dataset mean colour),
+            ``"noise"`` (ViT-CX: ``x*M + eps*(1-M)``, ``eps ~ N(0, sigma^2)`` in normalised
+            space, one draw per image from ``seed``, shared by all sets of that image) or
+            ``"drop"`` (remove the patch tokens after the position embedding; the kept tokens
+            keep their position embeddings; GAP models average over the kept patches).
+        target: None (top-1 of the unmodified image), an int, K ints (one per set) or B ints.
+        keep: True means keep ONLY ``patches`` and act on the rest.
+        seed, sigma: noise seed and standard deviation (``noise`` mode and the causal score).
+        topk: how many top classes to report before and after.
+        batch_size: forward chunk size (None: all sets in one pass).
+
+    Returns:
+        An ``Intervention``; its ``causal_score`` is computed on first access.
+
+    Cost: one batched forward over the K sets; the unmodified forward is cached for the
+    last image batch and model state, else fused into the same batch.
+    """
+    _check_mode(mode)
+    s = _setup(model, x)
+    regions, img_idx = _parse_patches(patches, s)
+    if keep:
+        regions = ~regions
+    logits, base, fed, kept = run_regions(
+        model, s, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
+        blur_sigma=blur_sigma, batch_size=batch_size,
+    )
+    assert base is not None
+    dev_idx = img_idx.to(logits.device)
+    base_k = base[dev_idx]
+    tgt = _resolve_set_target(target, base_k, img_idx, s.x.shape[0])
+    probs = logits.softmax(-1)
+    base_probs = base_k.softmax(-1)
+    rows = torch.arange(len(tgt), device=logits.device)
+    delta = probs[rows, tgt] - base_probs[rows, tgt]
+    k = max(1, min(int(topk), probs.shape[1]))
+    bp, bi = base_probs.topk(k, dim=-1)
+    ap, ai = probs.topk(k, dim=-1)
+    tk = TopK(bi, bp, ai, ap, probs.gather(1, bi) - bp)
+
+    fp = model_fingerprint(model)
+    probs_if_noise = probs if mode == "noise" else None
+
+    def lazy() -> torch.Tensor:
+        if model_fingerprint(model) != fp:
+            raise CaptureError(
+                "the model changed (parameters or hooks) since intervene() ran; call vx.causal_score(...) instead"
+            )
+        return _causal(model, s, regions, img_idx, tgt, base_probs, seed=seed, sigma=sigma,
+                       batch_size=batch_size, probs_xk=probs_if_noise)
+
+    return Intervention(
+        logits=logits, probs=probs, base_logits=base_k, base_probs=base_probs, target=tgt, delta=delta,
+        topk=tk, input=fed, patches=regions.to(logits.device), image_index=dev_idx, mode=mode, keep=bool(keep),
+        kept=kept, _causal=lazy,
+    )
+
+
+def _causal(
+    model: nn.Module,
+    s: _Setup,
+    regions: torch.Tensor,
+    img_idx: torch.Tensor,
+    tgt: torch.Tensor,
+    base_probs: torch.Tensor,
+    *,
+    seed: int,
+    sigma: float,
+    batch_size: int | None,
+    probs_xk: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """ViT-CX step 7 for binary masks ``M = 1 - region``: ``P(x*M + e(1-M)) - P(x + e(1-M)) + p_c``."""
+    x = s.x
+    dev_idx = img_idx.to(x.device)
+    eps = seeded_noise(x.shape, seed, sigma, x)[dev_idx]
+    out_mask = _pixel_region(regions, s)  # 1 - M
+    xi = x[dev_idx]
+    ref = xi + eps * out_mask
+    if probs_xk is None:
+        xk = xi * (1 - out_mask) + eps * out_mask
+        p = forward_logits(model, torch.cat([xk, ref]), batch_size).softmax(-1)
+        p_xk, p_ref = p[: len(xi)], p[len(xi) :]
+    else:
+        p_xk, p_ref = probs_xk, forward_logits(model, ref, batch_size).softmax(-1)
+    rows = torch.arange(len(tgt), device=p_ref.device)
+    return p_xk[rows, tgt] - p_ref[rows, tgt] + base_probs[rows, tgt]
+
+
+def causal_score(
+    model: nn.Module,
+    x: torch.Tensor,
+    patches: PatchesLike,
+    target: TargetLike = None,
+    *,
+    keep: bool = False,
+    seed: int = 0,
+    sigma: float = 0.1,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """The ViT-CX causal score of a patch region (Xie et al. 2022, methods.md §10 step 7).
+
+    The region is treated as one ViT-CX mask ``M`` (1 on the kept pixels): ``M = 1 - region``
+    to remove the patches, ``M = region`` with ``keep=True``. With one noise draw
+    ``eps ~ N(0, sigma^2)`` (seeded, per image): ``x_k = x*M + eps*(1-M)``,
+    ``x'_k = x + eps*(1-M)``, ``Delta = P(x_k) - P(x'_k) + p_c`` and the score is
+    ``Delta[target]``. ``patches`` and ``target`` are read as in ``intervene``.
+
+    Returns:
+        (K,) one score per patch set.
+    """
+    s = _setup(model, x)
+    regions, img_idx = _parse_patches(patches, s)
+    if keep:
+        regions = ~regions
+    base = base_logits(model, s.x, batch_size)
+    base_k = base[img_idx.to(base.device)]
+    tgt = _resolve_set_target(target, base_k, img_idx, s.x.shape[0])
+    return _causal(model, s, regions, img_idx, tgt, base_k.softmax(-1), seed=seed, sigma=sigma, batch_size=batch_size)
+
+
+def counterfactual(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: TargetLike = None,
+    mode: Mode = "noise",
+    order_by: str | torch.Tensor | np.ndarray = "rollout",
+    *,
+    max_patches: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    sigma: float = 0.1,
+    blur_sigma: float = 5.0,
+    blur_size: int = 11,
+    prune: bool = True,
+) -> Counterfactual:
+    """Find a small set of patches whose removal changes the prediction of one image.
+
+    Greedy: remove the first k patches of ``order_by`` (a method key, explained with
+    ``vx.explain(model, x, order_by, target)``, or a (gh, gw) map; larger = first) for
+    k = 1, 2, ... (``batch_size`` prefixes per forward pass) until the top-1 class is no
+    longer ``target``. Prune: while some single chosen patch can be put back with the
+    prediction still changed, put back the one that leaves ``target`` least probable
+    (every candidate of a round in one batched pass).
+
+    Args:
+        x: one image (3, H, W) or (1, 3, H, W).
+        target: the class whose prediction should change (None: the current top-1).
+        mode: how patches are removed (as in ``intervene``).
+        max_patches: greedy budget (None: every patch).
+    """
+    _check_mode(mode)
+    s = _setup(model, x)
+    if s.x.shape[0] != 1:
+        raise InputError(f"counterfactual explains one image at a time, got a batch of {s.x.shape[0]}")
+    gh, gw = s.grid
+    P = gh * gw
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    max_patches = P if max_patches is None else int(max_patches)
+    if not 1 <= max_patches <= P:
+        raise InputError(f"max_patches must be in 1..{P}, got {max_patches}")
+    base = base_logits(model, s.x)
+    tgt = int(resolve_target(target, base)[0])
+    base_probs = base[0].softmax(-1)
+    if isinstance(order_by, str):
+        from .api import explain
+
+        score_map = explain(model, s.x, method=order_by, target=tgt).patch_map[0]
+    else:
+        score_map = _as_tensor(order_by).to(torch.float32)
+        if score_map.ndim == 3 and score_map.shape[0] == 1:
+            score_map = score_map[0]
+        if tuple(score_map.shape) != (gh, gw):
+            raise InputError(f"order_by map must have shape {(gh, gw)}, got {tuple(score_map.shape)}")
+    order = torch.sort(score_map.reshape(-1).detach().cpu().float(), descending=True, stable=True).indices
+    kw = dict(seed=seed, sigma=sigma, blur_size=blur_size, blur_sigma=blur_sigma, with_base=False)
+    zero = torch.zeros(1, dtype=torch.long)
+
+    def evaluate(sets: torch.Tensor) -> torch.Tensor:
+        lg, *_ = run_regions(model, s, sets, zero.expand(len(sets)), mode, batch_size=batch_size, **kw)
+        return lg.softmax(-1)
+
+    path_probs = [base_probs]
+    found_k = None
+    for start in range(1, max_patches + 1, batch_size):
+        ks = range(start, min(start + batch_size, max_patches + 1))
+        sets = torch.zeros(len(ks), P, dtype=torch.bool)
+        for j, k in enumerate(ks):
+            sets[j, order[:k]] = True
+        probs = evaluate(sets.reshape(-1, gh, gw))
+        for j, k in enumerate(ks):
+            path_probs.append(probs[j])
+            if int(probs[j].argmax()) != tgt:
+                found_k = k
+                break
+        if found_k is not None:
+            break
+    if found_k is None:
+        last = path_probs[-1]
+        return Counterfactual(
+            patches=torch.zeros(gh, gw, dtype=torch.bool), found=False, target=tgt, new_class=None,
+            path_target=[float(p[tgt]) for p in path_probs], path_new=[], greedy_size=max_patches,
+            order=order, probs=last, base_probs=base_probs, mode=mode,
+        )
+    chosen = torch.zeros(P, dtype=torch.bool)
+    chosen[order[:found_k]] = True
+    final = path_probs[-1]
+    while prune and int(chosen.sum()) > 1:
+        members = torch.nonzero(chosen).reshape(-1)
+        cands = chosen[None].repeat(len(members), 1)
+        cands[torch.arange(len(members)), members] = False
+        probs = evaluate(cands.reshape(-1, gh, gw))
+        ok = probs.argmax(-1) != tgt
+        if not bool(ok.any()):
+            break
+        pt = probs[:, tgt].masked_fill(~ok, math.inf)
+        best = int(pt.argmin())
+        chosen = cands[best]
+        final = probs[best]
+    new = int(final.argmax())
+    return Counterfactual(
+        patches=chosen.reshape(gh, gw), found=True, target=tgt, new_class=new,
+        path_target=[float(p[tgt]) for p in path_probs], path_new=[float(p[new]) for p in path_probs],
+        greedy_size=found_k, order=order, probs=final, base_probs=base_probs, mode=mode,
+    )
