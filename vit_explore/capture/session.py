@@ -41,6 +41,8 @@ class Needs:
             their fused kernel.
         grad_from_block: build the autograd graph only from this block's input on
             (cheaper when only late gradients are needed, e.g. TAM).
+        inputs: modules, by name, whose (first positional) input is recorded, detached,
+            into ``Trace.inputs`` (relevance propagation needs the input of every layer).
     """
 
     attn: bool = False
@@ -52,6 +54,7 @@ class Needs:
     detach_attn_input: bool = False
     layers: tuple[int, ...] | None = None
     grad_from_block: int | None = None
+    inputs: tuple[str, ...] = ()
 
     @property
     def needs_grad(self) -> bool:
@@ -79,6 +82,7 @@ class Needs:
             detach_attn_input=self.detach_attn_input or other.detach_attn_input,
             layers=layers,
             grad_from_block=gfb,
+            inputs=tuple(dict.fromkeys(self.inputs + other.inputs)),
         )
 
 
@@ -97,6 +101,7 @@ class Trace:
         activation_grads: name -> gradient of the target score.
         input: the (B, 3, H, W) tensor that was fed.
         input_grad: its gradient, if asked.
+        inputs: name -> the (detached) first positional input of that module (``Needs.inputs``).
     """
 
     logits: torch.Tensor
@@ -110,6 +115,7 @@ class Trace:
     activation_grads: dict[str, torch.Tensor] = field(default_factory=dict)
     input_grad: torch.Tensor | None = None
     score: Score = "logit"
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -191,8 +197,8 @@ def capture(
     gfb = needs.grad_from_block
     if gfb is not None:
         gfb %= num_layers
-    modules = dict(model.named_modules()) if needs.activations else {}
-    for name in needs.activations:
+    modules = dict(model.named_modules()) if needs.activations or needs.inputs else {}
+    for name in (*needs.activations, *needs.inputs):
         if name not in modules:
             raise InputError(f"no module named {name!r} in {type(model).__name__}{suggest(name, modules)}")
 
@@ -200,6 +206,7 @@ def capture(
     attn_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     qkv_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     act_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.activations}
+    in_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.inputs}
     handles: list[torch.utils.hooks.RemovableHandle] = []
     state = _SavedState(model, info.attns)
     try:
@@ -221,6 +228,8 @@ def capture(
             handles.append(model.blocks[gfb].register_forward_pre_hook(_detach_first_arg))
         for name in needs.activations:
             handles.append(modules[name].register_forward_hook(_store_output(act_store[name])))
+        for name in needs.inputs:
+            handles.append(modules[name].register_forward_hook(_store_input(in_store[name])))
 
         need_grad = needs.needs_grad
         xin = x.detach()
@@ -306,6 +315,7 @@ def capture(
             activation_grads={n: grads[f"act:{n}"] for n in needs.activations} if needs.activation_grads else {},
             input_grad=grads.get("input:None") if needs.input_grad else None,
             score=score,
+            inputs={n: v[-1].detach() for n, v in in_store.items() if v},
         )
     finally:
         for h in handles:
@@ -316,6 +326,14 @@ def capture(
 def _store_output(store: list, detach: bool = False):
     def hook(module, args, output):
         store.append(output.detach() if detach else output)
+
+    return hook
+
+
+def _store_input(store: list):
+    def hook(module, args, output):
+        if args:
+            store.append(args[0].detach())
 
     return hook
 

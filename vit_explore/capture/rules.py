@@ -1,0 +1,304 @@
+"""What relevance propagation needs from a timm ViT, and call-scoped LRP gradient rules.
+
+Two pieces, both touching ``nn.Module`` internals (hence here, in ``capture/``):
+
+* ``lrp_view(model, info)``: the weights and module names Chefer's LRP (methods.md §4.3)
+  reads. The relevance pass itself (``explainers/chefer_lrp.py``) is a pure function of a
+  captured ``Trace`` (module inputs and outputs, recorded via ``Needs.inputs`` /
+  ``Needs.activations``) and this view.
+* ``lrp_rules(model, info, ...)``: a context manager for AttnLRP / CP-LRP (methods.md §11)
+  as modified gradients (LRP = gradient x input). It registers per-module forward hooks
+  whose returned outputs have exactly the value of the original output but a modified
+  gradient; nothing is patched at class level, and hooks, ``fused_attn``, training flags
+  and ``requires_grad`` are put back in ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError, UnsupportedModelError
+from .adapters import ViTInfo
+from .layout import Readout
+from .session import Needs, _SavedState
+
+Variant = Literal["cp", "attnlrp"]
+
+
+# ----------------------------------------------------------------------------- Chefer LRP view
+@dataclass(frozen=True)
+class LRPBlock:
+    """Weights of one pre-norm timm ``Block`` for the relevance pass (biases are ignored by
+    the alpha=1/beta=0 rule; ``biases`` (by layer name) only serve to recover ``x W^T`` from
+    the recorded outputs). ``ls1``/``ls2`` are LayerScale gammas (C,) or None."""
+
+    prefix: str
+    num_heads: int
+    qkv: torch.Tensor
+    proj: torch.Tensor
+    fc1: torch.Tensor
+    fc2: torch.Tensor
+    ls1: torch.Tensor | None
+    ls2: torch.Tensor | None
+    biases: dict[str, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class LRPView:
+    """Everything Chefer's relevance pass reads from the model itself.
+
+    Attributes:
+        blocks: one entry per block.
+        head: classifier weight (K, C); head_dist: the distillation head's, or None.
+        readout: pooling rule (``TokenLayout.readout``).
+        num_prefix: prefix tokens.
+    """
+
+    blocks: tuple[LRPBlock, ...]
+    head: torch.Tensor
+    head_dist: torch.Tensor | None
+    readout: Readout
+    num_prefix: int
+
+    def needs(self, start_layer: int = 0) -> Needs:
+        """The capture needs of the relevance pass from block ``start_layer`` up."""
+        ins: list[str] = ["head"]
+        acts: list[str] = ["norm", "head"]
+        if self.head_dist is not None:
+            ins.append("head_dist")
+            acts.append("head_dist")
+        for b in self.blocks[start_layer:]:
+            p = b.prefix
+            ins += [p, f"{p}.attn.qkv", f"{p}.attn.proj", f"{p}.norm2", f"{p}.mlp.fc1", f"{p}.mlp.fc2"]
+            ins += [f"{p}.ls1", f"{p}.ls2"]
+            acts += [f"{p}.attn.qkv", f"{p}.attn.q_norm", f"{p}.attn.k_norm", f"{p}.ls1", f"{p}.ls2", f"{p}.mlp.fc1"]
+        return Needs(
+            attn=True,
+            attn_grad=True,
+            inputs=tuple(ins),
+            activations=tuple(acts),
+            layers=tuple(range(start_layer, len(self.blocks))),
+            grad_from_block=start_layer,
+        )
+
+
+def _linear_weight(mod: object, where: str) -> torch.Tensor:
+    if not isinstance(mod, nn.Linear):
+        raise UnsupportedModelError(
+            f"{where} is a {type(mod).__name__}, expected torch.nn.Linear; chefer_lrp follows timm's "
+            "standard Block/Mlp/Attention layout"
+        )
+    return mod.weight.detach()
+
+
+def _gamma(mod: object, where: str) -> torch.Tensor | None:
+    if isinstance(mod, nn.Identity):
+        return None
+    g = getattr(mod, "gamma", None)
+    if not isinstance(g, torch.Tensor):
+        raise UnsupportedModelError(f"{where} is a {type(mod).__name__}, expected timm LayerScale or Identity")
+    return g.detach()
+
+
+def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
+    """Read the weights Chefer's LRP needs, checking the model has timm's standard layout.
+
+    Raises:
+        UnsupportedModelError: blocks other than timm's pre-norm ``Block`` (e.g. ResPostBlock,
+            parallel blocks), gated MLPs (SwiGLU/GLU), gated attention, a non-Linear head.
+    """
+    blocks = []
+    for i, blk in enumerate(model.blocks):
+        where = f"blocks.{i}"
+        needed = ("norm1", "attn", "ls1", "norm2", "mlp", "ls2", "drop_path1", "drop_path2")
+        if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ != "Block":
+            raise UnsupportedModelError(
+                f"{where} is a {type(blk).__name__}; chefer_lrp supports timm's pre-norm Block "
+                "(x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))). Use chefer_generic for other blocks."
+            )
+        attn, mlp = blk.attn, blk.mlp
+        if getattr(attn, "gate", None) is not None or not hasattr(attn, "proj"):
+            raise UnsupportedModelError(f"{where}.attn is gated or has no proj; chefer_lrp does not support it")
+        if hasattr(mlp, "fc1_g") or not hasattr(mlp, "fc1") or not hasattr(mlp, "fc2"):
+            raise UnsupportedModelError(
+                f"{where}.mlp is a {type(mlp).__name__}; chefer_lrp supports timm's Mlp (fc1, act, fc2), not gated MLPs"
+            )
+        fc1 = _linear_weight(mlp.fc1, f"{where}.mlp.fc1")
+        fc2 = _linear_weight(mlp.fc2, f"{where}.mlp.fc2")
+        if fc1.shape[0] != fc2.shape[1]:
+            raise UnsupportedModelError(f"{where}.mlp: fc1 has {fc1.shape[0]} outputs but fc2 {fc2.shape[1]} inputs")
+        blocks.append(
+            LRPBlock(
+                prefix=where,
+                num_heads=int(attn.num_heads),
+                qkv=_linear_weight(attn.qkv, f"{where}.attn.qkv"),
+                proj=_linear_weight(attn.proj, f"{where}.attn.proj"),
+                fc1=fc1,
+                fc2=fc2,
+                ls1=_gamma(blk.ls1, f"{where}.ls1"),
+                ls2=_gamma(blk.ls2, f"{where}.ls2"),
+                biases={
+                    n: None if m.bias is None else m.bias.detach()
+                    for n, m in (("qkv", attn.qkv), ("proj", attn.proj), ("fc1", mlp.fc1), ("fc2", mlp.fc2))
+                },
+            )
+        )
+    head_dist = getattr(model, "head_dist", None) if info.readout == "cls_dist" else None
+    return LRPView(
+        blocks=tuple(blocks),
+        head=_linear_weight(model.head, "head"),
+        head_dist=_linear_weight(head_dist, "head_dist") if head_dist is not None else None,
+        readout=info.readout,
+        num_prefix=info.num_prefix,
+    )
+
+
+# ----------------------------------------------------------------------------- AttnLRP rules
+def same_value(out: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """``out``'s value, ``surrogate``'s gradient: ``out.detach() + (s - s.detach())``."""
+    return out.detach() + (surrogate - surrogate.detach())
+
+
+def scale_grad(out: torch.Tensor, factor: float) -> torch.Tensor:
+    """``out``'s value with the gradient multiplied by ``factor``."""
+    return out.detach() + factor * (out - out.detach())
+
+
+def _layer_norm_hook(mod: nn.LayerNorm, args, out):
+    """Identity rule: ``y = (x - mu) / stopgrad(sigma) * w + b`` (LXT, methods.md §11)."""
+    x = args[0]
+    dims = tuple(range(-len(mod.normalized_shape), 0))
+    mu = x.mean(dims, keepdim=True)
+    var = (x - mu).pow(2).mean(dims, keepdim=True)
+    y = (x - mu) / (var + mod.eps).sqrt().detach()
+    if mod.weight is not None:
+        y = y * mod.weight
+    if mod.bias is not None:
+        y = y + mod.bias
+    return same_value(out, y)
+
+
+def _identity_act_hook(mod: nn.Module, args, out):
+    """Identity rule for an element-wise non-linearity: gradient ``f(x)/x`` (detached)."""
+    x = args[0]
+    ratio = torch.where(x != 0, out / torch.where(x != 0, x, torch.ones_like(x)), torch.full_like(x, 0.5))
+    return same_value(out, x * ratio.detach())
+
+
+def _stabilize(d: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """zennit's stabiliser: ``d + eps * sign(d)`` with sign(0) = +1."""
+    return d + torch.where(d >= 0, eps, -eps)
+
+
+def _gamma_hook(gamma: float, op):
+    """LRP-gamma as zennit's ``Gamma`` rule (the one LXT's ViT recipe uses), in
+    gradient x input form: an output ``z_j > 0`` with relevance ``R_j = z_j g_j`` goes to
+    inputs in proportion to ``x+ (w + gamma w+)`` and ``x- (w + gamma w-)``, one ``z_j < 0``
+    to ``x+ (w + gamma w-)`` and ``x- (w + gamma w+)``; denominators include the likewise
+    modified bias on the first term, stabilised by 1e-6.
+    """
+
+    def hook(mod, args, out):
+        x = args[0]
+        w = mod.weight
+        b = mod.bias
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        w_pos, w_neg = w + gamma * wp, w + gamma * wn
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        bp = None if b is None else b + gamma * b.clamp(min=0)
+        bn = None if b is None else b + gamma * b.clamp(max=0)
+        with torch.no_grad():
+            den_pos = op(xp, w_pos, bp) + op(xn, w_neg, None)
+            den_neg = op(xp, w_neg, bn) + op(xn, w_pos, None)
+            z = out.detach()
+            c_pos = z * (z > 0) / _stabilize(den_pos)
+            c_neg = z * (z < 0) / _stabilize(den_neg)
+        s = (op(xp, w_pos, None) + op(xn, w_neg, None)) * c_pos + (op(xp, w_neg, None) + op(xn, w_pos, None)) * c_neg
+        return same_value(out, s)
+
+    return hook
+
+
+def _conv_op(mod: nn.Conv2d):
+    def op(x, w, b):
+        return F.conv2d(x, w, b, mod.stride, mod.padding, mod.dilation, mod.groups)
+
+    return op
+
+
+def _detach_hook(mod, args, out):
+    return out.detach()
+
+
+def _half_grad_hook(mod, args, out):
+    return scale_grad(out, 0.5)
+
+
+@contextmanager
+def lrp_rules(
+    model: nn.Module,
+    info: ViTInfo,
+    *,
+    variant: Variant = "cp",
+    gamma_linear: float = 0.0,
+    gamma_conv: float = 0.0,
+    enabled: bool = True,
+) -> Iterator[nn.Module]:
+    """Make ``input x gradient`` of ``model`` compute AttnLRP / CP-LRP, for this block only.
+
+    Rules (methods.md §11): LayerNorm (every ``nn.LayerNorm``) -> identity rule (stop-grad
+    through sigma); ``blocks.*.mlp.act`` -> identity rule (gradient ``f(x)/x``); attention:
+    ``"cp"`` detaches the probabilities ``A`` (relevance only through ``v``), ``"attnlrp"``
+    halves the gradient at ``A`` and at the ``qkv`` output (q, k gradients / 4, v / 2:
+    the uniform rule through both matmuls); ``gamma_linear`` / ``gamma_conv`` > 0 put the
+    LRP-gamma rule on every ``nn.Linear`` / ``nn.Conv2d`` (0: epsilon = plain gradient x input).
+    Attention runs on timm's unfused path for the call. With ``enabled=False`` nothing is
+    hooked (plain gradient x input), but the model is still put in eval mode with frozen
+    parameters for the call.
+
+    Yields the model, in eval mode, parameters frozen; all of it is undone on exit.
+    """
+    if variant not in ("cp", "attnlrp"):
+        raise InputError(f"variant must be 'cp' (CP-LRP, for ViTs) or 'attnlrp', got {variant!r}")
+    for name, g in (("gamma_linear", gamma_linear), ("gamma_conv", gamma_conv)):
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0:
+            raise InputError(f"{name} must be a number >= 0 (0 = epsilon rule), got {g!r}")
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    state = _SavedState(model, info.attns)
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if enabled:
+            for name, mod in model.named_modules():
+                if isinstance(mod, nn.LayerNorm):
+                    handles.append(mod.register_forward_hook(_layer_norm_hook))
+                elif isinstance(mod, nn.Linear) and gamma_linear > 0:
+                    handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_linear), F.linear)))
+                elif isinstance(mod, nn.Conv2d) and gamma_conv > 0:
+                    handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_conv), _conv_op(mod))))
+            for i, blk in enumerate(model.blocks):
+                act = getattr(getattr(blk, "mlp", None), "act", None)
+                if act is None:
+                    raise UnsupportedModelError(f"blocks.{i} has no mlp.act; attn_lrp expects timm's Mlp")
+                handles.append(act.register_forward_hook(_identity_act_hook))
+            for attn in info.attns:
+                attn.fused_attn = False
+                if variant == "cp":
+                    handles.append(attn.attn_drop.register_forward_hook(_detach_hook))
+                else:
+                    handles.append(attn.attn_drop.register_forward_hook(_half_grad_hook))
+                    # registered after any gamma hook on qkv, so it scales the gamma-ruled gradient
+                    handles.append(attn.qkv.register_forward_hook(_half_grad_hook))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        state.restore()

@@ -1,0 +1,96 @@
+"""AttnLRP / CP-LRP (Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation
+for Transformers", ICML 2024, arXiv:2402.05602; methods.md §11), for timm ViTs, written from
+the paper's rules as modified gradients: relevance = input x modified gradient.
+
+Rules (scoped to the call by ``capture.rules.lrp_rules``; nothing global is patched):
+LayerNorm -> identity rule (stop-grad through sigma), GELU -> identity rule (gradient
+``f(x)/x``), attention -> CP-LRP (``variant="cp"``, default for ViTs: probabilities detached,
+relevance only through ``v``) or AttnLRP (``"attnlrp"``: uniform rule through both matmuls,
+q, k gradients / 4, v / 2), Linear / patch-embedding Conv2d -> epsilon (plain gradient x
+input) or LRP-gamma (``gamma_linear``, ``gamma_conv`` > 0, zennit's ``Gamma`` rule).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture.adapters import ViTInfo, grid_for
+from ..capture.layout import TokenLayout
+from ..capture.rules import lrp_rules
+from ..errors import CaptureError
+from ..targets import TargetLike, resolve_target
+from ._registry import ExplainerResult, register_explainer
+
+
+def pixels_to_patches(pixel: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Sum a (B, H, W) pixel map within each patch: (B, gh, gw). Pixels the patch
+    embedding drops (H not a multiple of the patch) are left out; padded ones count 0."""
+    (gh, gw), (ph, pw) = layout.grid, layout.patch_size
+    B, H, W = pixel.shape
+    p = pixel[:, : gh * ph, : gw * pw]
+    p = F.pad(p, (0, gw * pw - p.shape[2], 0, gh * ph - p.shape[1]))
+    return p.reshape(B, gh, ph, gw, pw).sum(dim=(2, 4))
+
+
+@register_explainer(
+    "attn_lrp",
+    kind="model",
+    class_specific=True,
+    paper="Achtibat et al., AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for Transformers, ICML 2024",
+    reference="rachtibat/LRP-eXplains-Transformers (lxt.efficient, vit_torch.cp_LRP); rules re-implemented for timm",
+)
+def attn_lrp(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    target: TargetLike,
+    info: ViTInfo,
+    variant: Literal["cp", "attnlrp"] = "cp",
+    gamma_linear: float = 0.0,
+    gamma_conv: float = 0.0,
+    rules: bool = True,
+) -> ExplainerResult:
+    """LRP relevance of every input pixel for the target logit, as input x modified gradient.
+
+    Args:
+        x: (B, 3, H, W).
+        target: class per image (None: top-1).
+        variant: ``"cp"`` (CP-LRP, the recommendation for ViTs) or ``"attnlrp"``.
+        gamma_linear, gamma_conv: LRP-gamma on every Linear / Conv2d (0: epsilon rule).
+        rules: False turns every rule off (plain gradient x input, a baseline).
+
+    Returns:
+        ``ExplainerResult``: ``patch_map`` (B, gh, gw) = the pixel relevance summed within each
+        patch (signed); ``extras["pixel_map"]`` (B, H, W) = ``sum_c x * grad`` (signed; LXT
+        normalises it by its largest magnitude for display).
+    """
+    with lrp_rules(model, info, variant=variant, gamma_linear=gamma_linear, gamma_conv=gamma_conv, enabled=rules):
+        xin = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xin)
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                raise CaptureError("expected the model to return logits (B, num_classes)")
+            tgt = resolve_target(target, logits)
+            y = logits.gather(1, tgt[:, None]).sum()
+            (grad,) = torch.autograd.grad(y, xin)
+    pixel = (xin.detach() * grad).sum(dim=1)
+    B, _, H, W = x.shape
+    layout = TokenLayout(
+        num_prefix=info.num_prefix,
+        num_reg=info.num_reg,
+        grid=grid_for(info, H, W),
+        patch_size=info.patch_size,
+        input_size=(H, W),
+        readout=info.readout,
+    )
+    return ExplainerResult(
+        pixels_to_patches(pixel, layout),
+        extras={"pixel_map": pixel},
+        logits=logits.detach(),
+        target=tgt,
+        layout=layout,
+    )

@@ -1,0 +1,229 @@
+"""Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention Visualization", CVPR 2021
+(arXiv:2012.09838; methods.md §4): LRP relevance of every attention map, weighted by its
+gradient, rolled out ("transformer_attribution").
+
+The relevance pass is ours, over timm's modules, driven by the inputs and outputs of every
+layer recorded in one captured pass (no copy of the model with ``relprop`` methods). The
+rules are those of the reference's ``modules/layers_ours.py`` (§4.3), as closed forms
+instead of one autograd call per layer, batched (the reference only does batch 1):
+
+* Linear, alpha=1/beta=0, bias ignored, common denominator:
+  ``S = sdiv(R, x+ W+^T + x- W-^T)``, ``R_x = x+ (S W+) + x- (S W-)``; inside the blocks the
+  denominator is computed as ``(x W^T + |x| |W|^T) / 2`` from the recorded layer output
+  (three matmuls per layer instead of the reference's eight).
+* Bilinear einsums (``A v`` and the unscaled ``q k^T``), the "simple" rule:
+  ``S = sdiv(R, Z)``, ``R_A = A (S v^T)``, ``R_v = v (A^T S)``, each halved.
+* Residual Add: ``a = x0 sdiv(R, Z)``, ``b = x1 sdiv(R, Z)``, rescaled so the branches share
+  ``sum R`` in proportion to ``|sum a| : |sum b|``; the sums run over the whole tensor of
+  one image (the reference's batch of 1).
+* Clone: ``R_x = x (sdiv(R1, x) + sdiv(R2, x))``; LayerNorm, GELU, softmax, dropout: identity.
+* Head: Linear rule on the one-hot target, then the CLS token (IndexSelect rule
+  ``R_x0 = x0 sdiv(R, x0)``).
+
+Beyond the reference (it only has CLS ViTs), documented choices:
+
+* distilled (DeiT): ``logits = (head(x_0) + head_dist(x_1)) / 2``; the constant 1/2 is
+  transparent, the sum takes the Add rule (so the two heads share the target's relevance
+  in proportion to ``|head_t| : |head_dist_t|``), then each head's Linear rule and the
+  IndexSelect rule put it on token 0 and token 1.
+* global average pool: the mean over the pooled tokens takes the reference's rule for
+  average pools (the "simple" rule): ``R_x[n] = x[n] sdiv(R, mean) / P``; ``fc_norm`` is
+  an identity like every LayerNorm.
+* register tokens: nothing special (they are tokens; the map reads patch columns only).
+* LayerScale ``y = gamma * x``: the Linear alpha=1/beta=0 rule with the diagonal weight
+  ``diag(gamma)``: ``R_x = R (x gamma)^+ / ((x gamma)^+ + 1e-9)``, i.e. relevance passes where
+  ``x gamma > 0`` and is dropped where the contribution is negative.
+* ``q_norm`` / ``k_norm`` / the attention's ``norm`` (LayerNorms or identities): identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..capture.adapters import ViTInfo
+from ..capture.rules import LRPBlock, LRPView, lrp_view
+from ..capture.session import Trace, capture
+from ..targets import TargetLike
+from ._fusion import check_start_layer
+from ._registry import ExplainerResult, register_explainer
+
+
+def sdiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The reference's ``safe_divide``: ``a / (b + 1e-9)``, 0 where ``b == 0``."""
+    den = b.clamp(min=1e-9) + b.clamp(max=1e-9)
+    den = den + (den == 0).to(den.dtype) * 1e-9
+    return a / den * (b != 0).to(b.dtype)
+
+
+def linear_rule(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor, xw: torch.Tensor | None = None) -> torch.Tensor:
+    """Alpha=1/beta=0 rule of a Linear (bias ignored): x (..., K), r (..., O), w (O, K) -> (..., K).
+
+    ``xw``: ``x W^T`` if already known (the recorded output minus the bias); then the
+    denominator ``x+ W+^T + x- W-^T = (x W^T + |x| |W|^T) / 2`` costs one matmul instead of two.
+    """
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    if xw is None:
+        z = F.linear(xp, wp) + F.linear(xn, wn)
+    else:
+        z = (xw + F.linear(x.abs(), w.abs())) / 2
+    s = sdiv(r, z)
+    return xp * (s @ wp) + xn * (s @ wn)
+
+
+def _xw(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return out if bias is None else out - bias
+
+
+def scale_rule(x: torch.Tensor, r: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+    """Alpha=1/beta=0 rule of an element-wise scaling ``x * g`` (LayerScale); identity if g is None."""
+    if g is None:
+        return r
+    gp, gn = g.clamp(min=0), g.clamp(max=0)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    s = sdiv(r, xp * gp + xn * gn)
+    return xp * (s * gp) + xn * (s * gn)
+
+
+def add_rule(x0: torch.Tensor, x1: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual Add ``x0 + x1`` of (B, ...) tensors, with the rescaling per image."""
+    s = sdiv(r, x0 + x1)
+    a, b = x0 * s, x1 * s
+    dims = tuple(range(1, r.ndim))
+    a_sum, b_sum = a.sum(dims, keepdim=True), b.sum(dims, keepdim=True)
+    r_sum = r.sum(dims, keepdim=True)
+    tot = a_sum.abs() + b_sum.abs()
+    a_fact = sdiv(a_sum.abs(), tot) * r_sum
+    b_fact = sdiv(b_sum.abs(), tot) * r_sum
+    return a * sdiv(a_fact, a_sum), b * sdiv(b_fact, b_sum)
+
+
+def clone_rule(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+    """Merge of the two branches of a residual fork."""
+    return x * (sdiv(r1, x) + sdiv(r2, x))
+
+
+def _head_relevance(trace: Trace, view: LRPView) -> torch.Tensor:
+    """Relevance (B, N, C) of the final tokens (output of ``norm``) from the one-hot target."""
+    tokens = trace.activations["norm"]
+    logits = trace.activations["head"]
+    onehot = F.one_hot(trace.target, logits.shape[-1]).to(tokens.dtype)
+    r_tok = torch.zeros_like(tokens)
+    if view.readout in ("cls", "cls_dist"):
+        heads = [("head", view.head, 0)]
+        r_out = [onehot]
+        if view.head_dist is not None:
+            heads.append(("head_dist", view.head_dist, 1))
+            r_out = list(add_rule(trace.activations["head"], trace.activations["head_dist"], onehot))
+        for (name, w, tok), r in zip(heads, r_out):
+            r_in = linear_rule(trace.inputs[name], r, w)  # (B, C); fc_norm/head_drop: identity
+            x0 = tokens[:, tok]
+            r_tok[:, tok] = x0 * sdiv(r_in, x0)  # IndexSelect
+        return r_tok
+    r_pooled = linear_rule(trace.inputs["head"], onehot, view.head)  # fc_norm: identity
+    lo = view.num_prefix if view.readout == "avg" else 0
+    pooled = tokens[:, lo:]
+    s = sdiv(r_pooled, pooled.mean(dim=1)) / pooled.shape[1]
+    r_tok[:, lo:] = pooled * s[:, None, :]
+    return r_tok
+
+
+def _block_relevance(
+    trace: Trace, blk: LRPBlock, r: torch.Tensor, attn: torch.Tensor, last: bool
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Relevance through one block: returns (relevance of the block input or None if
+    ``last``, the halved attention relevance R_A (B, H, N, N))."""
+    p = blk.prefix
+    acts, ins = trace.activations, trace.inputs
+    x_in, x_mid = ins[p], ins[f"{p}.norm2"]
+    # x_out = x_mid + mlp branch
+    r_res, r_mlp = add_rule(x_mid, acts[f"{p}.ls2"], r)
+    r_mlp = scale_rule(ins[f"{p}.ls2"], r_mlp, blk.ls2)
+    bs = blk.biases
+    r_mlp = linear_rule(ins[f"{p}.mlp.fc2"], r_mlp, blk.fc2, _xw(ins[f"{p}.ls2"], bs["fc2"]))
+    # GELU, mlp.norm, norm2: identity
+    r_mlp = linear_rule(ins[f"{p}.mlp.fc1"], r_mlp, blk.fc1, _xw(acts[f"{p}.mlp.fc1"], bs["fc1"]))
+    r = clone_rule(x_mid, r_res, r_mlp)
+    # x_mid = x_in + attention branch
+    r_res, r_att = add_rule(x_in, acts[f"{p}.ls1"], r)
+    r_att = scale_rule(ins[f"{p}.ls1"], r_att, blk.ls1)
+    r_att = linear_rule(ins[f"{p}.attn.proj"], r_att, blk.proj, _xw(ins[f"{p}.ls1"], bs["proj"]))  # attn.norm: identity
+    B, N, C = r_att.shape
+    h = blk.num_heads
+    qkv = acts[f"{p}.attn.qkv"].reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4)
+    v = qkv[2]
+    r_att = r_att.reshape(B, N, h, -1).transpose(1, 2)  # b n (h d) -> b h n d
+    s = sdiv(r_att, attn @ v)
+    r_a = attn * (s @ v.transpose(-1, -2)) / 2
+    if last:
+        return None, r_a
+    r_v = v * (attn.transpose(-1, -2) @ s) / 2
+    q, k = acts[f"{p}.attn.q_norm"], acts[f"{p}.attn.k_norm"]  # softmax, attn_drop: identity
+    s = sdiv(r_a, q @ k.transpose(-1, -2))  # the unscaled q k^T, as the reference's einsum
+    r_q = q * (s @ k) / 2
+    r_k = k * (s.transpose(-1, -2) @ q) / 2
+    r_qkv = torch.stack([r_q, r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(B, N, -1)
+    r_att = linear_rule(ins[f"{p}.attn.qkv"], r_qkv, blk.qkv, _xw(acts[f"{p}.attn.qkv"], bs["qkv"]))  # norm1: identity
+    return clone_rule(x_in, r_res, r_att), r_a
+
+
+def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -> torch.Tensor:
+    """Chefer's map from a captured trace (§4.4).
+
+    Per block ``l >= start_layer``: ``Ā_l = E_h[(∇A_l ⊙ R_A_l)^+]`` (clamp per head, then the
+    head mean; ``R_A`` is the halved relevance of the attention probabilities). Rollout
+    with the identity and no row normalisation, ``J = (Ā_{L-1}+I) ... (Ā_start+I)``; the map
+    is the read-out row of ``J`` over the patch columns (the reference: ``J[:, 0, 1:]``),
+    computed as a vector product from the read-out row down.
+
+    Args:
+        trace: captured with ``view.needs(start_layer)``.
+        view: ``lrp_view(model, info)``.
+        start_layer: first block of the rollout (0: the reference's default; 1: Chefer's evaluation).
+
+    Returns:
+        (B, gh, gw), raw.
+    """
+    L = len(view.blocks)
+    r = _head_relevance(trace, view)
+    layout = trace.layout
+    vec = None
+    for i in range(L - 1, start_layer - 1, -1):
+        r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer)
+        a_bar = (trace.attn_grad_at(i) * r_a).clamp(min=0).mean(dim=1)  # (B, N, N)
+        if vec is None:
+            vec = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)
+        vec = vec + (vec[:, None, :] @ a_bar)[:, 0]
+    return layout.patch_columns(vec)
+
+
+@register_explainer(
+    "chefer_lrp",
+    kind="model",
+    class_specific=True,
+    paper="Chefer, Gur & Wolf, Transformer Interpretability Beyond Attention Visualization, CVPR 2021",
+    reference="hila-chefer/Transformer-Explainability (LRP.generate_LRP, method='transformer_attribution')",
+)
+def chefer_lrp(
+    model: nn.Module, x: torch.Tensor, *, target: TargetLike, info: ViTInfo, start_layer: int = 0
+) -> ExplainerResult:
+    """Relevance- and gradient-weighted attention rollout ("transformer_attribution").
+
+    One forward and one backward pass (from block ``start_layer`` on) record every layer's
+    input, the attention and its gradient; then ``transformer_attribution``.
+
+    Args:
+        x: (B, 3, H, W).
+        target: class per image (None: top-1).
+        start_layer: first block of the rollout (0: the reference default; 1: the paper's evaluation).
+
+    Returns:
+        ``ExplainerResult`` with ``patch_map`` (B, gh, gw), raw.
+    """
+    view = lrp_view(model, info)
+    start = check_start_layer(start_layer, info.num_layers)
+    trace = capture(model, x, view.needs(start), target=target, info=info)
+    pm = transformer_attribution(trace, view, start)
+    return ExplainerResult(pm, logits=trace.logits, target=trace.target, layout=trace.layout)
