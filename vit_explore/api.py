@@ -9,6 +9,7 @@ from torch import nn
 
 from .capture.adapters import inspect_vit
 from .capture.session import Needs, capture
+from .errors import UnsupportedModelError
 from .explainers._registry import ExplainerResult, get_explainer
 from .explanation import Explanation
 from .inputs import ImageLike, as_batch, check_tensor
@@ -40,7 +41,10 @@ def explain(
     """
     spec = get_explainer(method)
     bound = spec.bind(params)
-    info = inspect_vit(model)
+    try:
+        info = inspect_vit(model)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"method {method!r} cannot run on this model: {e}") from None
     xb = as_batch(model, x)
     if spec.kind == "trace":  # capture() validates the batch itself
         trace = capture(model, xb, spec.needs_for(bound), target=target, score=bound.get("score", "logit"), info=info)

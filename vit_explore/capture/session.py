@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..errors import CaptureError, InputError, suggest
+from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, grid_for, inspect_vit
@@ -220,6 +220,11 @@ def capture(
             if record_attn:
                 handles.append(attn.attn_drop.register_forward_hook(_store_output(attn_store[i])))
             if needs.scores:
+                if not isinstance(getattr(attn, "qkv", None), nn.Linear):
+                    raise UnsupportedModelError(
+                        f"block {i}: pre-softmax scores (AG-CAM) need a fused qkv Linear, but "
+                        f"{type(attn).__name__} has none; use chefer_generic or attn_grad_cam instead"
+                    )
                 handles.append(attn.qkv.register_forward_hook(_store_output(qkv_store[i], detach=True)))
         if needs.detach_attn_input:
             for attn in info.attns:
