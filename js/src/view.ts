@@ -1,7 +1,8 @@
 // One view of the Explorer: DOM, canvas drawing and interaction. All user strings go in as textContent.
 import { applyStroke, cellAt, cellsOnSegment, describeCell, moveCursor, rectCells, sortedCells, type Grid } from "./brush";
 import { colorize, COLORMAPS, DEFAULT_DIVERGING, DEFAULT_SEQUENTIAL, DIVERGING, normalize } from "./colormap";
-import { attnRow, bytesOf, type MapPayload } from "./decode";
+import { applyMask, maskAt, maskOrder, polylinePoints, type Box } from "./charts";
+import { attnRow, bytesOf, decodeMap, type MapPayload } from "./decode";
 import type { CachedMap, Store } from "./store";
 
 /** The subset of the anywidget model API we use (the standalone shim implements the same). */
@@ -37,6 +38,78 @@ interface Intervention {
   new_top?: ClassProb;
   ms?: number;
   error?: string;
+}
+
+interface ImagePayload {
+  data: DataView;
+  height: number;
+  width: number;
+}
+
+interface CurvesPayload {
+  key?: string;
+  pending?: boolean;
+  error?: string;
+  label?: string;
+  target_name?: string;
+  x?: number[];
+  deletion?: number[];
+  insertion?: number[];
+  auc_deletion?: number;
+  auc_insertion?: number;
+  step?: number;
+  patches?: number;
+}
+
+interface MasksPayload {
+  key?: string;
+  K?: number;
+  height?: number;
+  width?: number;
+  data?: DataView;
+  scores?: number[];
+}
+
+type TilePayload = MapPayload & { key: string; method: string; signed?: boolean; pending?: boolean; error?: string };
+
+type IntervenedMap = Partial<MapPayload> & {
+  key?: string;
+  label?: string;
+  image_index?: number;
+  patches?: number[];
+  mode?: string;
+  keep?: boolean;
+  target?: number;
+  signed?: boolean;
+  image?: ImagePayload;
+  error?: string;
+};
+
+const SVGNS = "http://www.w3.org/2000/svg";
+function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string, string | number> = {}, text?: string): SVGElementTagNameMap[K] {
+  const e = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+/** An RGB uint8 payload drawn into a fresh canvas. */
+function rgbCanvas(im: ImagePayload | null | undefined): HTMLCanvasElement | null {
+  if (!im || !im.data) return null;
+  const rgb = bytesOf(im.data);
+  const c = document.createElement("canvas");
+  c.width = im.width;
+  c.height = im.height;
+  const ctx = c.getContext("2d")!;
+  const data = ctx.createImageData(im.width, im.height);
+  for (let i = 0, j = 0; i < im.width * im.height; i++, j += 3) {
+    data.data[i * 4] = rgb[j];
+    data.data[i * 4 + 1] = rgb[j + 1];
+    data.data[i * 4 + 2] = rgb[j + 2];
+    data.data[i * 4 + 3] = 255;
+  }
+  ctx.putImageData(data, 0, 0);
+  return c;
 }
 
 export const MODES = ["noise", "blur", "mean", "zero", "drop"];
@@ -94,7 +167,8 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   status.append(spinner, statusText);
   const helpBtn = h("button", { class: "vx-btn", "aria-expanded": "false", "aria-controls": id("help") }, "?");
   const pngBtn = h("button", { class: "vx-btn", title: "Save the current view as PNG" }, "PNG");
-  bar.append(title, prevImg, imgLabel, nextImg, status, h("span", { class: "vx-grow" }), pngBtn, helpBtn);
+  const compareBtn = h("button", { class: "vx-btn", "aria-pressed": "false", "data-testid": "vx-compare-toggle", title: "Show several methods side by side for this image and class" }, "Compare");
+  bar.append(title, prevImg, imgLabel, nextImg, status, h("span", { class: "vx-grow" }), compareBtn, pngBtn, helpBtn);
 
   const methodsBox = h("div", { class: "vx-methods", role: "group", "aria-label": "Explanation method", "data-testid": "vx-methods" });
 
@@ -117,7 +191,11 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   legend.append(legendLo, legendBar, legendHi);
   const canvasWrap = h("div", { class: "vx-canvaswrap" });
   canvasWrap.append(canvas, mapNote);
-  stage.append(canvasWrap, legend, readout);
+  const masksBox = h("div", { class: "vx-masks", "data-testid": "vx-masks", hidden: "" });
+  const masksHead = h("div", { class: "vx-headstitle", id: id("masks") });
+  const masksList = h("div", { class: "vx-maskstrip", role: "group", "aria-labelledby": id("masks") });
+  masksBox.append(masksHead, masksList);
+  stage.append(canvasWrap, legend, readout, masksBox);
 
   const side = h("div", { class: "vx-side" });
   const predHead = h("h4", { id: id("pred") }, "Prediction — click a class to explain it");
@@ -147,8 +225,18 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   const clearBtn = h("button", { class: "vx-btn", "data-testid": "vx-clear" }, "Clear");
   const cfBtn = h("button", { class: "vx-btn", "data-testid": "vx-counterfactual", title: "Brush the smallest set of patches whose removal flips the prediction" }, "Find counterfactual");
   actions.append(clearBtn, cfBtn);
+  const recomputeLabel = h("label", { class: "vx-check" });
+  const recomputeBox = h("input", { type: "checkbox", "data-testid": "vx-recompute" });
+  recomputeLabel.append(recomputeBox, document.createTextNode(" recompute the map on the intervened image"));
   const result = h("div", { class: "vx-result", "data-testid": "vx-result" });
-  side.append(predHead, classes, brushHead, toolBox, modeBox, keepLabel, actions, result);
+  const imapBox = h("figure", { class: "vx-imap", "data-testid": "vx-imap-box", hidden: "" });
+  const imapCanvas = h("canvas", { class: "vx-imapcanvas", "data-testid": "vx-imap", role: "img" });
+  const imapCap = h("figcaption", { class: "vx-muted" });
+  imapBox.append(imapCanvas, imapCap);
+  const curvesHead = h("h4", { id: id("curves") }, "Deletion / insertion");
+  const curvesBtn = h("button", { class: "vx-btn", "data-testid": "vx-curves-btn", title: "Delete (or insert) patches from the most relevant down and watch the target's probability" }, "Compute curves");
+  const curvesBox = h("div", { class: "vx-curves", "data-testid": "vx-curves", role: "group", "aria-labelledby": id("curves") });
+  side.append(predHead, classes, brushHead, toolBox, modeBox, keepLabel, recomputeLabel, actions, result, imapBox, curvesHead, curvesBtn, curvesBox);
   main.append(stage, side);
 
   const controls = h("div", { class: "vx-controls" });
@@ -223,7 +311,8 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   for (const [k, v] of keys) dl.append(h("dt", {}, k), h("dd", {}, v));
   help.append(dl);
 
-  root.append(bar, methodsBox, error, main, controls, headsHead, heads, help, live);
+  const compareBox = h("section", { class: "vx-compare", "data-testid": "vx-compare", "aria-label": "Methods side by side", hidden: "" });
+  root.append(bar, methodsBox, error, main, compareBox, controls, headsHead, heads, help, live);
   el.append(root);
   signal.addEventListener("abort", () => root.remove());
 
@@ -291,26 +380,80 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     return names[i] ?? `class ${i}`;
   }
 
+  let imageVersion = 0;
   function buildImage(): void {
-    const im = model.get("image") as { data: DataView; height: number; width: number } | null;
-    if (!im || !im.data) {
-      imageCanvas = null;
-      return;
-    }
-    const rgb = bytesOf(im.data);
+    imageCanvas = rgbCanvas(model.get("image") as ImagePayload | null);
+    imageVersion++;
+  }
+
+  /** Key of the current view: the map key; raw attention adds layer, head and query (Python's ``_view_js``). */
+  function viewKey(): string {
+    const method = model.get("method") as string;
+    if (method !== ATTN) return mapKey(method);
+    return `${model.get("image_index")}|${ATTN}|${model.get("layer")}|${model.get("head")}|${model.get("query")}|${model.get("params_version") ?? 0}`;
+  }
+  const curveKey = () => `${viewKey()}@${model.get("target")}`;
+
+  /** The ViT-CX mask selected for overlay, when it belongs to the map on screen. */
+  function selectedMask(): { k: number; score: number; mask: Uint8Array; mh: number; mw: number; key: string } | null {
+    const mk = (model.get("cx_masks") as MasksPayload) ?? {};
+    const k = model.get("cx_mask") as number;
+    const method = model.get("method") as string;
+    if (k < 0 || method === ATTN || !mk.key || mk.key !== mapKey(method) || !mk.data || !mk.K) return null;
+    if (k >= mk.K) return null;
+    return { k, score: mk.scores?.[k] ?? NaN, mask: maskAt(mk.data, mk.K, mk.height!, mk.width!, k), mh: mk.height!, mw: mk.width!, key: mk.key };
+  }
+
+  let maskedCache: { id: string; c: HTMLCanvasElement } | null = null;
+  /** The image with everything outside the mask darkened (what the model sees of it), at image resolution. */
+  function maskedImage(sm: { k: number; mask: Uint8Array; mh: number; mw: number; key: string }, base: HTMLCanvasElement, w?: number, hh?: number): HTMLCanvasElement {
+    const W = w ?? base.width;
+    const H = hh ?? base.height;
+    const id = `${sm.key}|${sm.k}|${imageVersion}|${W}x${H}`;
+    if (w === undefined && maskedCache && maskedCache.id === id) return maskedCache.c;
     const c = document.createElement("canvas");
-    c.width = im.width;
-    c.height = im.height;
+    c.width = W;
+    c.height = H;
     const ctx = c.getContext("2d")!;
-    const data = ctx.createImageData(im.width, im.height);
-    for (let i = 0, j = 0; i < im.width * im.height; i++, j += 3) {
-      data.data[i * 4] = rgb[j];
-      data.data[i * 4 + 1] = rgb[j + 1];
-      data.data[i * 4 + 2] = rgb[j + 2];
-      data.data[i * 4 + 3] = 255;
+    ctx.drawImage(base, 0, 0, W, H);
+    const src = ctx.getImageData(0, 0, W, H);
+    const out = ctx.createImageData(W, H);
+    applyMask(src.data, H, W, sm.mask, sm.mh, sm.mw, 0.2, out.data);
+    ctx.putImageData(out, 0, 0);
+    if (w === undefined) maskedCache = { id, c };
+    return c;
+  }
+
+  /** Draw `base` (if any) with a map overlaid into canvas `c` of CSS size cssW x cssH. */
+  function paint(c: HTMLCanvasElement, cssW: number, cssH: number, base: HTMLCanvasElement | null, values: Float32Array | null, shape: number[], isSigned: boolean): void {
+    const dpr = window.devicePixelRatio || 1;
+    if (c.width !== Math.round(cssW * dpr) || c.height !== Math.round(cssH * dpr)) {
+      c.width = Math.round(cssW * dpr);
+      c.height = Math.round(cssH * dpr);
+      c.style.width = `${cssW}px`;
+      c.style.height = `${cssH}px`;
     }
-    ctx.putImageData(data, 0, 0);
-    imageCanvas = c;
+    const ctx = c.getContext("2d")!;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, cssW, cssH);
+    if (base) {
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(base, 0, 0, cssW, cssH);
+    }
+    if (!values) return;
+    const [gh, gw] = shape;
+    const n = normalize(values, isSigned);
+    const ov = document.createElement("canvas");
+    ov.width = gw;
+    ov.height = gh;
+    const octx = ov.getContext("2d")!;
+    const img = octx.createImageData(gw, gh);
+    colorize(n.t, chooseCmap(isSigned), 255, img.data);
+    octx.putImageData(img, 0, 0);
+    ctx.globalAlpha = base ? Number(model.get("opacity") ?? 0.6) : 1;
+    ctx.imageSmoothingEnabled = !!model.get("smooth");
+    ctx.drawImage(ov, 0, 0, cssW, cssH);
+    ctx.globalAlpha = 1;
   }
 
   function size(): { w: number; h: number } {
@@ -352,7 +495,14 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     }
     const [gh, gw] = grid();
     const m = currentMap();
-    if ("values" in m) {
+    const sm = "values" in m ? selectedMask() : null;
+    if (sm && imageCanvas) {
+      lastMap = m as CachedMap & { label: string };
+      mapNote.hidden = true;
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(maskedImage(sm, imageCanvas), 0, 0, w, hh);
+      canvas.setAttribute("data-map", `ViT-CX mask ${sm.k} · causal score ${fmt(sm.score)}`);
+    } else if ("values" in m) {
       lastMap = m;
       mapNote.textContent = "";
       mapNote.hidden = true;
@@ -494,6 +644,199 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     }
   }
 
+  // ---------- compare grid ----------
+  const TILE = 128;
+  function drawCompare(): void {
+    const on = !!model.get("compare");
+    compareBtn.setAttribute("aria-pressed", String(on));
+    compareBox.hidden = !on;
+    if (!on) return;
+    const list = ((model.get("compare_methods") as string[]) ?? []).filter((m) => methods().includes(m));
+    const payload = (model.get("compare_payload") as TilePayload[]) ?? [];
+    const byMethod = new Map(payload.map((p) => [p.method, p]));
+    if (compareBox.dataset.methods !== list.join(",")) {
+      compareBox.dataset.methods = list.join(",");
+      compareBox.textContent = "";
+      for (const m of list) {
+        const b = h("button", { class: "vx-tile", "data-method": m, "data-testid": `vx-tile-${m}`, "aria-pressed": "false" });
+        const c = h("canvas", { "aria-hidden": "true" });
+        b.append(c, h("span", { class: "vx-tilelabel" }), h("span", { class: "vx-tilenote vx-muted" }));
+        compareBox.append(b);
+      }
+    }
+    const { w, h: hh } = size();
+    const tw = TILE;
+    const th = Math.round((TILE * hh) / w);
+    const cur = model.get("method") as string;
+    const tgt = className(model.get("target") as number);
+    for (const b of Array.from(compareBox.children) as HTMLButtonElement[]) {
+      const m = b.dataset.method!;
+      const info = methodInfo(m);
+      let label = info.label ?? m;
+      let values: Float32Array | null = null;
+      let shape = grid() as number[];
+      let isSigned = false;
+      let note = "";
+      if (m === ATTN) {
+        const layer = model.get("layer") as number;
+        const head = model.get("head") as number;
+        const q = model.get("query") as number;
+        const l = store.getAttn(model.get("image_index") as number, layer);
+        label = `${label} · L${layer} · ${head < 0 ? "mean" : `h${head}`}`;
+        if (l) values = attnRow(l, head < 0 ? l.heads - 1 : head, q < 0 ? 0 : q + 1);
+        else note = "loading…";
+      } else {
+        const key = mapKey(m);
+        const p = byMethod.get(m);
+        if (p && p.key === key && p.data) {
+          try {
+            store.putMapPayload({ ...p, signed: !!p.signed });
+          } catch (e) {
+            note = String(e);
+          }
+        }
+        const hit = store.maps.get(key);
+        if (hit) {
+          values = hit.values;
+          shape = hit.shape;
+          isSigned = hit.signed;
+        } else if (p && p.key === key && p.error) note = p.error;
+        else note = offline() ? "not computed for this export" : "computing…";
+      }
+      b.querySelector(".vx-tilelabel")!.textContent = label;
+      b.querySelector(".vx-tilenote")!.textContent = values ? (info.class_specific ? `“${tgt}”` : " ") : note;
+      b.dataset.state = values ? "ready" : note === "computing…" || note === "loading…" ? "pending" : "error";
+      b.setAttribute("aria-pressed", String(m === cur));
+      b.setAttribute("aria-label", `${label}${values ? "" : `: ${note}`} — show it in the main view`);
+      paint(b.querySelector("canvas")!, tw, th, imageCanvas, values, shape, isSigned);
+    }
+  }
+
+  // ---------- deletion / insertion curves ----------
+  function drawCurves(): void {
+    const cv = (model.get("curves") as CurvesPayload) ?? {};
+    const key = curveKey();
+    const mine = cv.key === key;
+    curvesBox.textContent = "";
+    curvesBtn.disabled = offline() || (mine && (!!cv.pending || !!cv.deletion));
+    curvesBtn.hidden = offline() && !mine;
+    if (!mine) {
+      curvesBox.append(h("p", { class: "vx-muted" }, offline() ? "Not computed for this export." : "Delete the most relevant patches first (or insert them into a blank image) and plot the target's probability."));
+      return;
+    }
+    if (cv.pending) {
+      curvesBox.append(h("p", { class: "vx-muted" }, "computing the curves…"));
+      return;
+    }
+    if (cv.error || !cv.x || !cv.deletion || !cv.insertion) {
+      curvesBox.append(h("p", { class: "vx-errtext" }, cv.error ?? "no curve"));
+      return;
+    }
+    const box: Box = { width: 300, height: 170, left: 36, right: 10, top: 8, bottom: 32 };
+    const sv = svg("svg", { viewBox: `0 0 ${box.width} ${box.height}`, width: box.width, height: box.height, class: "vx-chart", role: "img",
+      "aria-label": `Deletion AUC ${fmt(cv.auc_deletion)} (lower is better), insertion AUC ${fmt(cv.auc_insertion)} (higher is better) for “${cv.target_name ?? ""}”` });
+    const x0 = box.left, x1 = box.width - box.right, y0 = box.height - box.bottom, y1 = box.top;
+    for (const t of [0, 0.5, 1]) {
+      const gy = y0 + (y1 - y0) * t;
+      const gx = x0 + (x1 - x0) * t;
+      sv.append(svg("line", { x1: x0, x2: x1, y1: gy, y2: gy, class: "vx-gridline" }));
+      sv.append(svg("text", { x: x0 - 4, y: gy + 3, "text-anchor": "end", class: "vx-ticklabel" }, String(t)));
+      sv.append(svg("text", { x: gx, y: y0 + 12, "text-anchor": "middle", class: "vx-ticklabel" }, String(t)));
+    }
+    sv.append(svg("line", { x1: x0, x2: x0, y1: y0, y2: y1, class: "vx-axis" }));
+    sv.append(svg("line", { x1: x0, x2: x1, y1: y0, y2: y0, class: "vx-axis" }));
+    sv.append(svg("text", { x: (x0 + x1) / 2, y: box.height - 4, "text-anchor": "middle", class: "vx-axislabel" }, "fraction of patches deleted / inserted"));
+    sv.append(svg("text", { x: 10, y: (y0 + y1) / 2, "text-anchor": "middle", class: "vx-axislabel", transform: `rotate(-90 10 ${(y0 + y1) / 2})` }, "p(target)"));
+    sv.append(svg("polyline", { points: polylinePoints(box, cv.x, cv.deletion), class: "vx-del", "data-testid": "vx-curve-deletion" }));
+    sv.append(svg("polyline", { points: polylinePoints(box, cv.x, cv.insertion), class: "vx-ins", "data-testid": "vx-curve-insertion" }));
+    const legendEl = h("div", { class: "vx-curvelegend" });
+    const item = (cls: string, text: string) => {
+      const s = h("span", { class: "vx-legenditem" });
+      const sw = svg("svg", { width: 22, height: 8, "aria-hidden": "true" });
+      sw.append(svg("line", { x1: 0, x2: 22, y1: 4, y2: 4, class: cls }));
+      s.append(sw, document.createTextNode(text));
+      return s;
+    };
+    legendEl.append(
+      item("vx-del", ` deletion · AUC ${fmt(cv.auc_deletion)} (lower is better)`),
+      item("vx-ins", ` insertion · AUC ${fmt(cv.auc_insertion)} (higher is better)`),
+    );
+    const capt = h("p", { class: "vx-muted" });
+    capt.textContent = `${cv.label ?? ""} · class “${cv.target_name ?? ""}” · ${cv.patches} patches, ${cv.step} per step (patch preset)`;
+    curvesBox.append(sv, legendEl, capt);
+  }
+
+  // ---------- ViT-CX masks ----------
+  function drawMasks(): void {
+    const mk = (model.get("cx_masks") as MasksPayload) ?? {};
+    const method = model.get("method") as string;
+    const show = method !== ATTN && !!mk.key && mk.key === mapKey(method) && !!mk.K && !!mk.data;
+    masksBox.hidden = !show;
+    if (!show) return;
+    const K = mk.K!, mh = mk.height!, mw = mk.width!;
+    const scores = mk.scores ?? [];
+    const id = `${mk.key}|${imageVersion}`;
+    if (masksList.dataset.key !== id) {
+      masksList.dataset.key = id;
+      masksList.textContent = "";
+      for (const k of maskOrder(scores)) {
+        const b = h("button", { class: "vx-thumb vx-maskthumb", "data-mask": String(k), "data-testid": `vx-mask-${k}`, "aria-pressed": "false" });
+        b.setAttribute("aria-label", `Mask ${k}, causal score ${fmt(scores[k])}`);
+        const c = h("canvas", { width: String(mw), height: String(mh), "aria-hidden": "true" });
+        if (imageCanvas) {
+          const mc = maskedImage({ k, mask: maskAt(mk.data!, K, mh, mw, k), mh, mw, key: mk.key! }, imageCanvas, mw, mh);
+          c.getContext("2d")!.drawImage(mc, 0, 0);
+        }
+        b.append(c, h("span", {}, fmt(scores[k])));
+        masksList.append(b);
+      }
+    }
+    masksHead.textContent = `${K} ViT-CX masks by causal score — click one to overlay it`;
+    const sel = model.get("cx_mask") as number;
+    for (const b of Array.from(masksList.children) as HTMLElement[]) b.setAttribute("aria-pressed", String(Number(b.dataset.mask) === sel));
+  }
+
+  // ---------- the map recomputed on the intervened image ----------
+  let imapBase: { src: unknown; c: HTMLCanvasElement | null } = { src: null, c: null };
+  function drawImap(): void {
+    const r = (model.get("intervened_map") as IntervenedMap) ?? {};
+    const cur = sortedCells(pending);
+    const fresh =
+      !!model.get("recompute") &&
+      !!r.patches &&
+      r.patches.length === cur.length &&
+      cur.length > 0 &&
+      r.patches.every((p, i) => p === cur[i]) &&
+      r.mode === model.get("mode") &&
+      !!r.keep === !!model.get("keep") &&
+      r.image_index === model.get("image_index") &&
+      r.target === model.get("target") &&
+      r.key === viewKey();
+    imapBox.hidden = !fresh;
+    if (!fresh) return;
+    if (r.error || !r.data || !r.shape) {
+      imapCap.textContent = r.error ?? "no map";
+      imapCanvas.hidden = true;
+      return;
+    }
+    imapCanvas.hidden = false;
+    if (imapBase.src !== r.image) imapBase = { src: r.image, c: rgbCanvas(r.image) };
+    const { w, h: hh } = size();
+    const cw = 192;
+    paint(imapCanvas, cw, Math.round((cw * hh) / w), imapBase.c, decodeMap(r as MapPayload), r.shape, !!r.signed);
+    const text = `${r.label ?? ""} on the intervened image (${r.keep ? "keep only" : "remove"}, ${r.mode})`;
+    imapCap.textContent = text;
+    imapCanvas.setAttribute("aria-label", text);
+    imapCanvas.setAttribute("data-map", r.label ?? "");
+  }
+
+  const drawExtras = () => {
+    drawCompare();
+    drawCurves();
+    drawMasks();
+    drawImap();
+  };
+
   function syncControls(): void {
     const nl = model.get("num_layers") as number;
     const nh = model.get("num_heads") as number;
@@ -514,6 +857,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     gridBox.checked = !!model.get("show_grid");
     smoothBox.checked = !!model.get("smooth");
     keepBox.checked = !!model.get("keep");
+    recomputeBox.checked = !!model.get("recompute");
     const mode = model.get("mode") as string;
     for (const b of modeBtns) b.setAttribute("aria-checked", String(b.dataset.mode === mode));
     for (const b of toolBtns) b.setAttribute("aria-checked", String(b.dataset.tool === tool));
@@ -527,6 +871,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     const off = offline();
     for (const b of [...modeBtns, clearBtn, cfBtn]) b.disabled = off;
     keepBox.disabled = off;
+    recomputeBox.disabled = off;
   }
 
   function buildMethods(): void {
@@ -684,6 +1029,19 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   on(gridBox, "change", () => setState({ show_grid: gridBox.checked }));
   on(smoothBox, "change", () => setState({ smooth: smoothBox.checked }));
   on(keepBox, "change", () => setState({ keep: keepBox.checked }));
+  on(recomputeBox, "change", () => setState({ recompute: recomputeBox.checked }));
+  on(compareBtn, "click", () => setState({ compare: !model.get("compare") }));
+  on(compareBox, "click", (e: MouseEvent) => {
+    const b = (e.target as HTMLElement).closest("[data-method]") as HTMLElement | null;
+    if (b) setState({ method: b.dataset.method });
+  });
+  on(curvesBtn, "click", () => model.send({ kind: "curves" }));
+  on(masksList, "click", (e: MouseEvent) => {
+    const b = (e.target as HTMLElement).closest("[data-mask]") as HTMLElement | null;
+    if (!b) return;
+    const k = Number(b.dataset.mask);
+    setState({ cx_mask: model.get("cx_mask") === k ? -1 : k });
+  });
   on(clsBtn, "click", () => setState({ query: -1 }));
   on(prevImg, "click", () => setState({ image_index: Math.max(0, (model.get("image_index") as number) - 1) }));
   on(nextImg, "click", () => setState({ image_index: Math.min((model.get("num_images") as number) - 1, (model.get("image_index") as number) + 1) }));
@@ -786,11 +1144,14 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
       cursor = next;
       hover = cursor;
       draw();
+      live.textContent = `${describeCell(cursor, gw)}${pending.has(cursor) ? ", marked" : ""}`;
       return true;
     } else if (e.key === " " && !offline()) {
-      pending = pending.has(cursor) ? applyStroke(pending, [cursor], true) : applyStroke(pending, [cursor], false);
+      const was = pending.has(cursor);
+      pending = applyStroke(pending, [cursor], was);
       draw();
       showIntervention();
+      live.textContent = `${describeCell(cursor, gw)} ${was ? "unmarked" : "marked"}; ${pending.size} marked. Enter runs the intervention.`;
       return true;
     } else if (e.key === "Enter" && !offline()) {
       commitBrush();
@@ -841,6 +1202,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     syncControls();
     draw();
     drawThumbs();
+    drawExtras();
   };
   listen("change:layer", redrawAll);
   listen("change:head", redrawAll);
@@ -855,42 +1217,72 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   listen("change:keep", () => {
     syncControls();
     showIntervention();
+    drawImap();
   });
   listen("change:mode", () => {
     syncControls();
     showIntervention();
+    drawImap();
   });
   listen("change:method", () => {
     syncMethods();
     draw();
     drawThumbs();
+    drawExtras();
   });
+  listen("change:compare", drawCompare);
+  listen("change:compare_methods", drawCompare);
+  listen("change:compare_payload", drawCompare);
+  listen("change:curves", drawCurves);
+  listen("change:cx_masks", () => {
+    drawMasks();
+    draw();
+  });
+  listen("change:cx_mask", () => {
+    drawMasks();
+    draw();
+  });
+  listen("change:recompute", () => {
+    syncControls();
+    drawImap();
+  });
+  listen("change:intervened_map", drawImap);
   listen("change:methods", () => {
     buildMethods();
     draw();
   });
-  listen("change:map_payload", draw);
-  listen("change:params_version", draw);
+  listen("change:map_payload", () => {
+    draw();
+    drawCompare();
+  });
+  listen("change:params_version", () => {
+    draw();
+    drawExtras();
+  });
   listen("change:image", () => {
     buildImage();
     draw();
+    drawExtras();
   });
   listen("change:image_index", () => {
     syncControls();
     draw();
     drawThumbs();
     showIntervention();
+    drawExtras();
   });
   listen("change:topk", buildClasses);
   listen("change:target", () => {
     buildClasses();
     draw();
     showIntervention();
+    drawExtras();
   });
   listen("change:brushed", () => {
     pending = new Set((model.get("brushed") as number[]) ?? []);
     draw();
     showIntervention();
+    drawImap();
   });
   listen("change:intervention", showIntervention);
   listen("change:status", showStatus);
@@ -899,6 +1291,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   const unsub = store.onChange(() => {
     draw();
     drawThumbs();
+    drawCompare();
   });
   signal.addEventListener("abort", unsub);
 
@@ -924,5 +1317,6 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   draw();
   drawThumbs();
   showIntervention();
+  drawExtras();
   return debug;
 }

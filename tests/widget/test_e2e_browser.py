@@ -30,7 +30,7 @@ _why = missing_requirements()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=_why))
 
-METHODS = ["raw_attention", "rollout", "grad_cam"]
+METHODS = ["raw_attention", "rollout", "grad_cam", "vit_cx"]
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +118,12 @@ def drive_explorer(page, server: JupyterServer, nb: str, shots: Path, tag: str) 
         page.wait_for_timeout(300)
         root.screenshot(path=str(shots / f"explorer-{tag}.png"))
 
+        check_keyboard_brushing(page, kc, gh, gw)
+        check_recompute(page, kc)
+        check_curves(page, kc)
+        check_compare(page, kc)
+        check_vit_cx_masks(page, kc)
+
         # 5. an explainer failure is shown in the widget, which stays usable
         kernel_eval(kc, "w.set_params('rollout', start_layer=999) or 0")
         err = page.locator("[data-testid=vx-error]")
@@ -127,6 +133,8 @@ def drive_explorer(page, server: JupyterServer, nb: str, shots: Path, tag: str) 
         wait_map_ready(page, "Rollout")
         page.locator("[data-testid=vx-method-raw_attention]").click()
         wait_map_ready(page, "attention")
+        if tag == "lab":
+            check_dark_theme(page, shots / f"explorer-{tag}-dark.png")
 
         # 6. standalone export, opened with no server and every request blocked
         html_path = shots / f"explorer-{tag}.html"
@@ -134,6 +142,157 @@ def drive_explorer(page, server: JupyterServer, nb: str, shots: Path, tag: str) 
         check_standalone(page.context.browser, html_path, shots / f"explorer-{tag}-standalone.png")
     finally:
         kc.stop_channels()
+
+
+def check_keyboard_brushing(page, kc, gh: int, gw: int) -> None:
+    """Arrows move the patch cursor, Space marks, Enter runs; the result is announced (aria-live)."""
+    page.locator("[data-testid=vx-clear]").click()
+    kernel_poll(kc, "w.brushed", lambda v: v == [])
+    canvas = page.locator("[data-testid=vx-canvas]")
+    canvas.focus()
+    live = page.locator("[data-testid=vx-live]")
+    assert live.get_attribute("aria-live") == "polite"
+    for _ in range(gh):
+        page.keyboard.press("ArrowUp")
+    page.keyboard.press("Home")
+    assert "patch 0 (row 0, col 0)" in live.text_content()
+    page.keyboard.press("Space")
+    assert "marked; 1 marked" in live.text_content()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Space")
+    assert kernel_eval(kc, "w.brushed") == []  # nothing is sent before Enter
+    page.keyboard.press("Enter")
+    want = [0, gw + 1]
+    assert kernel_poll(kc, "w.brushed", lambda v: v == want) == want
+    res = kernel_poll(kc, "w.intervention", lambda v: bool(v) and v.get("patches") == want)
+    page.wait_for_function(
+        "() => (document.querySelector('[data-testid=vx-live]').textContent || '').startsWith('After perturbing 2 patches')",
+        timeout=60_000,
+    )
+    text = live.text_content()
+    assert f"{res['target_after']:.2f}" in text, text
+    # the notebook did not take the keys: still one cell, the widget's canvas still focused
+    assert page.evaluate("document.activeElement && document.activeElement.dataset.testid") == "vx-canvas"
+
+
+def check_recompute(page, kc) -> None:
+    """With the checkbox on, the current method is rerun on the intervened image and drawn."""
+    page.locator("[data-testid=vx-recompute]").check()
+    kernel_poll(kc, "w.recompute", lambda v: v is True)
+    page.locator("[data-testid=vx-imap-box]").wait_for(state="visible", timeout=60_000)
+    im = kernel_poll(kc, "{k: v for k, v in w.intervened_map.items() if k in ('key', 'patches', 'label')}",
+                     lambda v: bool(v) and v.get("patches") == kernel_eval(kc, "w.brushed"))
+    assert page.locator("[data-testid=vx-imap]").get_attribute("data-map") == im["label"]
+    assert "intervened image" in page.locator("[data-testid=vx-imap-box]").inner_text()
+    page.locator("[data-testid=vx-recompute]").uncheck()
+    page.locator("[data-testid=vx-imap-box]").wait_for(state="hidden", timeout=30_000)
+
+
+def check_curves(page, kc) -> None:
+    """Deletion/insertion curves on demand, drawn as SVG with the AUCs Python computed."""
+    page.locator("[data-testid=vx-curves-btn]").click()
+    page.locator("[data-testid=vx-curve-deletion]").wait_for(timeout=120_000)
+    cv = kernel_poll(kc, "{k: w.curves.get(k) for k in ('x', 'auc_deletion', 'auc_insertion')}",
+                     lambda v: v.get("x") is not None)
+    for kind in ("deletion", "insertion"):
+        pts = page.locator(f"[data-testid=vx-curve-{kind}]").get_attribute("points").split()
+        assert len(pts) == len(cv["x"])
+    text = page.locator("[data-testid=vx-curves]").inner_text()
+    assert f"AUC {cv['auc_deletion']:.3f}" in text and f"AUC {cv['auc_insertion']:.3f}" in text, text
+    assert page.locator("[data-testid=vx-curves-btn]").is_disabled()
+
+
+def check_compare(page, kc) -> None:
+    """The grid computes every method on demand; clicking a tile switches the main view to it."""
+    page.locator("[data-testid=vx-compare-toggle]").click()
+    kernel_poll(kc, "w.compare", lambda v: v is True)
+    page.wait_for_function(
+        """(ms) => ms.every(m => { const t = document.querySelector(`[data-testid=vx-tile-${m}]`);
+                                   return t && t.dataset.state === 'ready'; })""",
+        arg=METHODS,
+        timeout=180_000,
+    )
+    page.locator("[data-testid=vx-tile-grad_cam]").click()
+    wait_map_ready(page, "Grad-CAM")
+    assert kernel_eval(kc, "w.method") == "grad_cam"
+    assert page.locator("[data-testid=vx-tile-grad_cam]").get_attribute("aria-pressed") == "true"
+    assert kernel_eval(kc, "w.stats['explain:grad_cam']") == 1  # the tile's map, not a second run
+
+
+def check_vit_cx_masks(page, kc) -> None:
+    """ViT-CX's masks are listed by causal score; clicking one overlays it."""
+    page.locator("[data-testid=vx-method-vit_cx]").click()
+    wait_map_ready(page, "ViT-CX")
+    masks = page.locator("[data-testid=vx-masks]")
+    masks.wait_for(state="visible", timeout=60_000)
+    K, scores = kernel_eval(kc, "[w.cx_masks['K'], w.cx_masks['scores']]")
+    thumbs = masks.locator("[data-mask]")
+    assert thumbs.count() == K
+    best = max(range(K), key=lambda k: (scores[k], -k))
+    assert thumbs.first.get_attribute("data-mask") == str(best)  # highest causal score first
+    before = canvas_png(page)
+    thumbs.first.click()
+    kernel_poll(kc, "w.cx_mask", lambda v: v == best)
+    page.wait_for_function(
+        "(p) => (document.querySelector('[data-testid=vx-canvas]').getAttribute('data-map') || '').startsWith(p)",
+        arg=f"ViT-CX mask {best}",
+    )
+    assert canvas_png(page) != before
+    thumbs.first.click()  # again: back to the saliency map
+    kernel_poll(kc, "w.cx_mask", lambda v: v == -1)
+    page.locator("[data-testid=vx-compare-toggle]").click()
+    kernel_poll(kc, "w.compare", lambda v: v is False)
+    page.locator("[data-testid=vx-method-rollout]").click()
+    wait_map_ready(page, "Rollout")
+
+
+def check_dark_theme(page, shot: Path) -> None:
+    """JupyterLab Dark: every text element of the widget keeps a readable contrast."""
+    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=60_000)
+    page.wait_for_timeout(800)
+    worst = page.evaluate(CONTRAST_JS)
+    page.locator("[data-testid=vx-root]").screenshot(path=str(shot))
+    bad = [w for w in worst if w["ratio"] < w["need"]]
+    assert not bad, bad
+    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'", timeout=60_000)
+
+
+# The WCAG contrast of each visible text element of the widget against its effective background
+# (the first ancestor with an opaque background colour); 4.5 for text, 3 for disabled controls' peers.
+CONTRAST_JS = r"""() => {
+  const rgb = (s) => { const m = s.match(/rgba?\(([^)]+)\)/); if (!m) return null;
+                        const p = m[1].split(',').map(Number); return { c: p.slice(0, 3), a: p.length > 3 ? p[3] : 1 }; };
+  const lum = (c) => { const l = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                       return 0.2126 * l[0] + 0.7152 * l[1] + 0.0722 * l[2]; };
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const bg = (el) => { for (let e = el; e; e = e.parentElement) { const b = rgb(getComputedStyle(e).backgroundColor);
+                         if (b && b.a > 0.5) return b.c; } return [255, 255, 255]; };
+  const root = document.querySelector('[data-testid=vx-root]');
+  const out = [];
+  for (const el of root.querySelectorAll('*')) {
+    const own = Array.from(el.childNodes).some(n => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length || el.closest('[hidden]') || el.closest('.vx-sr')) continue;
+    const cs = getComputedStyle(el);
+    if (el.closest(':disabled') || el.closest('svg')) continue;
+    const fg = rgb(cs.color); if (!fg) continue;
+    const op = Number(cs.opacity);
+    out.push({ text: el.textContent.trim().slice(0, 40), cls: el.className && el.className.baseVal === undefined ? el.className : '',
+               ratio: Math.round(ratio(fg.c, bg(el)) * 100) / 100, need: 4.5 });
+  }
+  // the SVG chart's text and lines
+  for (const el of root.querySelectorAll('svg text')) {
+    const fill = rgb(getComputedStyle(el).fill); if (!fill) continue;
+    out.push({ text: el.textContent, cls: 'svg', ratio: Math.round(ratio(fill.c, bg(el.closest('div'))) * 100) / 100, need: 4.5 });
+  }
+  for (const el of root.querySelectorAll('.vx-del, .vx-ins')) {
+    const st = rgb(getComputedStyle(el).stroke); if (!st) continue;
+    out.push({ text: el.getAttribute('class'), cls: 'line', ratio: Math.round(ratio(st.c, bg(el.closest('div'))) * 100) / 100, need: 3 });
+  }
+  return out.sort((a, b) => a.ratio - b.ratio).slice(0, 12);
+}"""
 
 
 def check_standalone(b, html_path: Path, shot: Path) -> None:

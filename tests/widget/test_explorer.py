@@ -355,3 +355,179 @@ def test_figure_shows_probabilities_before_and_after(toy, imgs):
     w.wait(30)
     fig = w.figure()
     assert [tr.name.split(" ")[0] for tr in fig.data] == ["before", "after"]
+
+
+# ------------------------------------------------------------------ compare, curves, masks, recompute
+
+
+def test_compare_computes_each_method_once_for_the_right_image_and_class(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout", "grad_cam"])
+    assert w.compare_methods == ["raw_attention", "rollout", "grad_cam"]
+    with pytest.raises(UnknownMethodError, match="not offered"):
+        w.compare_methods = ["rollout", "tam"]
+    assert w.wait(30) and counts(w) == {"forward": 1}  # off by default: nothing computed
+    w.compare = True
+    assert w.wait(60)
+    assert counts(w) == {"forward": 1, "explain:rollout": 1, "explain:grad_cam": 1}
+    # raw attention is drawn by the front end from its cache: no tile payload
+    assert [e["method"] for e in w.compare_payload] == ["rollout", "grad_cam"]
+    w.compare = False
+    w.compare = True
+    w.method = "rollout"  # the main view reuses the compared map
+    assert w.wait(30) and counts(w) == {"forward": 1, "explain:rollout": 1, "explain:grad_cam": 1}
+    assert w.map_payload["data"] == w.compare_payload[0]["data"]
+    # another image and another class: each tile is that image's map for that class
+    w.image_index = 1
+    assert w.wait(30)
+    t = (w.target + 2) % 7
+    w.target = t
+    assert w.wait(60)
+    c = counts(w)
+    assert c["explain:rollout"] == 2 and c["explain:grad_cam"] == 3  # image 1's top-1, then class t
+    for e in w.compare_payload:
+        want = vx.explain(toy, imgs[1:2], e["method"], t).patch_map[0].numpy()
+        got = np.frombuffer(e["data"], np.float32).reshape(e["shape"])
+        assert e["key"] == f"1|{e['method']}|{t if e['method'] == 'grad_cam' else '-'}|0"
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_compare_tile_failure_stays_in_its_tile(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout", "grad_cam"], params={"rollout": {"start_layer": 99}})
+    w.compare = True
+    assert w.wait(60)
+    tiles = {e["method"]: e for e in w.compare_payload}
+    assert "start_layer" in tiles["rollout"]["error"] and "data" in tiles["grad_cam"]
+
+
+def _hand_patch_curves(model, x, sal, target, grid, ps):
+    """Deletion/insertion at patch granularity, one patch per step, by hand in float64 scoring."""
+    gh, gw = grid
+    order = np.argsort(-sal.reshape(-1), kind="stable")  # most relevant first, ties in raster order
+    dele, ins = [], []
+    zero = torch.zeros_like(x)
+    for k in range(gh * gw + 1):
+        m = torch.zeros(1, 1, gh * ps, gw * ps, dtype=torch.bool)
+        for p in order[:k]:
+            r, c = divmod(int(p), gw)
+            m[..., r * ps : (r + 1) * ps, c * ps : (c + 1) * ps] = True
+        with torch.no_grad():
+            dele.append(float(model(torch.where(m, zero, x)).double().softmax(-1)[0, target]))
+            ins.append(float(model(torch.where(m, x, zero)).double().softmax(-1)[0, target]))
+    return np.array(dele), np.array(ins)
+
+
+def test_curves_match_a_hand_made_patch_deletion_and_insertion(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout"])
+    w.method = "rollout"
+    t = (w.target + 1) % 7  # a class other than the top-1: the curve scores the target, not the argmax
+    w.target = t
+    assert w.wait(30)
+    w.compute_curves(block=True)
+    cv = w.curves
+    assert cv["key"] == f"0|rollout|-|0@{t}" and cv["target"] == t and cv["step"] == 1 and cv["patches"] == 16
+    sal = vx.explain(toy, imgs[:1], "rollout").patch_map[0].double().numpy()
+    dele, ins = _hand_patch_curves(toy, imgs[:1], sal, t, (4, 4), 8)
+    np.testing.assert_allclose(cv["deletion"], dele, atol=2e-6)
+    np.testing.assert_allclose(cv["insertion"], ins, atol=2e-6)
+    np.testing.assert_allclose(cv["x"], np.arange(17) / 16)
+    auc = lambda y: (y.sum() - y[0] / 2 - y[-1] / 2) / (len(y) - 1)  # noqa: E731 - RISE's rule
+    assert cv["auc_deletion"] == pytest.approx(auc(dele), abs=2e-6)
+    assert cv["auc_insertion"] == pytest.approx(auc(ins), abs=2e-6)
+    assert w.stats["curves"] == 1
+    w.compute_curves(block=True)  # cached
+    assert w.stats["curves"] == 1 and w.stats["explain:rollout"] == 1
+    # figure(): the probability bars, then the same two curves
+    fig = w.figure()
+    names = [tr.name.split(" ")[0] for tr in fig.data]
+    assert names == ["probability", "deletion", "insertion"]
+    np.testing.assert_allclose(fig.data[1].y, cv["deletion"])
+    np.testing.assert_allclose(fig.data[2].y, cv["insertion"])
+    # another view: the figure no longer carries the curves of the old one
+    w.target = (t + 1) % 7
+    assert len(w.figure().data) == 1
+    with pytest.raises(InputError, match="steps must be a positive int"):
+        w.compute_curves(steps=0)
+
+
+def test_curves_of_raw_attention_follow_layer_head_and_query(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention"])
+    w.layer, w.head, w.query = 1, 2, 3
+    w.compute_curves(steps=4, block=True)  # 16 patches, 4 per step
+    cv = w.curves
+    assert cv["key"] == f"0|raw_attention|1|2|3|0@{w.target}" and cv["step"] == 4 and len(cv["x"]) == 5
+    sal = vx.explain(toy, imgs[:1], "raw_attention", layer=1, head=2, query=3).patch_map[0].double().numpy()
+    dele, _ = _hand_patch_curves(toy, imgs[:1], sal, w.target, (4, 4), 8)
+    np.testing.assert_allclose(cv["deletion"], dele[::4], atol=2e-6)
+
+
+def test_vit_cx_masks_and_scores_are_sent_and_selectable(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout", "vit_cx"])
+    with pytest.raises(InputError, match="no masks"):
+        w.cx_mask = 0
+    w.method = "vit_cx"
+    assert w.wait(60)
+    ex = vx.explain(toy, imgs[:1], "vit_cx", w.target)
+    M, S = ex.extras["masks"][0], ex.extras["mask_scores"][0]
+    mk = w.cx_masks
+    K = M.shape[0]
+    assert mk["key"] == f"0|vit_cx|{w.target}|0" and mk["K"] == K and (mk["height"], mk["width"]) == (32, 32)
+    got = np.frombuffer(mk["data"], np.uint8).reshape(K, 32, 32)
+    assert np.abs(got.astype(np.int32) - np.rint(M.numpy() * 255).astype(np.int32)).max() <= 1
+    np.testing.assert_allclose(mk["scores"], S.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match=rf"0\.\.{K - 1}"):
+        w.cx_mask = K
+    w.cx_mask = K - 1
+    w.method = "rollout"
+    w.method = "vit_cx"  # cached: the masks stay, no new computation
+    assert w.wait(30) and w.stats["explain:vit_cx"] == 1 and w.cx_mask == K - 1
+    w.target = (w.target + 1) % 7  # a new map: new masks, selection reset
+    assert w.wait(60) and w.cx_mask == -1 and w.cx_masks["key"] == f"0|vit_cx|{w.target}|0"
+
+
+def test_masks_are_pooled_to_small_thumbnails():
+    m = tiny_vit(img_size=96, patch_size=16, depth=2, embed_dim=32, num_heads=2, num_classes=3)
+    x = input_for(m, batch=1, seed=2)
+    w = Explorer(m, x, methods=["vit_cx"])
+    assert w.wait(120)
+    mk = w.cx_masks
+    assert (mk["height"], mk["width"]) == (64, 64) and len(mk["data"]) == mk["K"] * 64 * 64
+    M = vx.explain(m, x, "vit_cx", w.target).extras["masks"][0].double()
+    want = torch.nn.functional.interpolate(M[:, None], size=(64, 64), mode="area")[:, 0].numpy()  # area = adaptive average pooling
+    got = np.frombuffer(mk["data"], np.uint8).reshape(-1, 64, 64) / 255.0
+    assert np.abs(got - want).max() <= 0.5 / 255 + 1e-6
+
+
+def test_recompute_on_the_intervened_image(toy, imgs):
+    w = Explorer(toy, imgs, methods=["raw_attention", "rollout"])
+    w.method, w.mode = "rollout", "zero"
+    w.brushed = [1, 6, 11]
+    assert w.wait(30) and w.intervened_map == {} and "explain_intervened:rollout" not in w.stats
+    w.recompute = True  # reuses the intervened input: no new intervention
+    assert w.wait(30) and w.stats["intervene"] == 1 and w.stats["explain_intervened:rollout"] == 1
+    xz = imgs[:1].clone()
+    for p in (1, 6, 11):
+        r, c = divmod(p, 4)
+        xz[:, :, r * 8 : r * 8 + 8, c * 8 : c * 8 + 8] = 0.0
+    want = vx.explain(toy, xz, "rollout").patch_map[0].numpy()
+    im = w.intervened_map
+    assert im["patches"] == [1, 6, 11] and im["mode"] == "zero" and im["key"] == "0|rollout|-|0"
+    np.testing.assert_allclose(np.frombuffer(im["data"], np.float32).reshape(4, 4), want, rtol=1e-5, atol=1e-6)
+    shown = np.frombuffer(im["image"]["data"], np.uint8).reshape(32, 32, 3)
+    assert np.array_equal(shown, ser.display_image(xz[0], w._mean, w._std))
+    # a new stroke: intervention + recompute in the same job
+    w.brushed = [0]
+    assert w.wait(30) and w.stats["intervene"] == 2 and w.stats["explain_intervened:rollout"] == 2
+    assert w.intervened_map["patches"] == [0]
+    # another method recomputes on the same input; raw attention follows the layer
+    w.method = "raw_attention"
+    assert w.wait(30) and w.stats["explain_intervened:raw_attention"] == 1 and w.stats["intervene"] == 2
+    w.layer = 0
+    assert w.wait(30) and w.stats["explain_intervened:raw_attention"] == 2
+    assert w.intervened_map["key"] == f"0|raw_attention|0|-1|-1|0"
+    # drop has no intervened image: a readable message, nothing computed
+    w.mode = "drop"
+    assert w.wait(30) and "pick another mode" in w.intervened_map["error"]
+    w.recompute = False
+    assert w.intervened_map == {}
+    w.layer = 1  # off again: scrubbing touches nothing
+    assert w.wait(30) and w.stats["explain_intervened:raw_attention"] == 2

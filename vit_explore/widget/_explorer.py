@@ -147,7 +147,10 @@ class Explorer(anywidget.AnyWidget):
     State readable and settable from Python: ``method``, ``layer``, ``head`` (-1: mean of
     heads), ``query`` (-1: the CLS row, else a patch whose attention row is shown),
     ``target``, ``image_index``, ``brushed`` (row-major patch indices), ``mode``, ``keep``,
-    and ``explanation`` (the current ``Explanation``).
+    ``compare`` (show the grid of ``compare_methods`` side by side), ``recompute`` (rerun the
+    current method on the intervened image after each stroke), ``cx_mask`` (the ViT-CX mask
+    overlaid, -1 none) and ``explanation`` (the current ``Explanation``).
+    ``compute_curves()`` runs the deletion/insertion curves of the current map.
     """
 
     _esm = _bundle("widget.js", _MISSING_BUNDLE)
@@ -186,6 +189,15 @@ class Explorer(anywidget.AnyWidget):
     intervention = t.Dict().tag(sync=True)
     status = t.Dict().tag(sync=True)
     offline = t.Bool(False).tag(sync=True)
+    # compare grid, curves, masks, recompute-on-intervened
+    compare = t.Bool(False).tag(sync=True)
+    compare_methods = t.List(t.Unicode()).tag(sync=True)
+    compare_payload = t.List(t.Dict()).tag(sync=True)
+    curves = t.Dict().tag(sync=True)
+    cx_masks = t.Dict().tag(sync=True)
+    cx_mask = t.Int(-1).tag(sync=True)
+    recompute = t.Bool(False).tag(sync=True)
+    intervened_map = t.Dict().tag(sync=True)
 
     def __init__(
         self,
@@ -220,6 +232,8 @@ class Explorer(anywidget.AnyWidget):
         self._maps: dict[tuple, Explanation] = {}
         self._params: dict[str, dict[str, Any]] = {}
         self._auto_target = target is None
+        self._curves: dict[tuple, dict[str, Any]] = {}
+        self._last_input: tuple[tuple, torch.Tensor] | None = None
         self._internal = 0
         self._req = 0
         self.stats: Counter[str] = Counter()
@@ -254,8 +268,12 @@ class Explorer(anywidget.AnyWidget):
             image=self._image_payload(0),
             topk=self._topk_payload(first["probs"]),
             status={"busy": False, "label": "", "error": None},
+            compare_methods=list(names),
         )
         self.observe(self._on_method, names=["method"])
+        self.observe(self._on_compare, names=["compare", "compare_methods"])
+        self.observe(self._on_recompute, names=["recompute"])
+        self.observe(self._on_view_for_recompute, names=["layer", "head", "query"])
         self.observe(self._on_target, names=["target"])
         self.observe(self._on_image, names=["image_index"])
         self.observe(self._on_brush, names=["brushed", "mode", "keep"])
@@ -379,6 +397,31 @@ class Explorer(anywidget.AnyWidget):
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {v!r}{suggest(v, MODES)}")
         return v
 
+    @t.validate("compare_methods")
+    def _valid_compare_methods(self, proposal: Any) -> list[str]:
+        out: list[str] = []
+        for m in proposal["value"]:
+            if m not in self.methods:
+                get_explainer(m)  # unknown key: raises with a suggestion
+                raise UnknownMethodError(
+                    f"compare_methods: {m!r} is not offered by this Explorer{suggest(m, self.methods)} "
+                    f"(offered: {', '.join(self.methods)})"
+                )
+            if m not in out:
+                out.append(m)
+        return out
+
+    @t.validate("cx_mask")
+    def _valid_cx_mask(self, proposal: Any) -> int:
+        v = proposal["value"]
+        K = int(self.cx_masks.get("K", 0)) if self.cx_masks else 0
+        if v != -1 and not 0 <= v < K:
+            raise InputError(
+                f"cx_mask must be -1 (none) or a mask index in 0..{K - 1}, got {v}" if K else
+                f"cx_mask must be -1: the current map has no masks (show ViT-CX first), got {v}"
+            )
+        return v
+
     @t.validate("opacity")
     def _valid_opacity(self, proposal: Any) -> float:
         v = float(proposal["value"])
@@ -472,6 +515,30 @@ class Explorer(anywidget.AnyWidget):
         pm = ex.patch_map[0]
         return {"key": self._js_key(key), "signed": bool((pm < 0).any()), **ser.float_map(pm)}
 
+    def _publish_map(self, key: tuple, ex: Explanation) -> None:
+        """Show ``ex`` as the current map; a method with masks (ViT-CX) also sends them."""
+        with self.hold_sync():
+            self.map_payload = self._map_message(key, ex)
+            js = self._js_key(key)
+            if self.cx_masks.get("key") != js:
+                self.cx_mask = -1
+                self.cx_masks = self._masks_payload(key, ex) or {}
+
+    def _masks_payload(self, key: tuple, ex: Explanation) -> dict[str, Any] | None:
+        """ViT-CX's masks (K, h, w) as uint8 thumbnails (at most 64 px a side) and their causal scores."""
+        masks, scores = ex.extras.get("masks"), ex.extras.get("mask_scores")
+        if masks is None or scores is None:
+            return None
+        m = masks[0].detach().to(torch.float32).cpu()  # (K, H, W) in [0, 1]
+        sc = scores[0].detach().to(torch.float32).cpu().reshape(-1)
+        K, H, W = m.shape
+        h, w = min(H, 64), min(W, 64)
+        small = torch.nn.functional.adaptive_avg_pool2d(m[:, None], (h, w))[:, 0] if (h, w) != (H, W) else m
+        u8 = (small.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
+        return {"key": self._js_key(key), "method": key[1], "K": int(K), "height": h, "width": w,
+                "data": np.ascontiguousarray(u8).tobytes(), "scores": [float(v) for v in sc],
+                "target": int(ex.target[0])}
+
     def _schedule_map(self) -> None:
         method = self.method
         if method == ATTN:  # drawn by the front end from the attention cache
@@ -479,7 +546,7 @@ class Explorer(anywidget.AnyWidget):
         i, target = self.image_index, self.target
         key = self._map_key(i, method, target)
         if key in self._maps:
-            self.map_payload = self._map_message(key, self._maps[key])
+            self._publish_map(key, self._maps[key])
             return
 
         def job() -> None:
@@ -491,7 +558,7 @@ class Explorer(anywidget.AnyWidget):
                     self.map_payload = {"key": self._js_key(key), "error": msg}
                 return
             if self._current_key() == key:  # else superseded while running: drop
-                self.map_payload = self._map_message(key, ex)
+                self._publish_map(key, ex)
                 self._clear_error()
 
         self._worker.submit("map", f"computing {LABELS.get(method, method)}…", job)
@@ -512,12 +579,171 @@ class Explorer(anywidget.AnyWidget):
             self._maps[key] = ex
             return ex
 
+    # ------------------------------------------------------------------ compare, curves, intervened maps
+
+    def _view_state(self) -> tuple:
+        """What the current map depends on: (image, method, target, layer, head, query, params)."""
+        return (self.image_index, self.method, self.target, self.layer, self.head, self.query, self.params_version)
+
+    def _view_js(self, st: tuple) -> str:
+        """The front end's key of a view (js/src/view.ts ``viewKey``): the map key; raw attention adds layer, head, query."""
+        i, method, target, layer, head, query, pv = st
+        if method == ATTN:
+            return f"{i}|{ATTN}|{layer}|{head}|{query}|{pv}"
+        return self._js_key(self._map_key(i, method, target)[:3] + (pv,))
+
+    def _explain_view(self, st: tuple, x: torch.Tensor | None = None) -> Explanation:
+        """The map of view ``st`` on ``x`` (default: the image itself, cached)."""
+        i, method, target, layer, head, query, pv = st
+        if x is None and method != ATTN:
+            return self._compute_map(self._map_key(i, method, target)[:3] + (pv,))
+        inp = self._x[i : i + 1] if x is None else x
+        params = (dict(layer=layer, head=None if head < 0 else head, query=None if query < 0 else query)
+                  if method == ATTN else self._params_for(method))
+        with self._lock:
+            ex = explain(self._model, inp, method, target, **params)
+        self.stats[f"explain{'' if x is None else '_intervened'}:{method}"] += 1
+        return ex
+
+    def _schedule_compare(self) -> None:
+        """Fill ``compare_payload`` with every method of ``compare_methods`` (raw attention is drawn by the front end)."""
+        if not self.compare:
+            return
+        i, target, pv = self.image_index, self.target, self.params_version
+        todo = [m for m in self.compare_methods if m != ATTN]
+        state = (i, target, pv, tuple(todo))
+
+        def entry(m: str) -> dict[str, Any]:
+            key = self._map_key(i, m, target)
+            if key in self._maps:
+                return {**self._map_message(key, self._maps[key]), "method": m}
+            return {"key": self._js_key(key), "method": m, "pending": True}
+
+        entries = [entry(m) for m in todo]
+        self.compare_payload = entries
+        if all(not e.get("pending") for e in entries):
+            return
+
+        def current() -> bool:
+            return self.compare and (self.image_index, self.target, self.params_version,
+                                     tuple(m for m in self.compare_methods if m != ATTN)) == state
+
+        def job() -> None:
+            out = list(entries)
+            for j, m in enumerate(todo):
+                if not current():
+                    return  # superseded: the newer request is queued in this slot
+                if not out[j].get("pending"):
+                    continue
+                key = self._map_key(i, m, target)
+                try:
+                    out[j] = {**self._map_message(key, self._compute_map(key)), "method": m}
+                except Exception as e:  # noqa: BLE001 - shown in its tile
+                    self.errors.append(traceback.format_exc())
+                    out[j] = {"key": self._js_key(key), "method": m, "error": f"{type(e).__name__}: {e}"}
+                if current():
+                    self.compare_payload = list(out)
+
+        self._worker.submit("compare", "computing the comparison…", job)
+
+    def compute_curves(self, *, steps: int = 48, block: bool = False) -> None:
+        """Deletion and insertion curves of the current map (runs in the background; result in ``curves``).
+
+        Uses ``vit_explore.metrics`` with the ViT-native ``patch`` preset (Petsiuk et al., RISE,
+        BMVC 2018, at patch granularity): patches are replaced by 0 (normalised space) from the
+        most relevant down (deletion) or revealed on a zero image (insertion), scoring the
+        softmax probability of the target; ``ceil(P / steps)`` patches per step.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InputError(f"steps must be a positive int, got {steps!r}")
+        st = self._view_state()
+        ck = (st, steps)
+        if ck in self._curves:
+            self.curves = self._curves[ck]
+            return
+        js = f"{self._view_js(st)}@{st[2]}"
+        self.curves = {"key": js, "pending": True}
+
+        def job() -> None:
+            from ..metrics import deletion, insertion
+
+            i, method, target = st[0], st[1], st[2]
+            try:
+                ex = self._explain_view(st)
+                sal = ex.patch_map[:1].detach().to(torch.float32)
+                P = int(sal[0].numel())
+                step = max(1, -(-P // steps))
+                x = self._x[i : i + 1]
+                with self._lock:
+                    d = deletion(self._model, x, sal, preset="patch", target=target, step=step)
+                    ins = insertion(self._model, x, sal, preset="patch", target=target, step=step)
+                self.stats["curves"] += 1
+            except Exception as e:  # noqa: BLE001
+                msg = self._fail(f"the deletion/insertion curves of {LABELS.get(method, method)}", e)
+                if self.curves.get("key") == js:
+                    self.curves = {"key": js, "error": msg}
+                return
+            out = {
+                "key": js, "method": method, "label": LABELS.get(method, method), "image_index": i,
+                "target": target, "target_name": self._labels[target], "preset": "patch", "step": step,
+                "patches": P, "x": [float(v) for v in d.x],
+                "deletion": [float(v) for v in d.curves[0]], "insertion": [float(v) for v in ins.curves[0]],
+                "auc_deletion": float(d.auc[0]), "auc_insertion": float(ins.auc[0]),
+            }
+            self._curves[ck] = out
+            if self.curves.get("key") == js:
+                self.curves = out
+                self._clear_error()
+
+        self._worker.submit("curves", "computing deletion/insertion curves…", job)
+        if block:
+            self.wait()
+
+    def _schedule_recompute(self) -> None:
+        """Rerun the current view on the last intervened input (``recompute``), if it is current."""
+        if not self.recompute or not self.brushed or self._last_input is None:
+            return
+        ident, xin = self._last_input
+        if ident != self._intervention_ident():
+            return  # an intervention for the current brush is on its way; it recomputes
+        st = self._view_state()
+        self._worker.submit("recompute", f"recomputing {LABELS.get(st[1], st[1])} on the intervened image…",
+                            lambda: self._recompute_job(st, ident, xin))
+
+    def _intervention_ident(self) -> tuple:
+        return (self.image_index, tuple(self.brushed), self.mode, self.keep, self.target)
+
+    def _recompute_job(self, st: tuple, ident: tuple, xin: torch.Tensor) -> None:
+        i, method = st[0], st[1]
+        base = {"key": self._view_js(st), "method": method, "label": LABELS.get(method, method), "image_index": i,
+                "patches": list(ident[1]), "mode": ident[2], "keep": ident[3], "target": ident[4]}
+        if ident[2] == "drop":
+            self.intervened_map = {**base, "error": "“drop” removes tokens inside the model, so there is no "
+                                   "intervened image to explain; pick another mode to recompute the map"}
+            return
+        try:
+            ex = self._explain_view(st, xin)
+        except Exception as e:  # noqa: BLE001
+            msg = self._fail(f"{LABELS.get(method, method)} on the intervened image", e)
+            self.intervened_map = {**base, "error": msg}
+            return
+        if self._view_state() != st or self._intervention_ident() != ident:
+            return  # superseded
+        img = self._image_payload_of(xin[0])
+        pm = ex.patch_map[0]
+        self.intervened_map = {**base, "signed": bool((pm < 0).any()), **ser.float_map(pm), "image": img}
+
+    def _image_payload_of(self, x: torch.Tensor) -> dict[str, Any]:
+        img = ser.display_image(x, self._mean, self._std)
+        return {"data": img.tobytes(), "height": int(img.shape[0]), "width": int(img.shape[1])}
+
     def _schedule_intervention(self) -> None:
         self._req += 1
         req = self._req
         patches = list(self.brushed)
         if not patches:
             self.intervention = {}
+            self.intervened_map = {}
             return
         i, mode, keep, target = self.image_index, self.mode, self.keep, self.target
 
@@ -553,6 +779,12 @@ class Explorer(anywidget.AnyWidget):
                 return
             if req == self._req:
                 self.intervention = {**out, "causal_score": cs}
+            ident = (i, tuple(patches), mode, keep, target)
+            self._last_input = (ident, res.input[:1].detach())
+            if self.recompute and req == self._req:
+                st = self._view_state()
+                if st[0] == i:
+                    self._recompute_job(st, ident, res.input[:1].detach())
 
         self._worker.submit("intervene", "", job)
 
@@ -617,6 +849,21 @@ class Explorer(anywidget.AnyWidget):
 
     def _on_method(self, change: dict) -> None:
         self._schedule_map()
+        self._schedule_recompute()
+
+    def _on_compare(self, change: dict) -> None:
+        if self.compare:
+            self._schedule_compare()
+
+    def _on_recompute(self, change: dict) -> None:
+        if change["new"]:
+            self._schedule_recompute()
+        else:
+            self.intervened_map = {}
+
+    def _on_view_for_recompute(self, change: dict) -> None:
+        if self.method == ATTN:
+            self._schedule_recompute()
 
     def _on_target(self, change: dict) -> None:
         if not self._internal:
@@ -625,6 +872,7 @@ class Explorer(anywidget.AnyWidget):
             self._schedule_map()
         if self.brushed:
             self._schedule_intervention()
+        self._schedule_compare()
 
     def _on_image(self, change: dict) -> None:
         i = change["new"]
@@ -633,6 +881,7 @@ class Explorer(anywidget.AnyWidget):
             self.brushed = []
             self.query = -1
             self.intervention = {}
+            self.intervened_map = {}
 
         def job() -> None:
             try:
@@ -651,6 +900,7 @@ class Explorer(anywidget.AnyWidget):
                     finally:
                         self._internal -= 1
             self._schedule_map()
+            self._schedule_compare()
 
         if i in self._images:
             job()
@@ -671,6 +921,8 @@ class Explorer(anywidget.AnyWidget):
             self._worker.submit(f"attn:{i}", "", lambda: self._send_attention(i, first, layers))
         elif kind == "counterfactual":
             self.find_counterfactual()
+        elif kind == "curves":
+            self.compute_curves()
         elif kind == "ping":  # an empty round trip (bench/bench_explorer.py's baseline)
             self.send({"kind": "pong", "id": content.get("id")})
 
@@ -700,6 +952,7 @@ class Explorer(anywidget.AnyWidget):
         self._params[method] = get_explainer(method).bind(params)
         self.params_version += 1
         self._schedule_map()
+        self._schedule_compare()
 
     @property
     def explanation(self) -> Explanation:
@@ -719,22 +972,45 @@ class Explorer(anywidget.AnyWidget):
         return self._x
 
     def figure(self):
-        """A plotly figure of the top-k probabilities (before and, if patches are brushed, after)."""
+        """A static plotly figure: the top-k probabilities (before and, if patches are brushed,
+        after) and, once ``compute_curves()`` ran for the current map, its deletion/insertion
+        curves beside them (the same chart the Explorer draws)."""
         import plotly.graph_objects as go
 
         d = self._ensure_image(self.image_index)
         before = self._topk_payload(d["probs"])
-        fig = go.Figure()
+        cv = self.curves
+        has_curves = bool(cv) and "deletion" in cv and cv.get("key") == f"{self._view_js(self._view_state())}@{self.target}"
+        if has_curves:
+            from plotly.subplots import make_subplots
+
+            fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55], subplot_titles=(
+                f"Top-{self._k} classes, image {self.image_index + 1}",
+                f"{cv['label']}: deletion / insertion of “{cv['target_name']}”"))
+            kw: dict[str, Any] = {"row": 1, "col": 1}
+        else:
+            fig = go.Figure()
+            kw = {}
         r = self.intervention
         if r and r.get("after") and r.get("patches") == list(self.brushed):
             idx = [c["index"] for c in r["after"]]
             names = [self.class_names[j] for j in idx]
-            fig.add_bar(name="before", x=names, y=[float(d["probs"][j]) for j in idx])
+            fig.add_bar(name="before", x=names, y=[float(d["probs"][j]) for j in idx], **kw)
             fig.add_bar(name=f"after ({len(r['patches'])} patches, {r['mode']})", x=names,
-                        y=[c["prob"] for c in r["after"]])
+                        y=[c["prob"] for c in r["after"]], **kw)
             fig.update_layout(barmode="group")
         else:
-            fig.add_bar(name="probability", x=[c["name"] for c in before], y=[c["prob"] for c in before])
+            fig.add_bar(name="probability", x=[c["name"] for c in before], y=[c["prob"] for c in before], **kw)
+        if has_curves:
+            fig.add_scatter(name=f"deletion (AUC {cv['auc_deletion']:.3f}, lower is better)", x=cv["x"],
+                            y=cv["deletion"], mode="lines", line={"color": "#d62728"}, row=1, col=2)
+            fig.add_scatter(name=f"insertion (AUC {cv['auc_insertion']:.3f}, higher is better)", x=cv["x"],
+                            y=cv["insertion"], mode="lines", line={"color": "#1f77b4", "dash": "dash"}, row=1, col=2)
+            fig.update_yaxes(title_text="probability", range=[0, 1], row=1, col=1)
+            fig.update_yaxes(title_text=f"p(“{cv['target_name']}”)", range=[0, 1], row=1, col=2)
+            fig.update_xaxes(title_text="fraction of patches deleted / inserted", range=[0, 1], row=1, col=2)
+            fig.update_layout(template="plotly_white")
+            return fig
         fig.update_layout(title=f"Top-{self._k} classes, image {self.image_index + 1}", yaxis_title="probability",
                           yaxis_range=[0, 1], template="plotly_white")
         return fig
