@@ -1,8 +1,6 @@
 import numpy as np
 import pytest
-import torch
 
-import vit_explore as vx
 from vit_explore import viz
 from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit

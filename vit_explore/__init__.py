@@ -6,6 +6,7 @@ Public surface: ``explain``, ``Explanation``, ``list_methods``, ``preprocess``, 
 
 from __future__ import annotations
 
+from . import metrics
 from ._version import __version__
 from .api import attention_maps, explain
 from .capture.layout import TokenLayout
@@ -19,25 +20,50 @@ from .errors import (
     WeightsError,
 )
 from .explainers import get_explainer, list_methods
+from .evaluation import BenchResult, make_dataset, run_benchmark
 from .explanation import Explanation
 from .inputs import preprocess
+from .interventions import (
+    Counterfactual,
+    Intervention,
+    TopK,
+    ablate_heads,
+    block_tokens,
+    causal_score,
+    counterfactual,
+    intervene,
+)
+from .widget import Explorer
 
 __all__ = [
+    "BenchResult",
     "CaptureError",
+    "Counterfactual",
     "Explanation",
+    "Explorer",
     "InputError",
+    "Intervention",
     "Needs",
     "TokenLayout",
+    "TopK",
     "Trace",
     "UnknownMethodError",
     "UnsupportedModelError",
     "VitExploreError",
     "WeightsError",
     "__version__",
+    "ablate_heads",
     "attention_maps",
+    "block_tokens",
     "capture",
+    "causal_score",
+    "counterfactual",
     "explain",
     "get_explainer",
+    "intervene",
     "list_methods",
+    "make_dataset",
+    "metrics",
     "preprocess",
+    "run_benchmark",
 ]

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import vit_explore as vx
 from vit_explore.testing import tiny_vit
 from vit_explore.capture import Needs, capture
 from vit_explore.errors import CaptureError, InputError

@@ -9,7 +9,6 @@ import vit_explore as vx
 from vit_explore.capture.layout import TokenLayout
 from vit_explore.capture.session import Trace
 from vit_explore.explainers.attention_flow import attention_flow
-from vit_explore.explainers.raw_attention import attention_stack
 from vit_explore.explainers.rollout import joint_attention, rollout
 from vit_explore.testing import tiny_vit
 

@@ -1,6 +1,5 @@
 """RISE and occlusion against plain loop replicas."""
 
-import math
 
 import numpy as np
 import pytest

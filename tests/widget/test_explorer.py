@@ -129,7 +129,7 @@ def test_each_state_change_triggers_exactly_its_computation(toy, imgs):
 
     w.method = "rollout"
     assert w.wait(30) and counts(w) == {"forward": 1, "explain:rollout": 1}
-    assert w.map_payload["key"] == f"0|rollout|-|0"
+    assert w.map_payload["key"] == "0|rollout|-|0"
     # not class-specific: a new target reuses the map
     w.target = (top0 + 1) % 7
     assert w.wait(30) and counts(w) == {"forward": 1, "explain:rollout": 1}
@@ -523,7 +523,7 @@ def test_recompute_on_the_intervened_image(toy, imgs):
     assert w.wait(30) and w.stats["explain_intervened:raw_attention"] == 1 and w.stats["intervene"] == 2
     w.layer = 0
     assert w.wait(30) and w.stats["explain_intervened:raw_attention"] == 2
-    assert w.intervened_map["key"] == f"0|raw_attention|0|-1|-1|0"
+    assert w.intervened_map["key"] == "0|raw_attention|0|-1|-1|0"
     # drop has no intervened image: a readable message, nothing computed
     w.mode = "drop"
     assert w.wait(30) and "pick another mode" in w.intervened_map["error"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from .layout import Readout
+from .layout import Readout, TokenLayout
 
 _ATTN_ATTRS = ("qkv", "attn_drop", "num_heads", "scale", "fused_attn")
 
@@ -131,3 +131,15 @@ def grid_for(info: ViTInfo, height: int, width: int) -> tuple[int, int]:
     if info.dynamic_pad:
         return (-(-height // ph), -(-width // pw))
     return (height // ph, width // pw)
+
+
+def layout_for(info: ViTInfo, height: int, width: int) -> TokenLayout:
+    """Token layout of an input of ``height x width`` pixels."""
+    return TokenLayout(
+        num_prefix=info.num_prefix,
+        num_reg=info.num_reg,
+        grid=grid_for(info, height, width),
+        patch_size=info.patch_size,
+        input_size=(height, width),
+        readout=info.readout,
+    )

@@ -81,6 +81,25 @@ class TokenLayout:
             raise ValueError(f"patch index {patch} is outside the {self.grid[0]}x{self.grid[1]} grid")
         return self.patch_columns(m[..., self.num_prefix + patch, :])
 
+    def pool_pixels(self, pixel_map: torch.Tensor, reduce: Literal["sum", "mean"] = "sum") -> torch.Tensor:
+        """Aggregate a (B, H, W) pixel map within each patch: (B, gh, gw).
+
+        ``"sum"`` adds the pixels of each patch; ``"mean"`` averages them. Pixels beyond the
+        grid (which the patch embedding ignores) are dropped; a padded last row/column of
+        patches (``dynamic_img_pad``) uses only its real pixels.
+        """
+        (gh, gw), (ph, pw) = self.grid, self.patch_size
+        m = pixel_map[:, : gh * ph, : gw * pw]
+        pad = (0, gw * pw - m.shape[2], 0, gh * ph - m.shape[1])
+        total = torch.nn.functional.pad(m, pad).reshape(m.shape[0], gh, ph, gw, pw).sum(dim=(2, 4))
+        if reduce == "sum":
+            return total
+        if reduce == "mean":
+            ones = torch.nn.functional.pad(torch.ones_like(m[:1]), pad)
+            count = ones.reshape(1, gh, ph, gw, pw).sum(dim=(2, 4))
+            return total / count
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
     def patch_index(self, row: int, col: int) -> int:
         """Row-major patch index of grid cell ``(row, col)``."""
         gh, gw = self.grid

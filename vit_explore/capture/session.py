@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
-from .adapters import ViTInfo, grid_for, inspect_vit
+from .adapters import ViTInfo, inspect_vit, layout_for
 from .layout import TokenLayout
 
 Score = Literal["logit", "prob", "log_prob"]
@@ -293,14 +293,7 @@ def capture(
                 _scores_from_qkv(info.attns[i], qkv_store[i][0]) if i in layers else None for i in range(num_layers)
             )
         B, _, H, W = x.shape
-        layout = TokenLayout(
-            num_prefix=info.num_prefix,
-            num_reg=info.num_reg,
-            grid=grid_for(info, H, W),
-            patch_size=info.patch_size,
-            input_size=(H, W),
-            readout=info.readout,
-        )
+        layout = layout_for(info, H, W)
         if record_attn:
             n = attn_list[layers[0]].shape[-1]
             if n != layout.num_tokens:

@@ -15,25 +15,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..capture.adapters import ViTInfo, grid_for
-from ..capture.layout import TokenLayout
+from ..capture.adapters import ViTInfo, layout_for
 from ..capture.rules import lrp_rules
 from ..errors import CaptureError
 from ..targets import TargetLike, resolve_target
 from ._registry import ExplainerResult, register_explainer
-
-
-def pixels_to_patches(pixel: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """Sum a (B, H, W) pixel map within each patch: (B, gh, gw). Pixels the patch
-    embedding drops (H not a multiple of the patch) are left out; padded ones count 0."""
-    (gh, gw), (ph, pw) = layout.grid, layout.patch_size
-    B, H, W = pixel.shape
-    p = pixel[:, : gh * ph, : gw * pw]
-    p = F.pad(p, (0, gw * pw - p.shape[2], 0, gh * ph - p.shape[1]))
-    return p.reshape(B, gh, ph, gw, pw).sum(dim=(2, 4))
 
 
 @register_explainer(
@@ -79,16 +67,9 @@ def attn_lrp(
             (grad,) = torch.autograd.grad(y, xin)
     pixel = (xin.detach() * grad).sum(dim=1)
     B, _, H, W = x.shape
-    layout = TokenLayout(
-        num_prefix=info.num_prefix,
-        num_reg=info.num_reg,
-        grid=grid_for(info, H, W),
-        patch_size=info.patch_size,
-        input_size=(H, W),
-        readout=info.readout,
-    )
+    layout = layout_for(info, H, W)
     return ExplainerResult(
-        pixels_to_patches(pixel, layout),
+        layout.pool_pixels(pixel),
         extras={"pixel_map": pixel},
         logits=logits.detach(),
         target=tgt,

@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..inputs import data_config
 from ..targets import TargetLike
 from ._registry import ExplainerResult, register_explainer
-from .saliency import Reduce, pixels_to_patches, reduce_channels
+from .saliency import Reduce, reduce_channels
 
 Rule = Literal["trapezoid", "right"]
 
@@ -122,7 +122,7 @@ def integrated_gradients(
     delta = attributions.sum(dim=(1, 2, 3)) - (score_x - score_base)
     pixel = reduce_channels(attributions, reduce, abs=False)
     return ExplainerResult(
-        pixels_to_patches(pixel, ref.layout),
+        ref.layout.pool_pixels(pixel),
         extras={"pixel_map": pixel, "attributions": attributions, "delta": delta},
         logits=ref.logits,
         target=tgt,

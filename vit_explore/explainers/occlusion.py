@@ -17,12 +17,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..capture.adapters import ViTInfo
+from ..capture.adapters import ViTInfo, layout_for
 from ..errors import InputError
 from ..interventions import MODES, _setup, base_logits, run_regions
 from ..targets import TargetLike, resolve_target
 from ._registry import ExplainerResult, register_explainer
-from .rise import _layout
 
 
 def window_starts(n: int, window: int, stride: int) -> list[int]:
@@ -107,5 +106,5 @@ def occlusion(
         extras={"window_scores": drop.to(torch.float32), "windows": W},
         logits=base,
         target=tgt,
-        layout=_layout(info, H, Wd),
+        layout=layout_for(info, H, Wd),
     )

@@ -19,11 +19,10 @@ import torch
 from torch import nn
 
 from ..capture.ablation import forward_logits
-from ..capture.adapters import ViTInfo, grid_for
+from ..capture.adapters import ViTInfo, layout_for
 from ..errors import InputError
 from ..targets import TargetLike, resolve_target
 from ._registry import ExplainerResult, register_explainer
-from .vit_cx import pixel_to_patch
 
 
 def mirror_interp_matrix(out_size: int, in_size: int) -> torch.Tensor:
@@ -130,20 +129,11 @@ def rise(
         pc = p[:, rows, tgt].to(torch.float64)  # (n, B)
         sal += pc.T @ m.reshape(n, -1).to(torch.float64)
     sal = (sal / (n_masks * float(p1))).reshape(B, H, W).to(torch.float32)
-    grid_hw = grid_for(info, H, W)
+    layout = layout_for(info, H, W)
     return ExplainerResult(
-        patch_map=pixel_to_patch(sal, info.patch_size, grid_hw),
+        patch_map=layout.pool_pixels(sal, "mean"),
         extras={"pixel_map": sal, "n_masks": n_masks, "s": s, "p1": float(p1)},
         logits=logits,
         target=tgt,
-        layout=_layout(info, H, W),
-    )
-
-
-def _layout(info: ViTInfo, H: int, W: int):
-    from ..capture.layout import TokenLayout
-
-    return TokenLayout(
-        num_prefix=info.num_prefix, num_reg=info.num_reg, grid=grid_for(info, H, W),
-        patch_size=info.patch_size, input_size=(H, W), readout=info.readout,
+        layout=layout,
     )

@@ -5,26 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from ..capture.layout import TokenLayout
 from ..capture.session import Needs, Trace
 from ..errors import InputError
 from ._registry import ExplainerResult, register_explainer
 
 Reduce = Literal["max", "sum", "mean"]
-
-
-def pixels_to_patches(pixel_map: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """Sum a (B, H, W) pixel map within each patch: (B, gh, gw).
-
-    Pixels beyond the grid (which the patch embedding ignores) are dropped; a padded
-    last row/column of patches (``dynamic_img_pad``) sums only the real pixels.
-    """
-    (gh, gw), (ph, pw) = layout.grid, layout.patch_size
-    m = pixel_map[:, : gh * ph, : gw * pw]
-    m = F.pad(m, (0, gw * pw - m.shape[-1], 0, gh * ph - m.shape[-2]))
-    return m.reshape(m.shape[0], gh, ph, gw, pw).sum(dim=(2, 4))
 
 
 def reduce_channels(g: torch.Tensor, reduce: Reduce, abs: bool) -> torch.Tensor:
@@ -66,4 +52,4 @@ def saliency(trace: Trace, *, abs: bool = True, reduce: Reduce = "max", times_in
     if times_input:
         g = g * trace.input
     pixel = reduce_channels(g, reduce, abs)
-    return ExplainerResult(pixels_to_patches(pixel, trace.layout), extras={"pixel_map": pixel})
+    return ExplainerResult(trace.layout.pool_pixels(pixel), extras={"pixel_map": pixel})

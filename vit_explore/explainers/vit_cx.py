@@ -108,18 +108,6 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
     return labels, M
 
 
-def pixel_to_patch(sal: torch.Tensor, patch_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) pixel map -> (B, gh, gw): the mean over each patch's pixels (edge-replicated
-    to the padded grid for dynamically padded inputs)."""
-    ph, pw = patch_size
-    gh, gw = grid
-    H, W = sal.shape[-2:]
-    s = sal[:, None]
-    if (gh * ph, gw * pw) != (H, W):
-        s = F.pad(s, (0, gw * pw - W, 0, gh * ph - H), mode="replicate")
-    return F.avg_pool2d(s, (ph, pw))[:, 0]
-
-
 @register_explainer(
     "vit_cx",
     kind="model",
@@ -197,7 +185,7 @@ def vit_cx(
         sal[b] = torch.einsum("k,khw->hw", delta, Wk) / K
         scores.append(delta.to(torch.float32))
     sal32 = sal.to(torch.float32)
-    patch_map = pixel_to_patch(sal32, info.patch_size, (gh, gw))
+    patch_map = trace.layout.pool_pixels(sal32, "mean")
     return ExplainerResult(
         patch_map=patch_map,
         extras={
