@@ -1,0 +1,313 @@
+"""Perturbation curves: deletion / insertion (Petsiuk et al., RISE, BMVC 2018), the TAM
+variant (Yuan et al. 2021), Chefer's positive/negative perturbation test (Chefer et al.,
+CVPR 2021) and a ViT-native patch variant, as named presets (evaluation.md §1.1-1.2, §6).
+
+Every preset fixes the substrate, the step, the measured score and the AUC rule; results
+under different presets are not comparable and are never mixed.
+
+=====================  ==========  =============================  ==============================
+preset                 modes       substrate (deletion/insertion)  score, AUC
+=====================  ==========  =============================  ==============================
+``rise``               del / ins   0 in normalised space / blur    softmax p(top-1), trapezoid on
+                                   (RISE ``gkern(11, 5)``)         [0,1]; step 224 px
+``tam``                del / ins   0 / 0                           as ``rise``; step 1792 px
+``chefer_perturbation`` pos / neg  black in [0,1] space            top-1 accuracy vs label,
+                                                                   ``trapz(acc, 0..0.9) * 100``;
+                                                                   one shot per fraction 0.1..0.9
+``patch``              del / ins   0 / 0                           as ``rise``; one patch per step
+=====================  ==========  =============================  ==============================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import InputError
+from ._common import as_maps, pool_to_grid, ranks, upsample
+
+Substrate = Literal["zero", "blur", "black"]
+
+
+@dataclass(frozen=True)
+class PerturbationPreset:
+    """A fully specified perturbation protocol.
+
+    Attributes:
+        name: preset key.
+        modes: the two curve kinds and, for each, whether a lower AUC is better.
+        unit: ``"pixel"`` ranks the map bilinearly upsampled to the input; ``"patch"`` ranks patches.
+        step: pixels (or patches) replaced per step for cumulative presets; ``n_steps = ceil(N / step)``.
+        fractions: one-shot presets: fractions of pixels removed, each from the clean image.
+        substrate: per mode, what replaces a pixel.
+        score: ``"prob"`` softmax probability of the target class; ``"accuracy"`` top-1 == label.
+        auc: ``"unit_trapezoid"`` = (sum - a0/2 - an/2)/(n-1) (RISE ``auc``); ``"trapz100"`` =
+            ``np.trapz(y, x) * 100`` (Chefer, issue #31).
+    """
+
+    name: str
+    modes: dict[str, bool]
+    unit: Literal["pixel", "patch"]
+    step: int | None
+    fractions: tuple[float, ...] | None
+    substrate: dict[str, Substrate]
+    score: Literal["prob", "accuracy"]
+    auc: Literal["unit_trapezoid", "trapz100"]
+    reference: str = ""
+
+
+PRESETS: dict[str, PerturbationPreset] = {
+    "rise": PerturbationPreset(
+        "rise", {"deletion": True, "insertion": False}, "pixel", 224, None,
+        {"deletion": "zero", "insertion": "blur"}, "prob", "unit_trapezoid", "eclique/RISE evaluation.py",
+    ),
+    "tam": PerturbationPreset(
+        "tam", {"deletion": True, "insertion": False}, "pixel", 224 * 8, None,
+        {"deletion": "zero", "insertion": "zero"}, "prob", "unit_trapezoid", "XianrenYty/Transition_Attention_Maps del_ins.py",
+    ),
+    "chefer_perturbation": PerturbationPreset(
+        "chefer_perturbation", {"positive": True, "negative": False}, "pixel", None,
+        tuple(i / 10 for i in range(10)), {"positive": "black", "negative": "black"}, "accuracy", "trapz100",
+        "hila-chefer/Transformer-Explainability pertubation_eval_from_hdf5.py",
+    ),
+    "patch": PerturbationPreset(
+        "patch", {"deletion": True, "insertion": False}, "patch", 1, None,
+        {"deletion": "zero", "insertion": "zero"}, "prob", "unit_trapezoid", "vit_explore (ViT-native variant)",
+    ),
+}
+"""The named presets (evaluation.md §6)."""
+
+
+@dataclass(frozen=True)
+class PerturbationCurves:
+    """One curve per image and its AUC under the preset's rule.
+
+    Attributes:
+        curves: (B, T) score after each step (index 0: nothing perturbed yet).
+        x: (T,) fraction of the image perturbed at each point.
+        auc: (B,) float64 per-image AUC. The rules are linear in the curve, so the AUC of the
+            mean curve equals the mean of these (TAM's batch-mean convention gives the same value).
+        target: (B,) class scored (top-1 of the clean image unless given).
+        preset, mode: what was run; ``lower_is_better`` for this mode.
+    """
+
+    curves: torch.Tensor
+    x: torch.Tensor
+    auc: torch.Tensor
+    target: torch.Tensor
+    preset: str
+    mode: str
+    lower_is_better: bool
+    extras: dict = field(default_factory=dict)
+
+
+def unit_trapezoid_auc(curves: torch.Tensor) -> torch.Tensor:
+    """RISE ``auc(arr) = (arr.sum() - arr[0]/2 - arr[-1]/2) / (len(arr) - 1)`` on the last axis."""
+    c = curves.double()
+    n = c.shape[-1]
+    if n < 2:
+        raise InputError("an AUC needs at least two points on the curve")
+    return (c.sum(-1) - c[..., 0] / 2 - c[..., -1] / 2) / (n - 1)
+
+
+def trapz100_auc(curves: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Chefer: ``np.trapz(y, x) * 100`` over the given x (0, 0.1, ..., 0.9)."""
+    return torch.trapezoid(curves.double(), x.double().to(curves.device), dim=-1) * 100.0
+
+
+def preset_auc(curves: torch.Tensor, x: torch.Tensor, preset: str | PerturbationPreset) -> torch.Tensor:
+    """AUC of (B, T) curves exactly as ``preset`` defines it."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return unit_trapezoid_auc(curves) if p.auc == "unit_trapezoid" else trapz100_auc(curves, x)
+
+
+def get_preset(name: str) -> PerturbationPreset:
+    if name not in PRESETS:
+        raise InputError(f"unknown perturbation preset {name!r}; use one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def rise_gkern(klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
+    """RISE's blur kernel: ``scipy.ndimage.gaussian_filter`` of a centred delta on a klen x klen
+    grid (reflect boundary, as in ``eclique/RISE`` ``gkern``), shape (klen, klen)."""
+    from scipy.ndimage import gaussian_filter
+
+    inp = np.zeros((klen, klen))
+    inp[klen // 2, klen // 2] = 1
+    return torch.from_numpy(gaussian_filter(inp, nsig).astype("float32"))
+
+
+def rise_blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
+    """RISE's insertion substrate: per-channel conv with ``rise_gkern`` and zero padding klen//2."""
+    k = rise_gkern(klen, nsig).to(x.device, x.dtype)
+    C = x.shape[1]
+    return F.conv2d(x, k.expand(C, 1, klen, klen).contiguous(), padding=klen // 2, groups=C)
+
+
+def _norm_stats(model: nn.Module, mean, std, C: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if mean is None or std is None:
+        from ...inputs import data_config
+
+        cfg = data_config(model)
+        mean = cfg["mean"] if mean is None else mean
+        std = cfg["std"] if std is None else std
+    m = torch.as_tensor(mean, dtype=like.dtype, device=like.device).reshape(-1, 1, 1).expand(C, 1, 1)
+    s = torch.as_tensor(std, dtype=like.dtype, device=like.device).reshape(-1, 1, 1).expand(C, 1, 1)
+    return m, s
+
+
+def substrate_for(kind: Substrate, x: torch.Tensor, model: nn.Module, mean=None, std=None) -> torch.Tensor:
+    """The replacement image for every input of ``x`` (normalised space)."""
+    if kind == "zero":
+        return torch.zeros_like(x)
+    if kind == "blur":
+        return rise_blur(x)
+    if kind == "black":  # 0 in [0, 1] space, then normalised: -mean/std
+        m, s = _norm_stats(model, mean, std, x.shape[1], x)
+        return ((0.0 - m) / s).expand_as(x).clone()
+    raise InputError(f"unknown substrate {kind!r}; use 'zero', 'blur' or 'black'")
+
+
+@torch.no_grad()
+def _forward(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def perturbation_curves(
+    model: nn.Module,
+    x: torch.Tensor,
+    saliency: torch.Tensor | np.ndarray,
+    *,
+    preset: str = "rise",
+    mode: str = "deletion",
+    target: torch.Tensor | int | None = None,
+    labels: torch.Tensor | None = None,
+    step: int | None = None,
+    batch_size: int = 64,
+    patch_size: int | tuple[int, int] | None = None,
+    mean=None,
+    std=None,
+) -> PerturbationCurves:
+    """Run one preset's perturbation curve for every image of a batch.
+
+    Args:
+        model: a classifier returning logits (B, C); called in ``no_grad``, never modified.
+        x: (B, C, H, W) normalised inputs.
+        saliency: (B, h, w) maps, any resolution (upsampled bilinearly to H x W for pixel
+            presets; mean-pooled to the patch grid for ``patch``). Ties are ranked in raster order.
+        preset: a key of :data:`PRESETS`; mode: one of that preset's modes.
+        target: class scored for ``prob`` presets (default: top-1 of the clean image).
+        labels: (B,) ground truth for ``accuracy`` presets (``chefer_perturbation``; required).
+        step: override the preset's step (pixels, or patches for ``patch``).
+        batch_size: perturbed images per forward pass.
+        patch_size: for ``patch`` when the map is at pixel resolution (default: read from the model).
+        mean, std: normalisation of ``x`` for the ``black`` substrate (default: model's data config).
+
+    Returns:
+        :class:`PerturbationCurves` with (B, T) curves and (B,) AUCs.
+    """
+    p = get_preset(preset)
+    if mode not in p.modes:
+        raise InputError(f"preset {preset!r} has modes {list(p.modes)}, not {mode!r}")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise InputError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    B, C, H, W = x.shape
+    sal = as_maps(saliency).to(x.device)
+    if sal.shape[0] != B:
+        raise InputError(f"{sal.shape[0]} maps for {B} images; pass one map per image")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be positive, got {batch_size}")
+
+    clean = _forward(model, x, batch_size)
+    if target is None:
+        tgt = clean.argmax(-1)
+    else:
+        tgt = torch.as_tensor(target, device=x.device).long().reshape(-1).expand(B).clone()
+    if p.score == "accuracy":
+        if labels is None:
+            raise InputError(
+                f"preset {preset!r} measures top-1 accuracy against ground-truth labels; pass labels= (one per image)"
+            )
+        labels = torch.as_tensor(labels, device=x.device).long().reshape(B)
+
+    # ranking positions (0 = most relevant)
+    if p.unit == "patch":
+        ph, pw = _patch_size(model, sal, H, W, patch_size)
+        grid = (H // ph, W // pw)
+        rank_map = pool_to_grid(sal, grid) if tuple(sal.shape[-2:]) != grid else sal.float()
+    else:
+        rank_map = upsample(sal, (H, W))
+    flat = rank_map.reshape(B, -1)
+    if p.name == "chefer_perturbation" and mode == "negative":
+        flat = -flat
+    r = ranks(flat)  # (B, N)
+    N = flat.shape[1]
+
+    if p.fractions is not None:  # one shot per fraction, each from the clean image
+        ks = [int(N * f) for f in p.fractions]
+        xs = torch.tensor(p.fractions, dtype=torch.float64)
+        start, finish = x, substrate_for(p.substrate[mode], x, model, mean, std)
+    else:
+        s = int(step if step is not None else p.step)
+        if s < 1:
+            raise InputError(f"step must be a positive number of {'patches' if p.unit == 'patch' else 'pixels'}, got {s}")
+        n = math.ceil(N / s)
+        ks = [min(i * s, N) for i in range(n + 1)]
+        xs = torch.arange(n + 1, dtype=torch.float64) / n  # RISE plots i / n_steps
+        sub = substrate_for(p.substrate[mode], x, model, mean, std)
+        start, finish = (x, sub) if mode == "deletion" else (sub, x)
+    T = len(ks)
+    k = torch.tensor(ks, device=x.device)
+    img = torch.arange(B, device=x.device).repeat_interleave(T)
+    stp = torch.arange(T, device=x.device).repeat(B)
+    out = torch.empty(B * T, device=x.device, dtype=torch.float32)
+    with torch.no_grad():
+        for i in range(0, B * T, batch_size):
+            ii, ss = img[i : i + batch_size], stp[i : i + batch_size]
+            m = r[ii] < k[ss][:, None]  # (c, N) replaced positions
+            if p.unit == "patch":
+                m = m.reshape(-1, *grid).repeat_interleave(ph, 1).repeat_interleave(pw, 2)
+            m = m.reshape(-1, 1, H, W)
+            xi = torch.where(m, finish[ii], start[ii])
+            logits = model(xi)
+            if p.score == "prob":
+                out[i : i + batch_size] = logits.float().softmax(-1).gather(1, tgt[ii][:, None])[:, 0]
+            else:
+                out[i : i + batch_size] = (logits.argmax(-1) == labels[ii]).float()
+    curves = out.reshape(B, T)
+    return PerturbationCurves(
+        curves=curves, x=xs, auc=preset_auc(curves, xs, p), target=tgt, preset=p.name, mode=mode,
+        lower_is_better=p.modes[mode], extras={"clean_logits": clean},
+    )
+
+
+def deletion(model: nn.Module, x: torch.Tensor, saliency, *, preset: str = "rise", **kw) -> PerturbationCurves:
+    """Deletion curve (``chefer_perturbation``: the positive test). Lower AUC is better."""
+    return perturbation_curves(model, x, saliency, preset=preset,
+                               mode="positive" if preset == "chefer_perturbation" else "deletion", **kw)
+
+
+def insertion(model: nn.Module, x: torch.Tensor, saliency, *, preset: str = "rise", **kw) -> PerturbationCurves:
+    """Insertion curve (``chefer_perturbation``: the negative test). Higher AUC is better."""
+    return perturbation_curves(model, x, saliency, preset=preset,
+                               mode="negative" if preset == "chefer_perturbation" else "insertion", **kw)
+
+
+def _patch_size(model, sal, H, W, patch_size) -> tuple[int, int]:
+    if patch_size is not None:
+        ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    elif tuple(sal.shape[-2:]) != (H, W) and H % sal.shape[-2] == 0 and W % sal.shape[-1] == 0:
+        ph, pw = H // sal.shape[-2], W // sal.shape[-1]
+    else:
+        from ...capture.adapters import inspect_vit
+
+        ph, pw = inspect_vit(model).patch_size
+    if H % ph or W % pw:
+        raise InputError(f"input {H}x{W} is not a multiple of the patch size {ph}x{pw}")
+    return int(ph), int(pw)
