@@ -48,6 +48,7 @@ def main() -> None:
         "rollout": {},
         "rollout (compat=vit_explain, max, 0.9)": {"compat": "vit_explain", "head_fusion": "max", "discard_ratio": 0.9},
         "attention_flow": {},
+        "attention_flow (workers=2)": {"workers": 2},
     }
     fns = {}
     for label, params in methods.items():

@@ -17,7 +17,7 @@ from ._registry import register_explainer
     paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020",
     reference="samiraabnar/attention_flow (attention_graph_util.compute_flows)",
 )
-def attention_flow(trace: Trace, *, start_layer: int = 0) -> torch.Tensor:
+def attention_flow(trace: Trace, *, start_layer: int = 0, workers: int = 1) -> torch.Tensor:
     """Max-flow from the read-out token at the top to each input token.
 
     The graph has one node per (layer, token); the edge from token ``f`` in layer ``i`` to
@@ -32,6 +32,8 @@ def attention_flow(trace: Trace, *, start_layer: int = 0) -> torch.Tensor:
     Args:
         trace: uses ``trace.attn`` (L x (B, H, N, N)).
         start_layer: first block in the graph.
+        workers: processes (forked) sharing the per-token max-flow problems; 1 runs them
+            in this process, which is the safe choice inside threads and notebooks.
 
     Returns:
         (B, gh, gw) normalised flow.
@@ -43,6 +45,6 @@ def attention_flow(trace: Trace, *, start_layer: int = 0) -> torch.Tensor:
     a = torch.stack([trace.attn_at(i) for i in range(start, trace.num_layers)], dim=1)  # (B, L', H, N, N)
     a_hat = row_normalize(add_identity(a.double().mean(dim=2))).cpu().numpy()
     weights = layout.readout_weights(torch.float64).numpy()
-    flows = np.stack([layered_max_flow(a_hat[b], weights) for b in range(a_hat.shape[0])])
+    flows = np.stack([layered_max_flow(a_hat[b], weights, workers=workers) for b in range(a_hat.shape[0])])
     flows = flows / flows.sum(axis=1, keepdims=True)
     return layout.patch_columns(torch.from_numpy(flows).to(device=a.device, dtype=torch.float32))
