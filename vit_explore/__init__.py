@@ -34,11 +34,13 @@ from .interventions import (
     intervene,
 )
 from .widget import Explorer
+from .zoo import EMBEDDED_MODELS, class_names, load_model, save_model
 
 __all__ = [
     "BenchResult",
     "CaptureError",
     "Counterfactual",
+    "EMBEDDED_MODELS",
     "Explanation",
     "Explorer",
     "InputError",
@@ -57,13 +59,16 @@ __all__ = [
     "block_tokens",
     "capture",
     "causal_score",
+    "class_names",
     "counterfactual",
     "explain",
     "get_explainer",
     "intervene",
     "list_methods",
+    "load_model",
     "make_dataset",
     "metrics",
     "preprocess",
     "run_benchmark",
+    "save_model",
 ]
