@@ -60,7 +60,7 @@ def main() -> None:
     server = JupyterServer("lab")
     server.start()
     try:
-        server.write_notebook("shots.ipynb", explorer_cells(["raw_attention", "rollout", "grad_cam", "vit_cx"]))
+        server.write_notebook("shots.ipynb", explorer_cells(["raw_attention", "rollout", "chefer_lrp", "vit_cx"]))
         with browser() as b:
             page = b.new_page(viewport={"width": 1280, "height": 1500}, device_scale_factor=1)
             open_and_run(page, server, "shots.ipynb")
@@ -70,7 +70,7 @@ def main() -> None:
             try:
                 gh, gw = kernel_eval(kc, "w.grid")
                 r0 = gh // 2
-                kernel_eval(kc, f"setattr(w, 'method', 'grad_cam') or setattr(w, 'brushed', "
+                kernel_eval(kc, f"setattr(w, 'method', 'chefer_lrp') or setattr(w, 'brushed', "
                                 f"[{r0 * gw + gw // 2 - 1}, {r0 * gw + gw // 2}]) or w.wait(120)", timeout=180)
                 kernel_eval(kc, "w.compute_curves(block=True) or setattr(w, 'compare', True) or w.wait(300)", timeout=400)
                 kernel_poll(kc, "w.intervention.get('causal_score') is not None", bool, timeout=120)

@@ -9,6 +9,8 @@ GPU (:func:`init_distributed` picks it).
 
 from __future__ import annotations
 
+import warnings
+
 import math
 import os
 import time
@@ -351,6 +353,11 @@ def run_benchmark(
         timing = {m: sum(g[1][m] for g in gathered) for m in names}
         errors = {k: v for g in gathered for k, v in g[2].items()}
     records.sort(key=lambda r: r["index"])
+    if records and all(r["skipped"] for r in records):
+        warnings.warn(
+            f"no image passed min_prob={min_prob}: every metric is NaN; lower min_prob or check the model",
+            stacklevel=2,
+        )
     return _aggregate(records, names, metrics, timing, errors, dataset, model, world, threshold, target, min_prob)
 
 

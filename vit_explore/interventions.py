@@ -609,6 +609,11 @@ def counterfactual(
     prediction still changed, put back the one that leaves ``target`` least probable
     (every candidate of a round in one batched pass).
 
+    Cost: the greedy pass takes about k / ``batch_size`` forward passes for k chosen
+    patches; pruning takes up to k rounds of k candidates, i.e. about k² / ``batch_size``
+    image evaluations, which dominates when the order is poor (e.g. a random map). Pass
+    ``prune=False`` or a ``max_patches`` budget to bound it.
+
     Args:
         x: one image (3, H, W) or (1, 3, H, W).
         target: the class whose prediction should change (None: the current top-1).
