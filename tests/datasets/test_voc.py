@@ -96,6 +96,7 @@ def test_voc_bench_applies_the_protocol(tmp_path):
     assert res.meta["n_images"] == 2
     assert np.isnan(res.table["raw_attention"]["chefer_pos"])  # no labels in the model's class space
     assert 0 <= res.table["baseline:centre"]["mass"] <= 1
-    res2 = run_benchmark(model, ds, ["raw_attention"], metrics=("pointing",), baselines=(), min_prob=0.999)
+    with pytest.warns(UserWarning, match="no image passed min_prob=0.999"):
+        res2 = run_benchmark(model, ds, ["raw_attention"], metrics=("pointing",), baselines=(), min_prob=0.999)
     assert res2.meta["n_skipped"] == 2 and res2.meta["n_images"] == 0
     del torch
