@@ -254,6 +254,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("jupyterlab") is None:
         raise CliError("JupyterLab is not installed; install it with: pip install 'vit-explore[lab]'")
     cmd = [sys.executable, "-m", "jupyter", "lab", str(nb), *args.jupyter_args]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in cmd:
+        cmd.append("--allow-root")  # Jupyter refuses to run as root without it
     if args.dry_run:
         print(" ".join(cmd))
         return 0
