@@ -273,9 +273,7 @@ def lrp_rules(
     handles: list[torch.utils.hooks.RemovableHandle] = []
     state = _SavedState(model, info.attns)
     try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        state.freeze()
         if enabled:
             for name, mod in model.named_modules():
                 if isinstance(mod, nn.LayerNorm):

@@ -150,9 +150,16 @@ class _SavedState:
     _MISSING = object()
 
     def __init__(self, model: nn.Module, attns: Sequence[nn.Module]) -> None:
+        self.model = model
         self.training = [(m, m.training) for m in model.modules()]
         self.requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         self.fused = [(a, a.__dict__.get("fused_attn", self._MISSING)) for a in attns]
+
+    def freeze(self) -> None:
+        """Eval mode and frozen parameters for a pass (``restore`` undoes both)."""
+        self.model.eval()
+        for p, _ in self.requires_grad:
+            p.requires_grad_(False)
 
     def restore(self) -> None:
         for m, flag in self.training:
@@ -210,9 +217,7 @@ def capture(
     handles: list[torch.utils.hooks.RemovableHandle] = []
     state = _SavedState(model, info.attns)
     try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        state.freeze()
         for i in layers:
             attn = info.attns[i]
             if needs.needs_unfused:
