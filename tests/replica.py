@@ -43,28 +43,44 @@ def _ls(x, mod):
     return x * g.double() if g is not None else x
 
 
-def replica_forward(model, tokens):
+def replica_forward(model, tokens, *, detach_attn_input=False, zero_heads=None, block_keys=None,
+                    block_layers=None, record=None):
     """Returns (logits (B, C), attention list L x (B, H, N, N), scores list) in float64.
 
     ``tokens`` may require grad; the attention tensors are graph nodes (retain_grad set).
+    Edits, each written plainly: ``detach_attn_input`` cuts the gradient at every attention
+    input (AG-CAM); ``zero_heads`` {layer: [heads]} zeroes those heads' outputs;
+    ``block_keys`` (token indices) gets score -inf in ``block_layers`` (None: every block);
+    ``record`` (a dict) receives each block's norm1 output under ``"norm1"``.
     """
-    attns, scores = [], []
+    attns, scores, norm1 = [], [], []
+    zero_heads = zero_heads or {}
     x = tokens
-    for blk in model.blocks:
+    L = len(model.blocks)
+    for li, blk in enumerate(model.blocks):
         a = blk.attn
         B, N, C = x.shape
         h = a.num_heads
         d = C // h
         y = _ln(x, blk.norm1)
+        norm1.append(y)
+        if detach_attn_input:
+            y = y.detach().requires_grad_(True)
         qkv = _lin(y, a.qkv).reshape(B, N, 3, h, d)
         q, k, v = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
         s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        if block_keys is not None and (block_layers is None or li in [i % L for i in block_layers]):
+            s = s.clone()
+            s[..., block_keys] = float("-inf")
         p = torch.softmax(s, dim=-1)
         if p.requires_grad:
             p.retain_grad()
         attns.append(p)
         scores.append(s)
-        o = (p @ v).transpose(1, 2).reshape(B, N, C)
+        o = p @ v  # (B, h, N, d)
+        for hh in zero_heads.get(li, []):
+            o[:, hh] = 0
+        o = o.transpose(1, 2).reshape(B, N, C)
         x = x + _ls(_lin(o, a.proj), blk.ls1)
         y = _ln(x, blk.norm2)
         x = x + _ls(_lin(_gelu(_lin(y, blk.mlp.fc1)), blk.mlp.fc2), blk.ls2)
@@ -77,6 +93,8 @@ def replica_forward(model, tokens):
         logits = (_lin(x[:, 0], model.head) + _lin(x[:, 1], model.head_dist)) / 2
     else:
         logits = _lin(x[:, 0], model.head)
+    if record is not None:
+        record["norm1"] = norm1
     return logits, attns, scores
 
 

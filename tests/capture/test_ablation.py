@@ -1,7 +1,6 @@
 """Head ablation, token blocking and token dropping against a plain float64 replica."""
 
 import contextlib
-import math
 
 import pytest
 import torch
@@ -11,41 +10,12 @@ from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
 from ..conftest import input_for
-from ..replica import _gelu, _lin, _ln, _ls, replica_forward, tokens_into_blocks
+from ..replica import replica_forward, tokens_into_blocks
 
 
 def replica_edit(model, tokens, heads=None, blocked=None, layers=None):
     """Plain float64 forward with heads zeroed ({layer: [h]}) and key columns blocked."""
-    heads = heads or {}
-    x = tokens
-    L = len(model.blocks)
-    for li, blk in enumerate(model.blocks):
-        a = blk.attn
-        B, N, C = x.shape
-        h = a.num_heads
-        d = C // h
-        y = _ln(x, blk.norm1)
-        qkv = _lin(y, a.qkv).reshape(B, N, 3, h, d)
-        q, k, v = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
-        if blocked is not None and (layers is None or li in [i % L for i in layers]):
-            s = s.clone()
-            s[..., blocked] = float("-inf")
-        p = torch.softmax(s, dim=-1)
-        o = p @ v  # (B, h, N, d)
-        for hh in heads.get(li, []):
-            o[:, hh] = 0
-        o = o.transpose(1, 2).reshape(B, N, C)
-        x = x + _ls(_lin(o, a.proj), blk.ls1)
-        y = _ln(x, blk.norm2)
-        x = x + _ls(_lin(_gelu(_lin(y, blk.mlp.fc1)), blk.mlp.fc2), blk.ls2)
-    x = _ln(x, model.norm)
-    T = model.num_prefix_tokens
-    if model.global_pool == "avg":
-        return _lin(_ln(x[:, T:].mean(1), model.fc_norm), model.head)
-    if hasattr(model, "head_dist"):
-        return (_lin(x[:, 0], model.head) + _lin(x[:, 1], model.head_dist)) / 2
-    return _lin(x[:, 0], model.head)
+    return replica_forward(model, tokens, zero_heads=heads, block_keys=blocked, block_layers=layers)[0]
 
 
 def _state(model):

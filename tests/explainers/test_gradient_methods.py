@@ -5,7 +5,6 @@ layers and heads, gradients from torch autograd on tests/replica.py's forward (o
 method needs a detached attention input or intermediate features, a plain restatement of it).
 """
 
-import math
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.testing import tiny_vit
 
 from ..conftest import input_for
-from ..replica import _gelu, _lin, _ln, _ls, readout_rows, replica_forward, tokens_into_blocks
+from ..replica import readout_rows, replica_forward, tokens_into_blocks
 
 METHODS = ["chefer_generic", "attn_grad_cam", "grad_cam", "ag_cam", "tam", "saliency", "integrated_gradients"]
 
@@ -46,35 +45,9 @@ def forward64(model, tokens, detach_attn=False):
 
     ``detach_attn`` cuts the gradient at every attention input (AG-CAM's ``x.detach()``).
     """
-    attns, scores, norm1 = [], [], []
-    x = tokens
-    for blk in model.blocks:
-        a = blk.attn
-        B, N, C = x.shape
-        h = a.num_heads
-        d = C // h
-        y = _ln(x, blk.norm1)
-        norm1.append(y)
-        if detach_attn:
-            y = y.detach().requires_grad_(True)
-        qkv = _lin(y, a.qkv).reshape(B, N, 3, h, d)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
-        p = torch.softmax(s, dim=-1)
-        attns.append(p)
-        scores.append(s)
-        o = (p @ v).transpose(1, 2).reshape(B, N, C)
-        x = x + _ls(_lin(o, a.proj), blk.ls1)
-        x = x + _ls(_lin(_gelu(_lin(_ln(x, blk.norm2), blk.mlp.fc1)), blk.mlp.fc2), blk.ls2)
-    x = _ln(x, model.norm)
-    T = model.num_prefix_tokens
-    if model.global_pool == "avg":
-        logits = _lin(_ln(x[:, T:].mean(1), model.fc_norm), model.head)
-    elif hasattr(model, "head_dist"):
-        logits = (_lin(x[:, 0], model.head) + _lin(x[:, 1], model.head_dist)) / 2
-    else:
-        logits = _lin(x[:, 0], model.head)
-    return logits, attns, scores, norm1
+    record = {}
+    logits, attns, scores = replica_forward(model, tokens, detach_attn_input=detach_attn, record=record)
+    return logits, attns, scores, record["norm1"]
 
 
 def top1(model, x):
