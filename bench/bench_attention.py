@@ -15,9 +15,9 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved, table  # noqa: E402
+from _timing import interleaved, table
 
-import vit_explore as vx  # noqa: E402
+import vit_explore as vx
 
 
 def main() -> None:

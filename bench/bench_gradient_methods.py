@@ -7,7 +7,8 @@ time is printed as a ratio to forward + backward, and batch 8 per image against 
     python bench/bench_gradient_methods.py [--batches 1 8] [--repeats 1] [--slow-batch8]
 
 Targets (issue 3): chefer_generic, attn_grad_cam, grad_cam, ag_cam <= 1.3x forward+backward;
-tam <= 4 s per image at batch 1. IG (32 steps) and TAM at batch 8 take long on 2 cores and
+tam <= 4 s per image at batch 1 ("tam floor": the passes any exact 20-step TAM needs, see
+``tam_floor``). IG (32 steps) and TAM at batch 8 take long on 2 cores and
 only run with --slow-batch8.
 """
 
@@ -51,6 +52,22 @@ def forward_backward(model, x):
             p.requires_grad_(True)
 
 
+def tam_floor(model, x, steps: int = 20, chunk: int = 16):
+    """The passes of any exact TAM with ``steps`` integration points: one forward+backward
+    at alpha = 1 (it gives the logits, the states and one gradient) and ``steps - 1``
+    forwards of the scaled inputs, batched like ``tam`` (``chunk`` images a pass). Their
+    backward through the last block alone is left out, so this is a lower bound."""
+    xs = torch.cat([x * a for a in torch.linspace(0, 1, steps)[:-1].tolist()])
+
+    def run():
+        forward_backward(model, x)
+        with torch.no_grad():
+            for i in range(0, len(xs), chunk):
+                model(xs[i : i + chunk])
+
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -81,6 +98,9 @@ def main() -> None:
                 continue
             rows.setdefault(m, {})[B] = timed(lambda: vx.explain(model, x, m), args.repeats)
             print(f"  [batch {B}] {m}: {rows[m][B]:.3f} s", flush=True)
+            if m == "tam":
+                rows.setdefault("tam floor", {})[B] = timed(tam_floor(model, x), args.repeats)
+                print(f"  [batch {B}] tam floor (1 fwd+bwd + 19 forwards): {rows['tam floor'][B]:.3f} s", flush=True)
 
     b1 = args.batches[0]
     head = f"{'':22s}" + "".join(f"{'batch ' + str(B) + ' s':>12s}{'x f+b':>8s}" for B in args.batches)

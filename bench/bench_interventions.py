@@ -5,6 +5,8 @@ Targets: one brushed intervention (one patch set, mode ``blur``) <= 1.3x a batch
 for a random-init ViT-B/16 at 224 and the embedded small model (``toy-shapes`` when its
 weights exist, else a random ViT of the same shape: 96x96, patch 8, embed 192, depth 6).
 
+The three cases run round-robin (forward, blur, drop, forward, ...) after 10 warm-up rounds.
+
 Run: python bench/bench_interventions.py [--calls 50] [--threads 2]
 """
 
@@ -29,15 +31,20 @@ def small_model():
     return "random ViT 96/8 d192 L6", m.eval()
 
 
-def timeit(fn, calls):
-    fn()  # warm-up (and fills the base-forward cache)
-    t = []
+def timeit_interleaved(fns, calls, warmup=10):
+    """p50 and p95 (ms) of each function over ``calls`` calls, run round-robin so that load
+    and clock changes hit them alike; ``warmup`` rounds first (thread pools, allocator, the
+    base-forward cache)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    t = {k: [] for k in fns}
     for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    t = np.array(t) * 1e3
-    return np.percentile(t, 50), np.percentile(t, 95)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            t[k].append(time.perf_counter() - t0)
+    return {k: (np.percentile(np.array(v) * 1e3, 50), np.percentile(np.array(v) * 1e3, 95)) for k, v in t.items()}
 
 
 def run(name, model, calls):
@@ -54,9 +61,12 @@ def run(name, model, calls):
         with torch.no_grad():
             model(x)
 
-    f50, f95 = timeit(fwd, calls)
-    b50, b95 = timeit(lambda: vi.intervene(model, x, brush, mode="blur"), calls)
-    d50, d95 = timeit(lambda: vi.intervene(model, x, half, mode="drop"), calls)
+    r = timeit_interleaved({
+        "fwd": fwd,
+        "blur": lambda: vi.intervene(model, x, brush, mode="blur"),
+        "drop": lambda: vi.intervene(model, x, half, mode="drop"),
+    }, calls)
+    (f50, f95), (b50, b95), (d50, d95) = r["fwd"], r["blur"], r["drop"]
     print(f"\n{name}: {H}x{W}, patch {ph}, {gh * gw} patches, {calls} calls (ms)")
     print(f"  batch-1 forward          p50 {f50:8.2f}  p95 {f95:8.2f}")
     print(f"  intervene blur (1 set)   p50 {b50:8.2f}  p95 {b95:8.2f}   ratio p50 {b50 / f50:.2f}x (target <= 1.30x)")

@@ -2,7 +2,8 @@
 
 Prints, per batch size, seconds per image for one forward, one forward+backward (input
 gradient, frozen weights), ``chefer_lrp`` and ``attn_lrp``, and their ratios to the
-forward+backward measured in the same run. Targets (issue 3): chefer_lrp <= 1.0 s per image
+forward+backward measured in the same run; and the "lrp matmul floor": the bare matmuls
+that any exact implementation of Chefer's rules has to run (see ``lrp_matmul_floor``). Targets (issue 3): chefer_lrp <= 1.0 s per image
 at batch 1 on the 2-core CPU (the reference: 3.1 s); batch 8 faster per image than batch 1.
 
     python bench/bench_relevance.py [--repeats 2] [--batches 1 8] [--threads 2]
@@ -15,6 +16,7 @@ import time
 
 import timm
 import torch
+import torch.nn.functional as F
 
 import vit_explore as vx
 
@@ -27,6 +29,28 @@ def best_of(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def lrp_matmul_floor(model, b: int, tokens: int = 197):
+    """The matmul work of any exact ``chefer_lrp``, as bare ``F.linear`` calls of the same
+    shapes on random data: per Linear in the blocks, the forward, the input-gradient
+    backward (for the attention gradients), and the three of the alpha=1/beta=0 rule at
+    its cheapest (the denominator's ``|x| |W|^T``; ``S W+`` and ``S W-``). Attention
+    matmuls, element-wise work and the head are left out, so this is a lower bound."""
+    ws = [m.weight.detach() for blk in model.blocks for m in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2)]
+    x = {w.shape[1]: torch.randn(b * tokens, w.shape[1]) for w in ws}
+    g = {w.shape[0]: torch.randn(b * tokens, w.shape[0]) for w in ws}
+
+    def run():
+        for w in ws:
+            xi, go = x[w.shape[1]], g[w.shape[0]]
+            F.linear(xi, w)  # forward
+            go @ w  # input gradient
+            F.linear(xi, w)  # |x| |W|^T
+            go @ w  # S W+
+            go @ w  # S W-
+
+    return run
 
 
 def main() -> None:
@@ -58,6 +82,7 @@ def main() -> None:
             "forward": fwd,
             "forward+backward": fwd_bwd,
             "chefer_lrp": lambda: vx.explain(model, x, "chefer_lrp", target=0),
+            "lrp matmul floor": lrp_matmul_floor(model, b),
             "attn_lrp": lambda: vx.explain(model, x, "attn_lrp", target=0),
         }
         t = {k: best_of(f, args.repeats) / b for k, f in cases.items()}

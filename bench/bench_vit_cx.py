@@ -16,11 +16,10 @@ import time
 
 import timm
 import torch
+from bench_interventions import small_model
 
 import vit_explore as vx
 from vit_explore.capture.ablation import forward_logits
-
-from bench_interventions import small_model
 
 
 def forwards_only(model, x, K, batch_size):

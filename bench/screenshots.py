@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.widget.jupyter_harness import (  # noqa: E402
+from tests.widget.jupyter_harness import (
     JupyterServer,
     browser,
     explorer_cells,

@@ -25,3 +25,17 @@ def model(variant):
 @pytest.fixture
 def x(model):
     return input_for(model)
+
+
+def model_state(model):
+    """Everything a pass must leave as it found it: training flags and hooks (forward,
+    pre-forward, backward, by key) of every module, ``requires_grad`` of every parameter,
+    and each attention's own ``fused_attn`` attribute."""
+    return (
+        [
+            (m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks), tuple(m._backward_hooks))
+            for m in model.modules()
+        ],
+        [p.requires_grad for p in model.parameters()],
+        [blk.attn.__dict__.get("fused_attn", "missing") for blk in model.blocks],
+    )

@@ -8,7 +8,7 @@ import vit_explore.interventions as vi
 from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
-from .conftest import input_for
+from .conftest import input_for, model_state
 from .replica import replica_forward, tokens_into_blocks
 
 
@@ -28,12 +28,6 @@ def pixel_region(model, regions, hw):
     return r[:, None]
 
 
-def _state(model):
-    return (
-        [(m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [blk.attn.__dict__.get("fused_attn", "missing") for blk in model.blocks],
-    )
 
 
 def test_drop_nothing_is_plain_forward(model, x):
@@ -164,16 +158,16 @@ def test_causal_score_by_hand(keep):
 def test_model_left_as_found(model, x):
     model.train()
     model.blocks[0].attn.fused_attn = False
-    before = _state(model)
+    before = model_state(model)
     g = torch.zeros(*grid_of(model, x), dtype=torch.bool)
     g[0, 0] = True
     for mode in vi.MODES:
         r = vi.intervene(model, x, g, mode=mode)
         _ = r.causal_score
-    assert _state(model) == before
+    assert model_state(model) == before
     with pytest.raises(InputError):
         vi.intervene(model, x, g, mode="nope")
-    assert _state(model) == before
+    assert model_state(model) == before
 
 
 def test_base_cache_sees_weight_changes():

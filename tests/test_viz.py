@@ -26,9 +26,10 @@ def test_overlay_blends_by_hand():
 def test_uint8_roundtrip_through_preprocess():
     m = tiny_vit()
     arr = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
-    from vit_explore.inputs import data_config
-    from PIL import Image
     import timm.data
+    from PIL import Image
+
+    from vit_explore.inputs import data_config
 
     cfg = {**data_config(m), "crop_pct": 1.0}
     x = timm.data.create_transform(**cfg)(Image.fromarray(arr))

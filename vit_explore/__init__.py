@@ -19,8 +19,8 @@ from .errors import (
     VitExploreError,
     WeightsError,
 )
-from .explainers import get_explainer, list_methods
 from .evaluation import BenchResult, make_dataset, run_benchmark
+from .explainers import get_explainer, list_methods
 from .explanation import Explanation
 from .inputs import preprocess
 from .interventions import (
@@ -37,10 +37,10 @@ from .widget import Explorer
 from .zoo import EMBEDDED_MODELS, class_names, load_model, save_model
 
 __all__ = [
+    "EMBEDDED_MODELS",
     "BenchResult",
     "CaptureError",
     "Counterfactual",
-    "EMBEDDED_MODELS",
     "Explanation",
     "Explorer",
     "InputError",

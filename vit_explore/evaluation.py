@@ -9,11 +9,10 @@ GPU (:func:`init_distributed` picks it).
 
 from __future__ import annotations
 
-import warnings
-
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any

@@ -87,8 +87,10 @@ def as_batch(model: nn.Module, x: ImageLike) -> torch.Tensor:
     return preprocess(model, x)
 
 
-def check_tensor(info, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+def check_tensor(info, x: torch.Tensor, model: nn.Module, finite: bool = True) -> torch.Tensor:
     """Validate a preprocessed batch against the model; move it to the model's device and dtype.
+
+    ``finite=False`` skips the NaN/inf check (for a caller that checks it itself).
 
     Raises:
         InputError: not a float tensor, not (B, C, H, W), wrong channels, wrong size for a
@@ -115,10 +117,18 @@ def check_tensor(info, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     ph, pw = info.patch_size
     if not info.dynamic_pad and (H % ph or W % pw):
         raise InputError(f"input size {H}x{W} is not a multiple of the patch size {ph}x{pw}")
-    if not bool(torch.isfinite(x).all()):
-        raise InputError("the input has NaN or infinite values")
+    if finite:
+        check_finite(x)
     device, dtype = _model_device_dtype(model)
     return x.to(device=device, dtype=dtype if dtype.is_floating_point else x.dtype)
+
+
+def check_finite(x: torch.Tensor) -> None:
+    """Raise ``InputError`` if ``x`` has a NaN or an infinite value."""
+    # a sum is finite when every value is (one cheap reduction); a non-finite sum of finite
+    # but huge values falls through to the element-wise check
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise InputError("the input has NaN or infinite values")
 
 
 def stack_images(images: Sequence[ImageLike], model: nn.Module) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch import nn
 from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits, model_fingerprint
 from .capture.adapters import ViTInfo, grid_for, inspect_vit
 from .errors import CaptureError, InputError, suggest
-from .inputs import check_tensor
+from .inputs import check_finite, check_tensor
 from .targets import TargetLike, resolve_target
 
 __all__ = [
@@ -152,15 +152,20 @@ class _Setup:
     info: ViTInfo
     x: torch.Tensor  # (B, 3, H, W) checked
     grid: tuple[int, int]
+    token: int  # names the content of x for the caches (see _image_token)
 
 
 def _setup(model: nn.Module, x: torch.Tensor, info: ViTInfo | None = None) -> _Setup:
     info = info or inspect_vit(model)
     if isinstance(x, torch.Tensor) and x.ndim == 3:
         x = x[None]
-    x = check_tensor(info, x, model)
+    x = check_tensor(info, x, model, finite=False)
+    token = _image_token(x)
+    if _LAST_X.get("finite") != token:  # a batch equal to one already checked is finite (NaN != NaN)
+        check_finite(x)
+        _LAST_X["finite"] = token
     H, W = x.shape[-2:]
-    return _Setup(info, x, grid_for(info, H, W))
+    return _Setup(info, x, grid_for(info, H, W), token)
 
 
 def _check_mode(mode: str) -> None:
@@ -221,6 +226,9 @@ def _parse_patches(patches: PatchesLike, s: _Setup) -> tuple[torch.Tensor, torch
     """
     B = s.x.shape[0]
     grid, hw, ps = s.grid, tuple(s.x.shape[-2:]), s.info.patch_size
+    if isinstance(patches, (list, tuple)) and patches and all(type(p) is int for p in patches):
+        one = _one_set(torch.tensor(patches, dtype=torch.long), grid, hw, ps)  # the common case, fast
+        return one[None].expand(B, *grid).clone(), torch.arange(B)
     if isinstance(patches, (list, tuple)):
         if len(patches) == 0:
             raise InputError(
@@ -322,44 +330,83 @@ def _pixel_region(regions: torch.Tensor, s: _Setup) -> torch.Tensor:
     return r[:, None]
 
 
+def _blend(s: _Setup, regions: torch.Tensor, img_idx: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """Images ``img_idx`` (K,) with the patches of ``regions`` (K, gh, gw) taken from the
+    substrate ``S`` (B, C, H, W): (K, C, H, W). Exact copies of either source, no arithmetic."""
+    x = s.x
+    K, (gh, gw), (ph, pw) = len(img_idx), s.grid, s.info.patch_size
+    C, H, W = x.shape[1:]
+    idx = img_idx.to(x.device)
+    xi, Si = (x, S) if K == x.shape[0] == 1 else (x[idx], S[idx])
+    if (H, W) == (gh * ph, gw * pw):  # patch-aligned: select per patch on a 6-d view
+        m = regions.to(x.device).reshape(K, 1, gh, 1, gw, 1)
+        shape6 = (K, C, gh, ph, gw, pw)
+        return torch.where(m, Si.reshape(shape6), xi.reshape(shape6)).reshape(K, C, H, W)
+    return torch.where(_pixel_region(regions, s).bool(), Si, xi)
+
+
 # --------------------------------------------------------------------------- forward passes
 
 
+_LAST_X: dict[str, Any] = {"x": None, "token": 0}
 _BASE: dict[str, Any] = {}
+_SUBSTRATES: dict[str, Any] = {"token": -1, "by_key": {}}
 
 
-def base_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def _same_tensor(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    return (
+        a is not None and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+    )
+
+
+def _image_token(x: torch.Tensor) -> int:
+    """A number that names the content of ``x``: the same as last call's iff ``x`` equals the
+    last image batch seen (one comparison per call, shared by the caches below)."""
+    if not _same_tensor(_LAST_X["x"], x):
+        _LAST_X.update(x=x.detach().clone(), token=_LAST_X["token"] + 1)
+    return _LAST_X["token"]
+
+
+def base_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int | None = None, fp: tuple | None = None
+) -> torch.Tensor:
     """Logits (B, C) of the unmodified ``x``, cached for the last (model, image batch).
 
     The cache is hit only when the model is the same object with unchanged parameters
     (in-place version counters) and hooks, and ``x`` is equal to the cached batch.
+    ``fp``: ``model_fingerprint(model)`` if the caller already has it.
     """
-    fp = model_fingerprint(model)
-    ref = _BASE.get("model")
-    if (
-        ref is not None and ref() is model and _BASE["fp"] == fp
-        and _BASE["x"].shape == x.shape and _BASE["x"].dtype == x.dtype and _BASE["x"].device == x.device
-        and torch.equal(_BASE["x"], x)
-    ):
-        return _BASE["logits"]
-    logits = forward_logits(model, x, batch_size)
-    _store_base(model, x, logits, fp)
+    fp = model_fingerprint(model) if fp is None else fp
+    token = _image_token(x)
+    logits = _cached_base(model, token, fp)
+    if logits is None:
+        logits = forward_logits(model, x, batch_size)
+        _store_base(model, token, logits, fp)
     return logits
 
 
-def _store_base(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, fp: tuple) -> None:
+def _store_base(model: nn.Module, token: int, logits: torch.Tensor, fp: tuple) -> None:
     _BASE.clear()
-    _BASE.update(model=weakref.ref(model), fp=fp, x=x.detach().clone(), logits=logits.detach())
+    _BASE.update(model=weakref.ref(model), fp=fp, token=token, logits=logits.detach())
 
 
-def _cached_base(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+def _cached_base(model: nn.Module, token: int, fp: tuple) -> torch.Tensor | None:
     ref = _BASE.get("model")
-    if (
-        ref is not None and ref() is model and _BASE["x"].shape == x.shape and _BASE["x"].dtype == x.dtype
-        and _BASE["x"].device == x.device and _BASE["fp"] == model_fingerprint(model) and torch.equal(_BASE["x"], x)
-    ):
+    if ref is not None and ref() is model and _BASE["token"] == token and _BASE["fp"] == fp:
         return _BASE["logits"]
     return None
+
+
+def _cached_substrate(x: torch.Tensor, token: int, mode: str, **params: Any) -> torch.Tensor:
+    """``_substrate`` of the image batch ``token`` names, kept per mode and parameters: a brush
+    on the same image does not blur (or draw noise for) it again."""
+    if _SUBSTRATES["token"] != token:
+        _SUBSTRATES.update(token=token, by_key={})
+    key = (mode, *sorted(params.items()))
+    by_key = _SUBSTRATES["by_key"]
+    if key not in by_key:
+        by_key[key] = _substrate(x, mode, **params)
+    return by_key[key]
 
 
 def run_regions(
@@ -375,32 +422,35 @@ def run_regions(
     blur_sigma: float = 5.0,
     batch_size: int | None = None,
     with_base: bool = True,
+    fp: tuple | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """Act on ``regions`` (K, gh, gw) of images ``img_idx`` (K,); all sets batched.
 
     Returns (logits (K, C), base logits (B, C) or None, fed input (K, 3, H, W), kept indices or None).
     The unmodified forward is taken from the cache when possible, else fused into the batch.
+    ``fp``: ``model_fingerprint(model)`` if the caller already has it.
     """
     _check_mode(mode)
     if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or batch_size < 1):
         raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
     x = s.x
     dev_idx = img_idx.to(x.device)
-    base = _cached_base(model, x) if with_base else None
+    if with_base and fp is None:
+        fp = model_fingerprint(model)
+    token = s.token
+    base = _cached_base(model, token, fp) if with_base else None
     need_base = with_base and base is None
     if mode != "drop":
-        S = _substrate(x, mode, seed=seed, sigma=sigma, blur_size=blur_size, blur_sigma=blur_sigma)
-        R = _pixel_region(regions, s)
-        fed = x[dev_idx] * (1 - R) + S[dev_idx] * R
-        fp = model_fingerprint(model) if need_base else None
+        S = _cached_substrate(x, token, mode, seed=seed, sigma=sigma, blur_size=blur_size, blur_sigma=blur_sigma)
+        fed = _blend(s, regions, img_idx, S)
         out = forward_logits(model, torch.cat([x, fed]) if need_base else fed, batch_size)
         if need_base:
             base, out = out[: x.shape[0]], out[x.shape[0] :]
-            _store_base(model, x, base, fp)
+            _store_base(model, token, base, fp)
         return out, base, fed, None
     # drop: remove tokens; group the sets by number of kept patches
     if need_base:
-        base = base_logits(model, x, batch_size)
+        base = base_logits(model, x, batch_size, fp)
     P = s.grid[0] * s.grid[1]
     kept_flat = ~regions.reshape(-1, P)
     counts = kept_flat.sum(1)
@@ -410,6 +460,9 @@ def run_regions(
             "average; keep at least one patch or use another mode"
         )
     kept = tuple(torch.nonzero(kept_flat[k]).reshape(-1) for k in range(len(kept_flat)))
+    if len(kept) == 1 == x.shape[0]:  # one brush on one image: no grouping
+        with drop_tokens(model, kept[0][None]):
+            return forward_logits(model, x), base, x, kept
     out: torch.Tensor | None = None
     for n in torch.unique(counts).tolist():
         rows = torch.nonzero(counts == n).reshape(-1)
@@ -488,9 +541,10 @@ def intervene(
     regions, img_idx = _parse_patches(patches, s)
     if keep:
         regions = ~regions
+    fp = model_fingerprint(model)
     logits, base, fed, kept = run_regions(
         model, s, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
-        blur_sigma=blur_sigma, batch_size=batch_size,
+        blur_sigma=blur_sigma, batch_size=batch_size, fp=fp,
     )
     assert base is not None
     dev_idx = img_idx.to(logits.device)
@@ -505,7 +559,6 @@ def intervene(
     ap, ai = probs.topk(k, dim=-1)
     tk = TopK(bi, bp, ai, ap, probs.gather(1, bi) - bp)
 
-    fp = model_fingerprint(model)
     probs_if_noise = probs if mode == "noise" else None
 
     def lazy() -> torch.Tensor:

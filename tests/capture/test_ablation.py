@@ -9,7 +9,7 @@ from vit_explore.capture.ablation import ablate_heads, block_tokens, drop_tokens
 from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
-from ..conftest import input_for
+from ..conftest import input_for, model_state
 from ..replica import replica_forward, tokens_into_blocks
 
 
@@ -18,12 +18,6 @@ def replica_edit(model, tokens, heads=None, blocked=None, layers=None):
     return replica_forward(model, tokens, zero_heads=heads, block_keys=blocked, block_layers=layers)[0]
 
 
-def _state(model):
-    return (
-        [(m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [blk.attn.__dict__.get("fused_attn", "missing") for blk in model.blocks],
-    )
 
 
 def test_replica_matches_model(model, x):
@@ -70,7 +64,7 @@ def test_block_tokens_patches_and_layers(variant, fused):
 
 
 def test_compose_and_restore(model, x):
-    before = _state(model)
+    before = model_state(model)
     with torch.no_grad():
         plain = model(x)
     ref = replica_edit(model, tokens_into_blocks(model, x), heads={0: [1]}, blocked=[0, model.num_prefix_tokens])
@@ -80,17 +74,16 @@ def test_compose_and_restore(model, x):
         with torch.no_grad():
             got = model(x)
     assert torch.allclose(got.double(), ref, atol=1e-5)
-    assert _state(model) == before
+    assert model_state(model) == before
     with torch.no_grad():
         assert torch.equal(model(x), plain)
 
 
 def test_restored_after_error(model, x):
-    before = _state(model)
-    with pytest.raises(RuntimeError, match="boom"):
-        with ablate_heads(model, {0: [0]}), block_tokens(model, [1]):
-            raise RuntimeError("boom")
-    assert _state(model) == before
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="boom"), ablate_heads(model, {0: [0]}), block_tokens(model, [1]):
+        raise RuntimeError("boom")
+    assert model_state(model) == before
 
 
 def test_drop_tokens_with_source_matches_replica():
@@ -110,15 +103,12 @@ def test_drop_tokens_with_source_matches_replica():
 
 def test_bad_input():
     model = tiny_vit("vanilla")
-    with pytest.raises(InputError, match="out of range"):
-        with ablate_heads(model, {5: [0]}):
-            pass
-    with pytest.raises(InputError, match="head 4"):
-        with ablate_heads(model, {0: [4]}):
-            pass
-    with pytest.raises(InputError, match="every token"):
-        with block_tokens(model, list(range(17))), torch.no_grad():
-            model(input_for(model, 1))
+    with pytest.raises(InputError, match="out of range"), ablate_heads(model, {5: [0]}):
+        pass
+    with pytest.raises(InputError, match="head 4"), ablate_heads(model, {0: [4]}):
+        pass
+    with pytest.raises(InputError, match="every token"), block_tokens(model, list(range(17))), torch.no_grad():
+        model(input_for(model, 1))
     with pytest.raises(InputError, match="grid"):
         with block_tokens(model, torch.zeros(3, 3, dtype=torch.bool)), torch.no_grad():
             model(input_for(model, 1))

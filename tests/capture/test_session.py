@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from vit_explore.testing import tiny_vit
 from vit_explore.capture import Needs, capture
 from vit_explore.errors import CaptureError, InputError
+from vit_explore.testing import tiny_vit
 
 from ..conftest import input_for
 from ..replica import replica_forward, tokens_into_blocks

@@ -12,7 +12,7 @@ from vit_explore.capture.rules import _gamma_hook
 from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
-from ..conftest import input_for
+from ..conftest import input_for, model_state
 
 VARIANTS = ["vanilla", "distilled", "registers", "gap", "nonsquare"]
 
@@ -171,31 +171,24 @@ def test_gamma_rule_by_hand():
     torch.testing.assert_close((x * xi.grad), expect, rtol=1e-10, atol=1e-12)
 
 
-def _state(model):
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [b.attn.__dict__.get("fused_attn", "missing") for b in model.blocks],
-        [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
-    )
 
 
 def test_no_side_effects_on_other_methods():
     model = tiny_vit("vanilla").train()
     x = input_for(model, batch=2, seed=9)
     methods = [m for m in ("chefer_lrp", "rollout", "chefer_generic", "saliency") if m in vx.list_methods()]
-    before_state = _state(model)
+    before_state = model_state(model)
     before = {m: vx.explain(model, x, m).patch_map for m in methods}
     for rule in ("cp", "attnlrp"):
         vx.explain(model, x, "attn_lrp", variant=rule, gamma_linear=0.1, gamma_conv=0.1)
-    assert _state(model) == before_state
+    assert model_state(model) == before_state
     for m in methods:
         assert torch.equal(vx.explain(model, x, m).patch_map, before[m]), m
 
 
 def test_hygiene_after_error_mid_backward():
     model = tiny_vit("distilled")
-    before = _state(model)
+    before = model_state(model)
 
     class Boom(RuntimeError):
         pass
@@ -212,7 +205,7 @@ def test_hygiene_after_error_mid_backward():
             vx.explain(model, input_for(model, 2), "attn_lrp", variant="attnlrp", gamma_linear=0.25)
     finally:
         h.remove()
-    assert _state(model) == before
+    assert model_state(model) == before
 
 
 def test_bad_input():
@@ -224,7 +217,7 @@ def test_bad_input():
         vx.explain(model, x, "attn_lrp", variant="full")
     with pytest.raises(InputError, match="gamma_linear"):
         vx.explain(model, x, "attn_lrp", gamma_linear=-1.0)
-    assert _state(model) == _state(tiny_vit("vanilla"))
+    assert model_state(model) == model_state(tiny_vit("vanilla"))
 
 
 def test_class_specific():

@@ -15,7 +15,7 @@ import vit_explore as vx
 from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.testing import tiny_vit
 
-from ..conftest import input_for
+from ..conftest import input_for, model_state
 from ..replica import readout_rows, replica_forward, tokens_into_blocks
 
 METHODS = ["chefer_generic", "attn_grad_cam", "grad_cam", "ag_cam", "tam", "saliency", "integrated_gradients"]
@@ -142,7 +142,7 @@ def tam_ref(model, x, t, start=0, steps=20, score="logit", with_integral=True, f
         xb = x[b : b + 1].double()
         A, _ = pass64(model, xb, int(t[b]), score)
         L = len(A)
-        full = lambda m: _readout_all(m, model)  # noqa: E731
+        full = lambda m: _readout_all(m, model)
         s = full(A[-1].mean(0))
         if not first_state:
             for i in range(L - 2, start - 1, -1):
@@ -435,13 +435,6 @@ def test_explain_follows_the_registry_contract():
 
 
 # ---------------------------------------------------------------- hygiene and bad input
-def _state(model):
-    return (
-        [blk.attn.__dict__.get("fused_attn", "missing") for blk in model.blocks],
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()),
-    )
 
 
 def _boom(*args):
@@ -460,11 +453,11 @@ def test_model_state_restored_after_an_error_mid_backward(method):
             out.register_hook(_boom)
 
     handle = model.blocks[-1].register_forward_hook(arm)
-    before = _state(model)
+    before = model_state(model)
     kw = {"steps": 3} if method in ("tam", "integrated_gradients") else {}
     with pytest.raises(RuntimeError, match="boom"):
         vx.explain(model, x, method, **kw)
-    assert _state(model) == before
+    assert model_state(model) == before
     handle.remove()
     assert all(p.grad is None for p in model.parameters())
     assert model.training and model.blocks[0].attn.fused_attn is True
@@ -474,12 +467,12 @@ def test_model_state_restored_after_an_error_mid_backward(method):
 def test_target_out_of_range(method):
     model = tiny_vit()
     x = input_for(model, batch=2)
-    before = _state(model)
+    before = model_state(model)
     with pytest.raises(InputError, match="target 7 is out of range"):
         vx.explain(model, x, method, target=7)
     with pytest.raises(InputError, match="out of range"):
         vx.explain(model, x, method, target=[0, -1])
-    assert _state(model) == before
+    assert model_state(model) == before
 
 
 @pytest.mark.parametrize("method", METHODS)

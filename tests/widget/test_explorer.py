@@ -316,7 +316,7 @@ def test_user_strings_are_text_never_html(toy, imgs):
     assert page.count("</script>") == 3  # the page's own three scripts only
     assert "<img" not in page.split("<body")[0]
     assert "&lt;/script&gt;" in page.split("</title>")[0]  # the title element escapes it
-    data = json.loads(re.search(r'id="vx-data">(.*?)</script>', page, re.S).group(1))
+    data = json.loads(re.search(r'id="vx-data">(.*?)</script>', page, re.DOTALL).group(1))
     assert data["state"]["class_names"][0] == HOSTILE
     for f in (REPO / "js" / "src").glob("*.ts"):
         src = f.read_text()
@@ -328,7 +328,7 @@ def test_to_html_embeds_state_attention_and_maps(toy, imgs, tmp_path):
     out = tmp_path / "ex.html"
     page = w.to_html(out, methods="all")
     assert out.read_text() == page
-    data = json.loads(re.search(r'id="vx-data">(.*?)</script>', page, re.S).group(1))
+    data = json.loads(re.search(r'id="vx-data">(.*?)</script>', page, re.DOTALL).group(1))
     assert len(data["attn"]) == 2 * 3  # every image, every layer
     keys = {m["key"] for m in data["maps"]}
     assert {"0|rollout|-|0", "1|rollout|-|0"} <= keys
@@ -430,7 +430,7 @@ def test_curves_match_a_hand_made_patch_deletion_and_insertion(toy, imgs):
     np.testing.assert_allclose(cv["deletion"], dele, atol=2e-6)
     np.testing.assert_allclose(cv["insertion"], ins, atol=2e-6)
     np.testing.assert_allclose(cv["x"], np.arange(17) / 16)
-    auc = lambda y: (y.sum() - y[0] / 2 - y[-1] / 2) / (len(y) - 1)  # noqa: E731 - RISE's rule
+    auc = lambda y: (y.sum() - y[0] / 2 - y[-1] / 2) / (len(y) - 1)
     assert cv["auc_deletion"] == pytest.approx(auc(dele), abs=2e-6)
     assert cv["auc_insertion"] == pytest.approx(auc(ins), abs=2e-6)
     assert w.stats["curves"] == 1

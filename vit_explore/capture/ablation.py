@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
 from .adapters import inspect_vit
+from .state import eval_mode, model_fingerprint
 
 __all__ = [
     "ablate_heads",
@@ -39,34 +40,13 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode for the block; restore each training flag after."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def model_fingerprint(model: nn.Module) -> tuple:
-    """A cheap key that changes when parameters are modified in place or hooks are added.
-
-    Used to cache the unmodified forward of an image between interventions.
-    """
-    params = tuple((id(p), p._version) for p in model.parameters())
-    hooks = tuple(
-        (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()
-        if m._forward_hooks or m._forward_pre_hooks
-    )
-    return (id(model), params, hooks)
-
-
-@torch.no_grad()
+@torch.inference_mode()
 def forward_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Logits (B, C) of ``x`` (B, 3, H, W) in eval mode without autograd, in chunks of ``batch_size``."""
+    """Logits (B, C) of ``x`` (B, 3, H, W) in eval mode, in chunks of ``batch_size``.
+
+    Runs in ``torch.inference_mode`` (cheaper than ``no_grad``): the result is an inference
+    tensor, to be read, not differentiated.
+    """
     with eval_mode(model):
         if batch_size is None or x.shape[0] <= batch_size:
             return model(x)
@@ -102,11 +82,12 @@ def drop_tokens(
     if keep.ndim != 2:
         raise InputError(f"keep must be (K, n) patch indices, got shape {tuple(keep.shape)}")
     T = int(model.num_prefix_tokens)
+    lo, hi = (int(keep.min()), int(keep.max())) if keep.numel() else (0, -1)
 
     def hook(module, args, out):
-        B, N, C = out.shape
+        _, N, C = out.shape
         P = N - T
-        if keep.numel() and (int(keep.max()) >= P or int(keep.min()) < 0):
+        if hi >= P or lo < 0:
             raise InputError(f"kept patch index out of range: the sequence has {P} patches")
         src = out if source is None else out[source.to(out.device)]
         if src.shape[0] != keep.shape[0]:

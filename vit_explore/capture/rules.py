@@ -27,7 +27,8 @@ from torch import nn
 from ..errors import InputError, UnsupportedModelError
 from .adapters import ViTInfo
 from .layout import Readout
-from .session import Needs, _SavedState
+from .session import Needs
+from .state import SavedState
 
 Variant = Literal["cp", "attnlrp"]
 
@@ -271,7 +272,7 @@ def lrp_rules(
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0:
             raise InputError(f"{name} must be a number >= 0 (0 = epsilon rule), got {g!r}")
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    state = _SavedState(model, info.attns)
+    state = SavedState(model, info.attns)
     try:
         state.freeze()
         if enabled:

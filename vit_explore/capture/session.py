@@ -20,6 +20,7 @@ from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
 from .layout import TokenLayout
+from .state import SavedState
 
 Score = Literal["logit", "prob", "log_prob"]
 
@@ -144,35 +145,6 @@ def _pick(seq, layer: int, what: str) -> torch.Tensor:
     return t
 
 
-class _SavedState:
-    """Training flags, ``requires_grad`` and ``fused_attn`` of a model, to put back later."""
-
-    _MISSING = object()
-
-    def __init__(self, model: nn.Module, attns: Sequence[nn.Module]) -> None:
-        self.model = model
-        self.training = [(m, m.training) for m in model.modules()]
-        self.requires_grad = [(p, p.requires_grad) for p in model.parameters()]
-        self.fused = [(a, a.__dict__.get("fused_attn", self._MISSING)) for a in attns]
-
-    def freeze(self) -> None:
-        """Eval mode and frozen parameters for a pass (``restore`` undoes both)."""
-        self.model.eval()
-        for p, _ in self.requires_grad:
-            p.requires_grad_(False)
-
-    def restore(self) -> None:
-        for m, flag in self.training:
-            m.training = flag
-        for p, flag in self.requires_grad:
-            p.requires_grad_(flag)
-        for a, old in self.fused:
-            if old is self._MISSING:
-                a.__dict__.pop("fused_attn", None)
-            else:
-                a.fused_attn = old
-
-
 def capture(
     model: nn.Module,
     x: torch.Tensor,
@@ -215,7 +187,7 @@ def capture(
     act_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.activations}
     in_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.inputs}
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    state = _SavedState(model, info.attns)
+    state = SavedState(model, info.attns)
     try:
         state.freeze()
         for i in layers:
@@ -261,7 +233,7 @@ def capture(
                 )
         tgt = resolve_target(target, logits)
 
-        attn_list = [attn_store[i][0] if i in attn_store and attn_store[i] else None for i in range(num_layers)]
+        attn_list = [attn_store[i][0] if attn_store.get(i) else None for i in range(num_layers)]
         grads: dict[str, object] = {}
         if need_grad:
             wanted: list[torch.Tensor] = []

@@ -51,10 +51,15 @@ from ._registry import ExplainerResult, register_explainer
 
 
 def sdiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The reference's ``safe_divide``: ``a / (b + 1e-9)``, 0 where ``b == 0``."""
-    den = b.clamp(min=1e-9) + b.clamp(max=1e-9)
-    den = den + (den == 0).to(den.dtype) * 1e-9
-    return a / den * (b != 0).to(b.dtype)
+    """The reference's ``safe_divide``: ``a / (b + 1e-9)``, 0 where ``b == 0``.
+
+    The reference computes ``den = clamp(b, min=1e-9) + clamp(b, max=1e-9)``, which is
+    ``b + 1e-9`` exactly (one clamp returns ``b``, the other ``1e-9``), replaces ``den == 0``
+    by 1e-9 and multiplies by ``b != 0``; the same values here with fewer passes over memory.
+    """
+    den = b + 1e-9
+    den.masked_fill_(den == 0, 1e-9)
+    return (a / den).masked_fill_(b == 0, 0.0)
 
 
 def linear_rule(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor, xw: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,6 +135,16 @@ def _head_relevance(trace: Trace, view: LRPView) -> torch.Tensor:
     return r_tok
 
 
+def _token_rows(r: torch.Tensor) -> torch.Tensor | None:
+    """Token rows (n,) where the relevance ``r`` (B, N, C) is non-zero in some image, or None
+    when that is most of them. Above the top block only the read-out tokens carry relevance
+    (the CLS token, or the two distilled ones), and every rule up to the attention matmuls is
+    token-wise (zero relevance in, zero out; the Add rule's sums ignore zeros), so the top
+    block's MLP and projection run on those rows alone: the same numbers, a fraction of the cost."""
+    rows = torch.nonzero(r.ne(0).any(dim=2).any(dim=0)).reshape(-1)
+    return rows if len(rows) * 2 <= r.shape[1] else None
+
+
 def _block_relevance(
     trace: Trace, blk: LRPBlock, r: torch.Tensor, attn: torch.Tensor, last: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -137,20 +152,33 @@ def _block_relevance(
     ``last``, the halved attention relevance R_A (B, H, N, N))."""
     p = blk.prefix
     acts, ins = trace.activations, trace.inputs
-    x_in, x_mid = ins[p], ins[f"{p}.norm2"]
+    rows, n_tok = _token_rows(r), r.shape[1]
+
+    def tok(t: torch.Tensor) -> torch.Tensor:  # the rows that carry relevance
+        return t if rows is None else t[:, rows]
+
+    def full(t: torch.Tensor) -> torch.Tensor:  # back to every token, zeros elsewhere
+        if rows is None:
+            return t
+        out = t.new_zeros(t.shape[0], n_tok, t.shape[2])
+        out[:, rows] = t
+        return out
+
+    x_in, x_mid = tok(ins[p]), tok(ins[f"{p}.norm2"])
     # x_out = x_mid + mlp branch
-    r_res, r_mlp = add_rule(x_mid, acts[f"{p}.ls2"], r)
-    r_mlp = scale_rule(ins[f"{p}.ls2"], r_mlp, blk.ls2)
+    r_res, r_mlp = add_rule(x_mid, tok(acts[f"{p}.ls2"]), tok(r))
+    r_mlp = scale_rule(tok(ins[f"{p}.ls2"]), r_mlp, blk.ls2)
     bs = blk.biases
-    r_mlp = linear_rule(ins[f"{p}.mlp.fc2"], r_mlp, blk.fc2, _xw(ins[f"{p}.ls2"], bs["fc2"]))
+    r_mlp = linear_rule(tok(ins[f"{p}.mlp.fc2"]), r_mlp, blk.fc2, _xw(tok(ins[f"{p}.ls2"]), bs["fc2"]))
     # GELU, mlp.norm, norm2: identity
-    r_mlp = linear_rule(ins[f"{p}.mlp.fc1"], r_mlp, blk.fc1, _xw(acts[f"{p}.mlp.fc1"], bs["fc1"]))
-    r = clone_rule(x_mid, r_res, r_mlp)
+    r_mlp = linear_rule(tok(ins[f"{p}.mlp.fc1"]), r_mlp, blk.fc1, _xw(tok(acts[f"{p}.mlp.fc1"]), bs["fc1"]))
+    r_mid = clone_rule(x_mid, r_res, r_mlp)
     # x_mid = x_in + attention branch
-    r_res, r_att = add_rule(x_in, acts[f"{p}.ls1"], r)
-    r_att = scale_rule(ins[f"{p}.ls1"], r_att, blk.ls1)
-    r_att = linear_rule(ins[f"{p}.attn.proj"], r_att, blk.proj, _xw(ins[f"{p}.ls1"], bs["proj"]))  # attn.norm: identity
-    B, N, C = r_att.shape
+    r_res, r_att = add_rule(x_in, tok(acts[f"{p}.ls1"]), r_mid)
+    r_att = scale_rule(tok(ins[f"{p}.ls1"]), r_att, blk.ls1)
+    r_att = linear_rule(tok(ins[f"{p}.attn.proj"]), r_att, blk.proj, _xw(tok(ins[f"{p}.ls1"]), bs["proj"]))
+    r_att = full(r_att)  # attn.norm: identity
+    B, N, _ = r_att.shape
     h = blk.num_heads
     qkv = acts[f"{p}.attn.qkv"].reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4)
     v = qkv[2]
@@ -166,7 +194,7 @@ def _block_relevance(
     r_k = k * (s.transpose(-1, -2) @ q) / 2
     r_qkv = torch.stack([r_q, r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(B, N, -1)
     r_att = linear_rule(ins[f"{p}.attn.qkv"], r_qkv, blk.qkv, _xw(acts[f"{p}.attn.qkv"], bs["qkv"]))  # norm1: identity
-    return clone_rule(x_in, r_res, r_att), r_a
+    return clone_rule(ins[p], full(r_res), r_att), r_a
 
 
 def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -> torch.Tensor:

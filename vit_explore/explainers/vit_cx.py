@@ -16,22 +16,27 @@ an interpolation interval; no C x H x W tensor is built.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capture.ablation import forward_logits
 from ..capture.adapters import ViTInfo
 from ..capture.session import Needs, capture
 from ..errors import InputError
 from ..interventions import seeded_noise
-from ..capture.ablation import forward_logits
 from ..targets import TargetLike
 from ._registry import ExplainerResult, register_explainer
 
 
+@functools.lru_cache(maxsize=16)
 def interp_matrix(out_size: int, in_size: int) -> torch.Tensor:
-    """(out, in) float64 matrix of 1-D linear interpolation, ``align_corners=False`` (PyTorch's)."""
+    """(out, in) float64 matrix of 1-D linear interpolation, ``align_corners=False`` (PyTorch's).
+
+    Cached by size: treat the result as read-only."""
     eye = torch.eye(in_size, dtype=torch.float64)[:, None, :]  # (in, 1, in)
     return F.interpolate(eye, size=out_size, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
 
@@ -52,6 +57,11 @@ def _extreme_rows(U: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(keep).reshape(-1)
 
 
+@functools.lru_cache(maxsize=16)
+def _extreme_rows_of(out_size: int, in_size: int) -> torch.Tensor:
+    return _extreme_rows(interp_matrix(out_size, in_size))
+
+
 def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold: float) -> tuple[np.ndarray, torch.Tensor]:
     """ViT-CX steps 3-6 for one image.
 
@@ -70,7 +80,7 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
     Uh = interp_matrix(H, gh).to(f.device)
     Uw = interp_matrix(W, gw).to(f.device)
     # per-mask min and max of U f (steps 3-4)
-    rh, rw = _extreme_rows(Uh.cpu()).to(f.device), _extreme_rows(Uw.cpu()).to(f.device)
+    rh, rw = _extreme_rows_of(H, gh).to(f.device), _extreme_rows_of(W, gw).to(f.device)
     ext = (Uh[rh] @ f @ Uw[rw].T).reshape(C, -1)  # (C, r, s): values on the extreme rows/cols
     lo, hi = ext.min(1).values, ext.max(1).values
     rng = hi - lo
