@@ -57,6 +57,20 @@ w
 """
 
 
+FORWARD_TIMER = """
+import time as __vx_t, statistics as __vx_s, torch as __vx_torch
+def __vx_forward_ms(n):
+    out = []
+    for _ in range(n):
+        __vx_t.sleep(0.3)
+        t0 = __vx_t.perf_counter()
+        with __vx_torch.inference_mode():
+            model(x[:1])
+        out.append((__vx_t.perf_counter() - t0) * 1e3)
+    return __vx_s.median(out)
+"""
+
+
 def load() -> str:
     try:
         a, b, c = os.getloadavg()
@@ -160,10 +174,16 @@ def measure(cells: list[str], args: argparse.Namespace) -> dict:
                     timeout=120_000, polling=50,
                 )
             load_at_end = load()
+            # baseline in the same kernel, same run: a plain batch-1 forward after a short idle
+            # (as a brush comes after one), p50 of 10
+            kc = server.kernel_client("bench.ipynb")
+            kc.execute_interactive(FORWARD_TIMER, timeout=60, store_history=False)
+            fwd_ms = kernel_eval(kc, "__vx_forward_ms(10)", timeout=300)
+            kc.stop_channels()
     finally:
         server.stop()
     return dict(model=model_name, embedded=embedded, nl=nl, nh=nh, grid=(gh, gw), scrub=scrub, rtt=rtt, lat=lat,
-                server_ms=server_ms, load=(load_at_start, load_at_end))
+                server_ms=server_ms, load=(load_at_start, load_at_end), fwd_ms=fwd_ms)
 
 
 def report(title: str, r: dict, target_ms: float) -> None:
@@ -183,6 +203,8 @@ def report(title: str, r: dict, target_ms: float) -> None:
           f"target {target_ms:.0f} ms: {'met' if p50 < target_ms else 'NOT met'}")
     print(f"   of which the kernel's intervention job: p50 {statistics.median(r['server_ms']):.1f} ms, "
           f"p95 {pct(r['server_ms'], .95):.1f} ms")
+    print(f"   baseline, same kernel: a plain batch-1 forward after 0.3 s idle, p50 {r['fwd_ms']:.1f} ms; "
+          f"brush p50 / forward = {p50 / r['fwd_ms']:.2f}x")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from torch import nn
 
 from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits, model_fingerprint
 from .capture.adapters import ViTInfo, grid_for, inspect_vit
+from .capture.state import submodules
 from .errors import CaptureError, InputError, suggest
 from .inputs import check_finite, check_tensor
 from .targets import TargetLike, resolve_target
@@ -75,7 +77,7 @@ class Intervention:
         base_logits, base_probs: (K, C) of the unmodified image each set acts on.
         target: (K,) class whose change is reported.
         delta: (K,) ``probs[target] - base_probs[target]``.
-        topk: top-k classes before and after (see ``TopK``).
+        topk: top-k classes before and after (see ``TopK``), computed on first access.
         input: (K, 3, H, W) the tensor that was fed; for ``drop`` the unmodified image (the
             kept tokens are in ``kept``).
         kept: for ``drop``, K tensors of the kept row-major patch indices; else None.
@@ -93,15 +95,25 @@ class Intervention:
     base_probs: torch.Tensor
     target: torch.Tensor
     delta: torch.Tensor
-    topk: TopK
     input: torch.Tensor
     patches: torch.Tensor
     image_index: torch.Tensor
     mode: str
     keep: bool
     kept: tuple[torch.Tensor, ...] | None = None
+    _k: int = field(default=5, repr=False, compare=False)
     _causal: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def topk(self) -> TopK:
+        """Top-k classes before and after (``k`` as given to ``intervene``)."""
+        if "topk" not in self._cache:
+            k = max(1, min(int(self._k), self.probs.shape[1]))
+            bp, bi = self.base_probs.topk(k, dim=-1)
+            ap, ai = self.probs.topk(k, dim=-1)
+            self._cache["topk"] = TopK(bi, bp, ai, ap, self.probs.gather(1, bi) - bp)
+        return self._cache["topk"]
 
     @property
     def causal_score(self) -> torch.Tensor:
@@ -163,7 +175,8 @@ def _setup(model: nn.Module, x: torch.Tensor, info: ViTInfo | None = None) -> _S
     token = _image_token(x)
     if _LAST_X.get("finite") != token:  # a batch equal to one already checked is finite (NaN != NaN)
         check_finite(x)
-        _LAST_X["finite"] = token
+        with _CACHE_LOCK:
+            _LAST_X["finite"] = token
     H, W = x.shape[-2:]
     return _Setup(info, x, grid_for(info, H, W), token)
 
@@ -227,8 +240,19 @@ def _parse_patches(patches: PatchesLike, s: _Setup) -> tuple[torch.Tensor, torch
     B = s.x.shape[0]
     grid, hw, ps = s.grid, tuple(s.x.shape[-2:]), s.info.patch_size
     if isinstance(patches, (list, tuple)) and patches and all(type(p) is int for p in patches):
-        one = _one_set(torch.tensor(patches, dtype=torch.long), grid, hw, ps)  # the common case, fast
-        return one[None].expand(B, *grid).clone(), torch.arange(B)
+        # the common case (a brush's patch list), checked in Python: fewer tensor operations
+        P = grid[0] * grid[1]
+        lo, hi = min(patches), max(patches)
+        if lo < 0 or hi >= P:
+            bad = lo if lo < 0 else hi
+            raise InputError(
+                f"patch index {bad} is out of range: the {grid[0]}x{grid[1]} grid has {P} patches (0..{P - 1}, row-major)"
+            )
+        cells = [False] * P
+        for p in patches:
+            cells[p] = True
+        one = torch.tensor(cells).reshape(1, *grid)
+        return (one if B == 1 else one.expand(B, *grid).clone()), torch.arange(B)
     if isinstance(patches, (list, tuple)):
         if len(patches) == 0:
             raise InputError(
@@ -348,6 +372,9 @@ def _blend(s: _Setup, regions: torch.Tensor, img_idx: torch.Tensor, S: torch.Ten
 # --------------------------------------------------------------------------- forward passes
 
 
+# The caches below are shared by every thread (the Explorer computes on a worker thread):
+# one lock keeps each read-check-write whole.
+_CACHE_LOCK = threading.RLock()
 _LAST_X: dict[str, Any] = {"x": None, "token": 0}
 _BASE: dict[str, Any] = {}
 _SUBSTRATES: dict[str, Any] = {"token": -1, "by_key": {}}
@@ -362,9 +389,10 @@ def _same_tensor(a: torch.Tensor | None, b: torch.Tensor) -> bool:
 def _image_token(x: torch.Tensor) -> int:
     """A number that names the content of ``x``: the same as last call's iff ``x`` equals the
     last image batch seen (one comparison per call, shared by the caches below)."""
-    if not _same_tensor(_LAST_X["x"], x):
-        _LAST_X.update(x=x.detach().clone(), token=_LAST_X["token"] + 1)
-    return _LAST_X["token"]
+    with _CACHE_LOCK:
+        if not _same_tensor(_LAST_X["x"], x):
+            _LAST_X.update(x=x.detach().clone(), token=_LAST_X["token"] + 1)
+        return _LAST_X["token"]
 
 
 def base_logits(
@@ -386,27 +414,30 @@ def base_logits(
 
 
 def _store_base(model: nn.Module, token: int, logits: torch.Tensor, fp: tuple) -> None:
-    _BASE.clear()
-    _BASE.update(model=weakref.ref(model), fp=fp, token=token, logits=logits.detach())
+    with _CACHE_LOCK:
+        _BASE.clear()
+        _BASE.update(model=weakref.ref(model), fp=fp, token=token, logits=logits.detach())
 
 
 def _cached_base(model: nn.Module, token: int, fp: tuple) -> torch.Tensor | None:
-    ref = _BASE.get("model")
-    if ref is not None and ref() is model and _BASE["token"] == token and _BASE["fp"] == fp:
-        return _BASE["logits"]
-    return None
+    with _CACHE_LOCK:
+        ref = _BASE.get("model")
+        if ref is not None and ref() is model and _BASE["token"] == token and _BASE["fp"] == fp:
+            return _BASE["logits"]
+        return None
 
 
 def _cached_substrate(x: torch.Tensor, token: int, mode: str, **params: Any) -> torch.Tensor:
     """``_substrate`` of the image batch ``token`` names, kept per mode and parameters: a brush
     on the same image does not blur (or draw noise for) it again."""
-    if _SUBSTRATES["token"] != token:
-        _SUBSTRATES.update(token=token, by_key={})
     key = (mode, *sorted(params.items()))
-    by_key = _SUBSTRATES["by_key"]
-    if key not in by_key:
-        by_key[key] = _substrate(x, mode, **params)
-    return by_key[key]
+    with _CACHE_LOCK:
+        if _SUBSTRATES["token"] != token:
+            _SUBSTRATES.update(token=token, by_key={})
+        by_key = _SUBSTRATES["by_key"]
+        if key not in by_key:
+            by_key[key] = _substrate(x, mode, **params)
+        return by_key[key]
 
 
 def run_regions(
@@ -423,12 +454,14 @@ def run_regions(
     batch_size: int | None = None,
     with_base: bool = True,
     fp: tuple | None = None,
+    mods: Sequence[nn.Module] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """Act on ``regions`` (K, gh, gw) of images ``img_idx`` (K,); all sets batched.
 
     Returns (logits (K, C), base logits (B, C) or None, fed input (K, 3, H, W), kept indices or None).
     The unmodified forward is taken from the cache when possible, else fused into the batch.
-    ``fp``: ``model_fingerprint(model)`` if the caller already has it.
+    ``fp``, ``mods``: ``model_fingerprint(model)`` and ``submodules(model)`` if the caller
+    already has them.
     """
     _check_mode(mode)
     if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or batch_size < 1):
@@ -443,7 +476,7 @@ def run_regions(
     if mode != "drop":
         S = _cached_substrate(x, token, mode, seed=seed, sigma=sigma, blur_size=blur_size, blur_sigma=blur_sigma)
         fed = _blend(s, regions, img_idx, S)
-        out = forward_logits(model, torch.cat([x, fed]) if need_base else fed, batch_size)
+        out = forward_logits(model, torch.cat([x, fed]) if need_base else fed, batch_size, mods)
         if need_base:
             base, out = out[: x.shape[0]], out[x.shape[0] :]
             _store_base(model, token, base, fp)
@@ -453,6 +486,10 @@ def run_regions(
         base = base_logits(model, x, batch_size, fp)
     P = s.grid[0] * s.grid[1]
     kept_flat = ~regions.reshape(-1, P)
+    if len(kept_flat) == 1 == x.shape[0] and s.info.readout != "avg":  # one brush on one image
+        keep = torch.nonzero(kept_flat[0]).reshape(1, -1)
+        with drop_tokens(model, keep, checked=True):
+            return forward_logits(model, x, mods=mods), base, x, (keep[0],)
     counts = kept_flat.sum(1)
     if s.info.readout in ("avg",) and bool((counts == 0).any()):
         raise InputError(
@@ -460,9 +497,6 @@ def run_regions(
             "average; keep at least one patch or use another mode"
         )
     kept = tuple(torch.nonzero(kept_flat[k]).reshape(-1) for k in range(len(kept_flat)))
-    if len(kept) == 1 == x.shape[0]:  # one brush on one image: no grouping
-        with drop_tokens(model, kept[0][None]):
-            return forward_logits(model, x), base, x, kept
     out: torch.Tensor | None = None
     for n in torch.unique(counts).tolist():
         rows = torch.nonzero(counts == n).reshape(-1)
@@ -471,7 +505,7 @@ def run_regions(
             r = rows[i : i + step]
             imgs, src = torch.unique(img_idx[r], return_inverse=True)
             keep = torch.stack([kept[int(k)] for k in r]) if n else torch.zeros(len(r), 0, dtype=torch.long)
-            with drop_tokens(model, keep, src):
+            with drop_tokens(model, keep, src, checked=True):
                 lg = forward_logits(model, x[imgs.to(x.device)])
             if out is None:
                 out = lg.new_empty(len(regions), lg.shape[1])
@@ -541,23 +575,20 @@ def intervene(
     regions, img_idx = _parse_patches(patches, s)
     if keep:
         regions = ~regions
-    fp = model_fingerprint(model)
+    mods = submodules(model)
+    fp = model_fingerprint(model, mods)
     logits, base, fed, kept = run_regions(
         model, s, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
-        blur_sigma=blur_sigma, batch_size=batch_size, fp=fp,
+        blur_sigma=blur_sigma, batch_size=batch_size, fp=fp, mods=mods,
     )
     assert base is not None
     dev_idx = img_idx.to(logits.device)
-    base_k = base[dev_idx]
+    base_k = base if len(img_idx) == base.shape[0] == 1 else base[dev_idx]
     tgt = _resolve_set_target(target, base_k, img_idx, s.x.shape[0])
     probs = logits.softmax(-1)
     base_probs = base_k.softmax(-1)
-    rows = torch.arange(len(tgt), device=logits.device)
-    delta = probs[rows, tgt] - base_probs[rows, tgt]
-    k = max(1, min(int(topk), probs.shape[1]))
-    bp, bi = base_probs.topk(k, dim=-1)
-    ap, ai = probs.topk(k, dim=-1)
-    tk = TopK(bi, bp, ai, ap, probs.gather(1, bi) - bp)
+    col = tgt[:, None]
+    delta = (probs.gather(1, col) - base_probs.gather(1, col))[:, 0]
 
     probs_if_noise = probs if mode == "noise" else None
 
@@ -571,8 +602,8 @@ def intervene(
 
     return Intervention(
         logits=logits, probs=probs, base_logits=base_k, base_probs=base_probs, target=tgt, delta=delta,
-        topk=tk, input=fed, patches=regions.to(logits.device), image_index=dev_idx, mode=mode, keep=bool(keep),
-        kept=kept, _causal=lazy,
+        input=fed, patches=regions.to(logits.device), image_index=dev_idx, mode=mode, keep=bool(keep),
+        kept=kept, _k=int(topk), _causal=lazy,
     )
 
 

@@ -41,13 +41,16 @@ __all__ = [
 
 
 @torch.inference_mode()
-def forward_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def forward_logits(
+    model: nn.Module, x: torch.Tensor, batch_size: int | None = None, mods: Sequence[nn.Module] | None = None
+) -> torch.Tensor:
     """Logits (B, C) of ``x`` (B, 3, H, W) in eval mode, in chunks of ``batch_size``.
 
     Runs in ``torch.inference_mode`` (cheaper than ``no_grad``): the result is an inference
-    tensor, to be read, not differentiated.
+    tensor, to be read, not differentiated. ``mods``: ``submodules(model)`` if the caller
+    already walked the model.
     """
-    with eval_mode(model):
+    with eval_mode(model, mods):
         if batch_size is None or x.shape[0] <= batch_size:
             return model(x)
         return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
@@ -58,7 +61,7 @@ def forward_logits(model: nn.Module, x: torch.Tensor, batch_size: int | None = N
 
 @contextlib.contextmanager
 def drop_tokens(
-    model: nn.Module, keep: torch.Tensor, source: torch.Tensor | None = None
+    model: nn.Module, keep: torch.Tensor, source: torch.Tensor | None = None, *, checked: bool = False
 ) -> Iterator[None]:
     """Keep only some patch tokens after the position embedding.
 
@@ -69,6 +72,8 @@ def drop_tokens(
         source: (K,) long, which input image each output row comes from (None: row k of
             the input batch, which must then have K images). Lets one patch embedding of
             one image feed K different token subsets.
+        checked: the caller guarantees ``keep`` holds valid patch indices (derived from a
+            patch grid of the input): the range check is skipped.
 
     The prefix tokens (CLS, distillation, registers) are always kept; the position
     embeddings the kept tokens received are unchanged.
@@ -82,7 +87,8 @@ def drop_tokens(
     if keep.ndim != 2:
         raise InputError(f"keep must be (K, n) patch indices, got shape {tuple(keep.shape)}")
     T = int(model.num_prefix_tokens)
-    lo, hi = (int(keep.min()), int(keep.max())) if keep.numel() else (0, -1)
+    lo, hi = (int(keep.min()), int(keep.max())) if keep.numel() and not checked else (0, -1)
+    rows_of_one = torch.cat([torch.arange(T), keep[0] + T]) if keep.shape[0] == 1 else None
 
     def hook(module, args, out):
         _, N, C = out.shape
@@ -94,6 +100,8 @@ def drop_tokens(
             raise InputError(
                 f"{keep.shape[0]} kept-token sets for a batch of {src.shape[0]}; pass source= to map sets to images"
             )
+        if keep.shape[0] == 1:  # one set: one index_select over the prefix and the kept patches
+            return src.index_select(1, rows_of_one.to(out.device))
         idx = keep.to(out.device)[..., None].expand(-1, -1, C)
         return torch.cat([src[:, :T], torch.gather(src[:, T:], 1, idx)], dim=1)
 

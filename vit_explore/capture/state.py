@@ -49,13 +49,17 @@ class SavedState:
         attns: attention modules whose ``fused_attn`` the pass may switch (their instance
             attribute is restored, or removed again if it was not set on the instance).
         grads: also save ``requires_grad`` of every parameter (for ``freeze``).
+        mods: ``submodules(model)`` if the caller already walked the model.
     """
 
     _MISSING = object()
 
-    def __init__(self, model: nn.Module, attns: Sequence[nn.Module] = (), grads: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, attns: Sequence[nn.Module] = (), grads: bool = True,
+        mods: Sequence[nn.Module] | None = None,
+    ) -> None:
         self.model = model
-        mods = submodules(model)
+        mods = submodules(model) if mods is None else mods
         self.training = [(m, m.training) for m in mods]
         self.requires_grad = [(p, p.requires_grad) for p in _parameters(mods)] if grads else []
         self.fused = [(a, a.__dict__.get("fused_attn", self._MISSING)) for a in attns]
@@ -88,9 +92,11 @@ class SavedState:
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode for the block; restore each training flag after."""
-    state = SavedState(model, grads=False)
+def eval_mode(model: nn.Module, mods: Sequence[nn.Module] | None = None) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode for the block; restore each training flag after.
+
+    ``mods``: ``submodules(model)`` if the caller already walked the model."""
+    state = SavedState(model, grads=False, mods=mods)
     try:
         state.eval()
         yield model
@@ -98,13 +104,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         state.restore()
 
 
-def model_fingerprint(model: nn.Module) -> tuple:
+def model_fingerprint(model: nn.Module, mods: Sequence[nn.Module] | None = None) -> tuple:
     """A cheap key that changes when parameters are replaced or modified in place, or hooks
     are added or removed anywhere in the model.
 
     Used to cache the unmodified forward of an image between interventions.
     """
-    mods = submodules(model)
+    mods = submodules(model) if mods is None else mods
     params = tuple([(id(p), p._version) for m in mods for p in m._parameters.values() if p is not None])
     hooks = tuple([
         (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
