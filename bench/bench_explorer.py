@@ -183,8 +183,8 @@ def measure(cells: list[str], args: argparse.Namespace) -> dict:
             kc.stop_channels()
     finally:
         server.stop()
-    return dict(model=model_name, embedded=embedded, nl=nl, nh=nh, grid=(gh, gw), scrub=scrub, rtt=rtt, lat=lat,
-                server_ms=server_ms, load=(load_at_start, load_at_end), fwd_ms=fwd_ms, fwd_before=fwd_before)
+    return {"model": model_name, "embedded": embedded, "nl": nl, "nh": nh, "grid": (gh, gw), "scrub": scrub, "rtt": rtt, "lat": lat,
+                "server_ms": server_ms, "load": (load_at_start, load_at_end), "fwd_ms": fwd_ms, "fwd_before": fwd_before}
 
 
 def report(title: str, r: dict, target_ms: float) -> None:

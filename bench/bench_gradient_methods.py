@@ -91,12 +91,12 @@ def main() -> None:
             model(x)  # warm-up
         vx.explain(model, x[:1], "attn_grad_cam")  # warm-up of the unfused path
         with torch.no_grad():
-            rows.setdefault("forward", {})[B] = timed(lambda: model(x), args.repeats)
-        rows.setdefault("forward+backward", {})[B] = timed(lambda: forward_backward(model, x), args.repeats)
+            rows.setdefault("forward", {})[B] = timed(lambda x=x: model(x), args.repeats)
+        rows.setdefault("forward+backward", {})[B] = timed(lambda x=x: forward_backward(model, x), args.repeats)
         for m in args.methods:
             if m in SLOW and B > 1 and not args.slow_batch8:
                 continue
-            rows.setdefault(m, {})[B] = timed(lambda: vx.explain(model, x, m), args.repeats)
+            rows.setdefault(m, {})[B] = timed(lambda x=x, m=m: vx.explain(model, x, m), args.repeats)
             print(f"  [batch {B}] {m}: {rows[m][B]:.3f} s", flush=True)
             if m == "tam":
                 rows.setdefault("tam floor", {})[B] = timed(tam_floor(model, x), args.repeats)

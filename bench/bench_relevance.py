@@ -66,11 +66,11 @@ def main() -> None:
     for b in args.batches:
         x = torch.randn(b, 3, 224, 224)
 
-        def fwd():
+        def fwd(x=x):
             with torch.no_grad():
                 model(x)
 
-        def fwd_bwd():
+        def fwd_bwd(x=x):
             for p in model.parameters():
                 p.requires_grad_(False)
             xi = x.clone().requires_grad_(True)
@@ -81,9 +81,9 @@ def main() -> None:
         cases = {
             "forward": fwd,
             "forward+backward": fwd_bwd,
-            "chefer_lrp": lambda: vx.explain(model, x, "chefer_lrp", target=0),
+            "chefer_lrp": lambda x=x: vx.explain(model, x, "chefer_lrp", target=0),
             "lrp matmul floor": lrp_matmul_floor(model, b),
-            "attn_lrp": lambda: vx.explain(model, x, "attn_lrp", target=0),
+            "attn_lrp": lambda x=x: vx.explain(model, x, "attn_lrp", target=0),
         }
         t = {k: best_of(f, args.repeats) / b for k, f in cases.items()}
         for k, v in t.items():

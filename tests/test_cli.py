@@ -15,14 +15,14 @@ from vit_explore.cli import main
 from vit_explore.datasets.synthetic import CLASS_NAMES
 from vit_explore.zoo import _set_cfg, save_model
 
-KW = dict(img_size=96, patch_size=16, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0, num_classes=len(CLASS_NAMES))
+KW = {"img_size": 96, "patch_size": 16, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "num_classes": len(CLASS_NAMES)}
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     m = timm.create_model("vit_tiny_patch16_224", pretrained=False, **KW)
-    _set_cfg(m, "vit_tiny_patch16_224", "tiny", dict(input_size=(3, 96, 96), mean=(0.5,) * 3, std=(0.5,) * 3),
+    _set_cfg(m, "vit_tiny_patch16_224", "tiny", {"input_size": (3, 96, 96), "mean": (0.5,) * 3, "std": (0.5,) * 3},
              list(CLASS_NAMES))
     return str(save_model(m, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", arch="vit_tiny_patch16_224",
                           model_kwargs=KW))

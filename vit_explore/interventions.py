@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ __all__ = [
 
 Mode = Literal["blur", "mean", "zero", "noise", "drop"]
 MODES: tuple[str, ...] = ("blur", "mean", "zero", "noise", "drop")
-PatchesLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
+PatchesLike = torch.Tensor | np.ndarray | Sequence[Any]
 
 
 # --------------------------------------------------------------------------- results
@@ -729,7 +729,7 @@ def counterfactual(
         if tuple(score_map.shape) != (gh, gw):
             raise InputError(f"order_by map must have shape {(gh, gw)}, got {tuple(score_map.shape)}")
     order = torch.sort(score_map.reshape(-1).detach().cpu().float(), descending=True, stable=True).indices
-    kw = dict(seed=seed, sigma=sigma, blur_size=blur_size, blur_sigma=blur_sigma, with_base=False)
+    kw = {"seed": seed, "sigma": sigma, "blur_size": blur_size, "blur_sigma": blur_sigma, "with_base": False}
     zero = torch.zeros(1, dtype=torch.long)
 
     def evaluate(sets: torch.Tensor) -> torch.Tensor:

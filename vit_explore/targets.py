@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 import torch
 
 from .errors import InputError
 
-TargetLike = Union[None, int, Sequence[int], np.ndarray, torch.Tensor]
+TargetLike = int | Sequence[int] | np.ndarray | torch.Tensor | None
 
 
 def resolve_target(target: TargetLike, logits: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ def test_bad_input():
         pass
     with pytest.raises(InputError, match="every token"), block_tokens(model, list(range(17))), torch.no_grad():
         model(input_for(model, 1))
-    with pytest.raises(InputError, match="grid"):
-        with block_tokens(model, torch.zeros(3, 3, dtype=torch.bool)), torch.no_grad():
-            model(input_for(model, 1))
+    with pytest.raises(InputError, match="grid"), block_tokens(model, torch.zeros(3, 3, dtype=torch.bool)), \
+            torch.no_grad():
+        model(input_for(model, 1))
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

@@ -57,7 +57,7 @@ def top1(model, x):
 
 def pass64(model, xb, t, score="logit"):
     """One image (1, 3, H, W): float64 attention, their gradients, and the target score."""
-    logits, attns, scores = replica_forward(model, embed64(model, xb))
+    logits, attns, _scores = replica_forward(model, embed64(model, xb))
     y = logits[0, t] if score == "logit" else logits.softmax(-1)[0, t]
     grads = torch.autograd.grad(y, attns)
     return [a.detach()[0] for a in attns], [g[0] for g in grads]
@@ -284,7 +284,7 @@ def test_grad_cam_on_the_last_block_output_of_a_gap_model():
     ref = []
     for b in range(x.shape[0]):
         store = []
-        h = model.blocks[-1].register_forward_hook(lambda m, a, o: store.append(o))
+        h = model.blocks[-1].register_forward_hook(lambda m, a, o, store=store: store.append(o))
         try:
             out = model(x[b : b + 1])
         finally:

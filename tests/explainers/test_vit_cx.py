@@ -71,7 +71,7 @@ def test_matches_replica(variant):
     x = input_for(model, batch=2, seed=1)
     ex = vx.explain(model, x, "vit_cx", seed=4, batch_size=7)
     for b in range(2):
-        sal, K, masks, deltas, labels, dist = replica_vit_cx(model, x[b : b + 1], seed=4)
+        sal, K, masks, deltas, labels, _dist = replica_vit_cx(model, x[b : b + 1], seed=4)
         assert ex.extras["K"][b] == K
         assert np.array_equal(ex.extras["labels"][b], labels)
         assert torch.allclose(ex.extras["masks"][b].double(), masks, atol=1e-6)

@@ -67,7 +67,7 @@ def drive_explorer(page, server: JupyterServer, nb: str, shots: Path, tag: str) 
     root.wait_for(timeout=180_000)
     kc = server.kernel_client(nb)
     try:
-        nl, nh, (gh, gw) = kernel_eval(kc, "[w.num_layers, w.num_heads, w.grid]")
+        nl, _nh, (gh, gw) = kernel_eval(kc, "[w.num_layers, w.num_heads, w.grid]")
         # the attention of the current layer arrives first and is drawn from the front-end cache
         wait_map_ready(page, "attention")
         before = canvas_png(page)
@@ -76,7 +76,7 @@ def drive_explorer(page, server: JupyterServer, nb: str, shots: Path, tag: str) 
         slider = page.locator("[data-testid=vx-layer]")
         slider.focus()
         page.keyboard.press("ArrowLeft")
-        page.wait_for_function("() => document.querySelector('[data-testid=vx-layer]').value === String(%d)" % (nl - 2))
+        page.wait_for_function(f"() => document.querySelector('[data-testid=vx-layer]').value === String({nl - 2})")
         wait_map_ready(page, f"attention · layer {nl - 2}")
         after_layer = canvas_png(page)
         assert after_layer != before, "moving the layer slider did not change the canvas"

@@ -170,7 +170,7 @@ def test_target_follows_the_image_until_the_user_picks_one(toy):
     w = Explorer(toy, x, methods=["raw_attention"])
     w.image_index = i
     assert w.wait(30) and w.target == tops[i]
-    assert [c["index"] for c in w.topk][0] == tops[i]
+    assert next(c["index"] for c in w.topk) == tops[i]
 
 
 def test_explainer_failure_is_reported_and_the_widget_stays_usable(toy, imgs):

@@ -13,6 +13,6 @@ JS = Path(__file__).resolve().parents[2] / "js"
 def test_npm_unit_tests_pass():
     if not (JS / "node_modules").exists():
         subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=JS, check=True, capture_output=True)
-    proc = subprocess.run(["npm", "test"], cwd=JS, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["npm", "test"], cwd=JS, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "# fail 0" in proc.stdout

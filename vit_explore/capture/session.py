@@ -269,7 +269,7 @@ def capture(
             scores = tuple(
                 _scores_from_qkv(info.attns[i], qkv_store[i][0]) if i in layers else None for i in range(num_layers)
             )
-        B, _, H, W = x.shape
+        _B, _, H, W = x.shape
         layout = layout_for(info, H, W)
         if record_attn:
             n = attn_list[layers[0]].shape[-1]

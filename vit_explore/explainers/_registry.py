@@ -80,10 +80,13 @@ class ExplainerSpec:
 _REGISTRY: dict[str, ExplainerSpec] = {}
 
 
+_NO_NEEDS = Needs()  # frozen: safe to share as a default
+
+
 def register_explainer(
     name: str,
     *,
-    needs: Needs | Callable[[Mapping[str, Any]], Needs] = Needs(),
+    needs: Needs | Callable[[Mapping[str, Any]], Needs] = _NO_NEEDS,
     kind: Kind = "trace",
     class_specific: bool,
     paper: str,

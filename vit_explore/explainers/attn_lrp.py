@@ -66,7 +66,7 @@ def attn_lrp(
             y = logits.gather(1, tgt[:, None]).sum()
             (grad,) = torch.autograd.grad(y, xin)
     pixel = (xin.detach() * grad).sum(dim=1)
-    B, _, H, W = x.shape
+    _B, _, H, W = x.shape
     layout = layout_for(info, H, W)
     return ExplainerResult(
         layout.pool_pixels(pixel),

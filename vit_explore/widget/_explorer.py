@@ -388,7 +388,7 @@ class Explorer(anywidget.AnyWidget):
         bad = [p for p in v if not 0 <= p < P]
         if bad:
             raise InputError(f"brushed patches must be row-major indices in 0..{P - 1}, got {bad[:5]}")
-        return sorted(set(int(p) for p in v))
+        return sorted({int(p) for p in v})
 
     @t.validate("mode")
     def _valid_mode(self, proposal: Any) -> str:
@@ -598,7 +598,7 @@ class Explorer(anywidget.AnyWidget):
         if x is None and method != ATTN:
             return self._compute_map(self._map_key(i, method, target)[:3] + (pv,))
         inp = self._x[i : i + 1] if x is None else x
-        params = (dict(layer=layer, head=None if head < 0 else head, query=None if query < 0 else query)
+        params = ({"layer": layer, "head": None if head < 0 else head, "query": None if query < 0 else query}
                   if method == ATTN else self._params_for(method))
         with self._lock:
             ex = explain(self._model, inp, method, target, **params)

@@ -217,7 +217,7 @@ def perturbation_curves(
         raise InputError(f"preset {preset!r} has modes {list(p.modes)}, not {mode!r}")
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise InputError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    B, C, H, W = x.shape
+    B, _C, H, W = x.shape
     sal = as_maps(saliency).to(x.device)
     if sal.shape[0] != B:
         raise InputError(f"{sal.shape[0]} maps for {B} images; pass one map per image")
