@@ -187,6 +187,26 @@ def test_base_cache_sees_weight_changes():
     assert not torch.allclose(c.base_logits, b.base_logits)
 
 
+def test_padded_grid_blends_the_cropped_patches():
+    """A dynamic_img_pad model on a 30x38 input: the 4x5 grid's last row and column are cut
+    by the image border; the brushed patches' visible pixels are replaced, nothing else."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+        num_classes=5, dynamic_img_size=True, dynamic_img_pad=True,
+    ).eval()
+    x = torch.randn(1, 3, 30, 38, generator=torch.Generator().manual_seed(3))
+    g = torch.zeros(4, 5, dtype=torch.bool)
+    g[1, 2] = g[3, 4] = True  # (3, 4) is the cropped corner patch
+    R = pixel_region(model, g[None], (30, 38))
+    for mode, S in (("blur", vi.gaussian_blur(x, 11, 5.0)), ("zero", torch.zeros_like(x))):
+        res = vi.intervene(model, x, g, mode=mode)
+        torch.testing.assert_close(res.input, x * (1 - R) + S * R)
+        torch.testing.assert_close(res.probs, fwd(model, res.input).softmax(-1))
+
+
 def test_cached_substrates_follow_the_image_and_threads():
     """The blur/noise substrates and the base forward are cached per image batch: a second
     image, and two threads brushing two images at once, each get their own image's numbers
