@@ -187,6 +187,14 @@ def test_base_cache_sees_weight_changes():
     assert not torch.allclose(c.base_logits, b.base_logits)
 
 
+def test_results_are_ordinary_tensors(model, x):
+    """The passes run in inference mode, but what callers get back may be edited in place."""
+    res = vi.intervene(model, x, [0, 1], mode="blur")
+    for t in (res.logits, res.probs, res.base_logits, res.base_probs, res.delta, res.topk.after_probs):
+        assert not t.is_inference()
+    res.probs[:, 0] = 0.0  # would raise on an inference tensor
+
+
 def test_padded_grid_blends_the_cropped_patches():
     """A dynamic_img_pad model on a 30x38 input: the 4x5 grid's last row and column are cut
     by the image border; the brushed patches' visible pixels are replaced, nothing else."""

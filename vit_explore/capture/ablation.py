@@ -40,20 +40,21 @@ __all__ = [
 ]
 
 
-@torch.inference_mode()
 def forward_logits(
     model: nn.Module, x: torch.Tensor, batch_size: int | None = None, mods: Sequence[nn.Module] | None = None
 ) -> torch.Tensor:
     """Logits (B, C) of ``x`` (B, 3, H, W) in eval mode, in chunks of ``batch_size``.
 
-    Runs in ``torch.inference_mode`` (cheaper than ``no_grad``): the result is an inference
-    tensor, to be read, not differentiated. ``mods``: ``submodules(model)`` if the caller
-    already walked the model.
+    The passes run in ``torch.inference_mode`` (cheaper than ``no_grad``); the (B, C) result
+    is copied out of it, so callers get an ordinary tensor they may edit in place.
+    ``mods``: ``submodules(model)`` if the caller already walked the model.
     """
-    with eval_mode(model, mods):
+    with torch.inference_mode(), eval_mode(model, mods):
         if batch_size is None or x.shape[0] <= batch_size:
-            return model(x)
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+            out = model(x)
+        else:
+            out = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    return out.clone()
 
 
 # --------------------------------------------------------------------------- token dropping
