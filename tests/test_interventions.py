@@ -290,6 +290,10 @@ def test_bad_input():
         vi.intervene(model, x, torch.zeros(3, 3, dtype=torch.bool))
     with pytest.raises(InputError, match="out of range"):
         vi.intervene(model, x, [3, 16])
+    for given in ([3, 16], torch.tensor([3, 16]), [-1, 2]):  # the list fast path and the tensor path say the same
+        bad = 16 if 16 in list(given) else -1
+        with pytest.raises(InputError, match=rf"patch index {bad} is out of range: the 4x4 grid has 16 patches"):
+            vi.intervene(model, x, given)
     with pytest.raises(InputError, match="out of range"):
         vi.intervene(model, x, [[1], [-1]])
     with pytest.raises(InputError, match="empty"):
@@ -304,6 +308,8 @@ def test_bad_input():
         vi.intervene(model, x, [1], mode="blur", blur_size=4)
     with pytest.raises(InputError, match="average"):
         vi.intervene(tiny_vit("gap"), x, np.ones((4, 4), dtype=bool), mode="drop")
+    with pytest.raises(InputError, match="average"):  # one of several sets drops every patch
+        vi.intervene(tiny_vit("gap"), x, [list(range(16)), [1]], mode="drop")
     with pytest.raises(InputError, match="one image"):
         vi.counterfactual(model, input_for(model, batch=2))
     with pytest.raises(InputError, match="order_by"):

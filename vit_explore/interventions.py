@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits, model_fingerprint
+from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits
 from .capture.adapters import ViTInfo, grid_for, inspect_vit
-from .capture.state import submodules
+from .capture.state import model_fingerprint, submodules
 from .errors import CaptureError, InputError, suggest
 from .inputs import check_finite, check_tensor
 from .targets import TargetLike, resolve_target
@@ -192,6 +192,12 @@ def _as_tensor(p: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(p))
 
 
+def _index_out_of_range(index: int, grid: tuple[int, int]) -> InputError:
+    gh, gw = grid
+    P = gh * gw
+    return InputError(f"patch index {index} is out of range: the {gh}x{gw} grid has {P} patches (0..{P - 1}, row-major)")
+
+
 def _one_set(p: Any, grid: tuple[int, int], hw: tuple[int, int], ps: tuple[int, int]) -> torch.Tensor:
     """One patch set -> (gh, gw) bool: a bool grid, a bool pixel mask or a list of indices."""
     gh, gw = grid
@@ -212,9 +218,7 @@ def _one_set(p: Any, grid: tuple[int, int], hw: tuple[int, int], ps: tuple[int, 
     P = gh * gw
     bad = (idx < 0) | (idx >= P)
     if bool(bad.any()):
-        raise InputError(
-            f"patch index {int(idx[bad][0])} is out of range: the {gh}x{gw} grid has {P} patches (0..{P - 1}, row-major)"
-        )
+        raise _index_out_of_range(int(idx[bad][0]), grid)
     g = torch.zeros(P, dtype=torch.bool)
     g[idx] = True
     return g.reshape(gh, gw)
@@ -244,10 +248,7 @@ def _parse_patches(patches: PatchesLike, s: _Setup) -> tuple[torch.Tensor, torch
         P = grid[0] * grid[1]
         lo, hi = min(patches), max(patches)
         if lo < 0 or hi >= P:
-            bad = lo if lo < 0 else hi
-            raise InputError(
-                f"patch index {bad} is out of range: the {grid[0]}x{grid[1]} grid has {P} patches (0..{P - 1}, row-major)"
-            )
+            raise _index_out_of_range(lo if lo < 0 else hi, grid)
         cells = [False] * P
         for p in patches:
             cells[p] = True
@@ -333,7 +334,15 @@ def seeded_noise(shape: Sequence[int], seed: int, sigma: float, like: torch.Tens
     return (torch.randn(tuple(shape), generator=g) * sigma).to(device=like.device, dtype=like.dtype)
 
 
-def _substrate(x: torch.Tensor, mode: str, *, seed: int, sigma: float, blur_size: int, blur_sigma: float) -> torch.Tensor:
+# the parameters each substrate depends on (the rest do not name a different substrate)
+_SUBSTRATE_PARAMS: dict[str, tuple[str, ...]] = {
+    "blur": ("blur_size", "blur_sigma"), "mean": (), "zero": (), "noise": ("seed", "sigma"),
+}
+
+
+def _substrate(
+    x: torch.Tensor, mode: str, *, seed: int = 0, sigma: float = 0.1, blur_size: int = 11, blur_sigma: float = 5.0
+) -> torch.Tensor:
     if mode == "blur":
         return gaussian_blur(x, blur_size, blur_sigma)
     if mode == "mean":
@@ -428,9 +437,10 @@ def _cached_base(model: nn.Module, token: int, fp: tuple) -> torch.Tensor | None
 
 
 def _cached_substrate(x: torch.Tensor, token: int, mode: str, **params: Any) -> torch.Tensor:
-    """``_substrate`` of the image batch ``token`` names, kept per mode and parameters: a brush
-    on the same image does not blur (or draw noise for) it again."""
-    key = (mode, *sorted(params.items()))
+    """``_substrate`` of the image batch ``token`` names, kept per mode and the parameters that
+    mode depends on: a brush on the same image does not blur (or draw noise for) it again, and
+    the causal score reuses the noise of a ``noise`` brush."""
+    key = (mode, *(params[k] for k in _SUBSTRATE_PARAMS[mode]))
     with _CACHE_LOCK:
         if _SUBSTRATES["token"] != token:
             _SUBSTRATES.update(token=token, by_key={})
@@ -486,16 +496,16 @@ def run_regions(
         base = base_logits(model, x, batch_size, fp)
     P = s.grid[0] * s.grid[1]
     kept_flat = ~regions.reshape(-1, P)
-    if len(kept_flat) == 1 == x.shape[0] and s.info.readout != "avg":  # one brush on one image
-        keep = torch.nonzero(kept_flat[0]).reshape(1, -1)
-        with drop_tokens(model, keep, checked=True):
-            return forward_logits(model, x, mods=mods), base, x, (keep[0],)
-    counts = kept_flat.sum(1)
-    if s.info.readout in ("avg",) and bool((counts == 0).any()):
+    if s.info.readout == "avg" and not bool(kept_flat.any(dim=1).all()):
         raise InputError(
             "mode 'drop' would remove every patch token of a global-average-pool model, leaving nothing to "
             "average; keep at least one patch or use another mode"
         )
+    if len(kept_flat) == 1 == x.shape[0]:  # one brush on one image: no grouping
+        keep = torch.nonzero(kept_flat[0]).reshape(1, -1)
+        with drop_tokens(model, keep, checked=True):
+            return forward_logits(model, x, mods=mods), base, x, (keep[0],)
+    counts = kept_flat.sum(1)
     kept = tuple(torch.nonzero(kept_flat[k]).reshape(-1) for k in range(len(kept_flat)))
     out: torch.Tensor | None = None
     for n in torch.unique(counts).tolist():
@@ -622,15 +632,12 @@ def _causal(
 ) -> torch.Tensor:
     """ViT-CX step 7 for binary masks ``M = 1 - region``: ``P(x*M + e(1-M)) - P(x + e(1-M)) + p_c``."""
     x = s.x
-    dev_idx = img_idx.to(x.device)
-    eps = seeded_noise(x.shape, seed, sigma, x)[dev_idx]
-    out_mask = _pixel_region(regions, s)  # 1 - M
-    xi = x[dev_idx]
-    ref = xi + eps * out_mask
+    eps = _cached_substrate(x, s.token, "noise", seed=seed, sigma=sigma)  # (B, C, H, W)
+    ref = _blend(s, regions, img_idx, x + eps)  # x + eps (1 - M)
     if probs_xk is None:
-        xk = xi * (1 - out_mask) + eps * out_mask
+        xk = _blend(s, regions, img_idx, eps)  # x M + eps (1 - M)
         p = forward_logits(model, torch.cat([xk, ref]), batch_size).softmax(-1)
-        p_xk, p_ref = p[: len(xi)], p[len(xi) :]
+        p_xk, p_ref = p[: len(ref)], p[len(ref) :]
     else:
         p_xk, p_ref = probs_xk, forward_logits(model, ref, batch_size).softmax(-1)
     rows = torch.arange(len(tgt), device=p_ref.device)

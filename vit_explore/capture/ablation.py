@@ -3,8 +3,8 @@
 Every function here is a context manager (or runs inside one) that registers per-module
 hooks and removes them in ``finally``; nothing is patched at class level, no flag is
 changed, so the model is left exactly as it was found. They compose freely (nest them or
-enter them on one ``contextlib.ExitStack``). This module and ``session.py`` are the only
-places that touch ``nn.Module`` internals.
+enter them on one ``contextlib.ExitStack``). Like the rest of
+``vit_explore.capture``, it is where ``nn.Module`` internals are touched.
 
 * ``drop_tokens``: after the position embedding (the output of ``model.patch_drop``), keep
   the prefix tokens and only the chosen patch tokens; the kept tokens keep their own
@@ -28,15 +28,13 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
 from .adapters import inspect_vit
-from .state import eval_mode, model_fingerprint
+from .state import eval_mode
 
 __all__ = [
     "ablate_heads",
     "block_tokens",
     "drop_tokens",
-    "eval_mode",
     "forward_logits",
-    "model_fingerprint",
 ]
 
 

@@ -1,6 +1,6 @@
 """Recognise a timm Vision Transformer and find its attention modules.
 
-This and ``session.py`` are the only modules that touch ``nn.Module`` internals.
+Part of ``vit_explore.capture``, the only package that touches ``nn.Module`` internals.
 """
 
 from __future__ import annotations

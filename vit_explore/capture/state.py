@@ -111,7 +111,7 @@ def model_fingerprint(model: nn.Module, mods: Sequence[nn.Module] | None = None)
     Used to cache the unmodified forward of an image between interventions.
     """
     mods = submodules(model) if mods is None else mods
-    params = tuple([(id(p), p._version) for m in mods for p in m._parameters.values() if p is not None])
+    params = tuple([(id(p), p._version) for p in _parameters(mods)])
     hooks = tuple([
         (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
         for m in mods
