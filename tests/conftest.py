@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -39,3 +41,23 @@ def model_state(model):
         [p.requires_grad for p in model.parameters()],
         [blk.attn.__dict__.get("fused_attn", "missing") for blk in model.blocks],
     )
+
+
+def boom(*args):
+    raise RuntimeError("boom")
+
+
+@contextlib.contextmanager
+def raising_in_backward(module):
+    """Inside the block, backpropagating through ``module``'s output raises ``RuntimeError("boom")``
+    (the hook that arms it is removed after the block)."""
+
+    def arm(mod, args, out):
+        if out.requires_grad:
+            out.register_hook(boom)
+
+    handle = module.register_forward_hook(arm)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -7,7 +7,7 @@ from vit_explore.capture import Needs, capture
 from vit_explore.errors import CaptureError, InputError
 from vit_explore.testing import tiny_vit
 
-from ..conftest import input_for
+from ..conftest import boom, input_for, raising_in_backward
 from ..replica import replica_forward, tokens_into_blocks
 
 
@@ -145,7 +145,7 @@ def test_model_state_is_restored_after_errors():
     assert _fused_flags(model) == before_fused and _hook_count(model) == hooks
 
     # a module that raises in the forward pass
-    model.blocks[1].mlp.fc1.register_forward_pre_hook(_raise)
+    model.blocks[1].mlp.fc1.register_forward_pre_hook(boom)
     hooks = _hook_count(model)
     with pytest.raises(RuntimeError, match="boom"):
         capture(model, x, Needs(attn=True, attn_grad=True))
@@ -156,22 +156,16 @@ def test_model_state_is_restored_after_errors():
 def test_model_state_is_restored_after_an_error_mid_backward():
     model = tiny_vit()
     x = input_for(model)
-    def arm(module, args, out):
-        out.register_hook(_raise)
-
-    handle = model.blocks[0].register_forward_hook(arm)
-    before_fused = _fused_flags(model)
-    hooks = _hook_count(model)
-    with pytest.raises(RuntimeError, match="boom"):
-        capture(model, x, Needs(input_grad=True))
-    handle.remove()
+    with raising_in_backward(model.blocks[0]):
+        before_fused = _fused_flags(model)
+        hooks = _hook_count(model)
+        with pytest.raises(RuntimeError, match="boom"):
+            capture(model, x, Needs(input_grad=True))
     assert _hook_count(model) == hooks - 1
     assert _fused_flags(model) == before_fused
     assert all(p.requires_grad for p in model.parameters())
 
 
-def _raise(*args):
-    raise RuntimeError("boom")
 
 
 def test_unknown_activation_name_is_suggested():

@@ -12,7 +12,7 @@ from vit_explore.capture.rules import _gamma_hook
 from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
-from ..conftest import input_for, model_state
+from ..conftest import input_for, model_state, raising_in_backward
 
 VARIANTS = ["vanilla", "distilled", "registers", "gap", "nonsquare"]
 
@@ -189,22 +189,8 @@ def test_no_side_effects_on_other_methods():
 def test_hygiene_after_error_mid_backward():
     model = tiny_vit("distilled")
     before = model_state(model)
-
-    class Boom(RuntimeError):
-        pass
-
-    def arm(module, args, out):
-        def hook(grad):
-            raise Boom("mid-backward")
-
-        out.register_hook(hook)
-
-    h = model.blocks[1].register_forward_hook(arm)  # a module the rules do not hook
-    try:
-        with pytest.raises(Boom):
-            vx.explain(model, input_for(model, 2), "attn_lrp", variant="attnlrp", gamma_linear=0.25)
-    finally:
-        h.remove()
+    with raising_in_backward(model.blocks[1]), pytest.raises(RuntimeError, match="boom"):  # a module the rules do not hook
+        vx.explain(model, input_for(model, 2), "attn_lrp", variant="attnlrp", gamma_linear=0.25)
     assert model_state(model) == before
 
 

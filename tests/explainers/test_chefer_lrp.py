@@ -13,7 +13,7 @@ from vit_explore.explainers.chefer_lrp import add_rule, clone_rule, linear_rule,
 from vit_explore.explanation import normalize_maps
 from vit_explore.testing import tiny_vit
 
-from ..conftest import input_for, model_state
+from ..conftest import input_for, model_state, raising_in_backward
 from ..replica import readout_rows, tokens_into_blocks
 
 VARIANTS = ["vanilla", "distilled", "registers", "gap", "nonsquare", "layerscale"]
@@ -445,20 +445,6 @@ def test_hygiene_and_error_mid_backward():
     before = model_state(model)
     vx.explain(model, input_for(model, 2), "chefer_lrp")
     assert model_state(model) == before
-
-    class Boom(RuntimeError):
-        pass
-
-    def raise_in_backward(module, args, out):
-        def hook(grad):
-            raise Boom("mid-backward")
-
-        out.register_hook(hook)
-
-    h = model.blocks[1].mlp.register_forward_hook(raise_in_backward)
-    try:
-        with pytest.raises(Boom):
-            vx.explain(model, input_for(model, 2), "chefer_lrp")
-    finally:
-        h.remove()
+    with raising_in_backward(model.blocks[1].mlp), pytest.raises(RuntimeError, match="boom"):
+        vx.explain(model, input_for(model, 2), "chefer_lrp")
     assert model_state(model) == before

@@ -15,7 +15,7 @@ import vit_explore as vx
 from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.testing import tiny_vit
 
-from ..conftest import input_for, model_state
+from ..conftest import input_for, model_state, raising_in_backward
 from ..replica import readout_rows, replica_forward, tokens_into_blocks
 
 METHODS = ["chefer_generic", "attn_grad_cam", "grad_cam", "ag_cam", "tam", "saliency", "integrated_gradients"]
@@ -437,10 +437,6 @@ def test_explain_follows_the_registry_contract():
 # ---------------------------------------------------------------- hygiene and bad input
 
 
-def _boom(*args):
-    raise RuntimeError("boom")
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_model_state_restored_after_an_error_mid_backward(method):
     model = tiny_vit()
@@ -448,17 +444,12 @@ def test_model_state_restored_after_an_error_mid_backward(method):
     model.train()
     model.blocks[0].attn.fused_attn = True
     model.head.bias.requires_grad_(False)
-    def arm(module, args, out):
-        if out.requires_grad:
-            out.register_hook(_boom)
-
-    handle = model.blocks[-1].register_forward_hook(arm)
-    before = model_state(model)
     kw = {"steps": 3} if method in ("tam", "integrated_gradients") else {}
-    with pytest.raises(RuntimeError, match="boom"):
-        vx.explain(model, x, method, **kw)
-    assert model_state(model) == before
-    handle.remove()
+    with raising_in_backward(model.blocks[-1]):
+        before = model_state(model)
+        with pytest.raises(RuntimeError, match="boom"):
+            vx.explain(model, x, method, **kw)
+        assert model_state(model) == before
     assert all(p.grad is None for p in model.parameters())
     assert model.training and model.blocks[0].attn.fused_attn is True
 
