@@ -4,8 +4,21 @@ import pytest
 import torch
 from torch import nn
 
-from vit_explore.capture.state import SavedState, eval_mode, model_fingerprint, submodules
+from vit_explore.capture.state import SavedState, eval_mode, model_fingerprint, scan, submodules
 from vit_explore.testing import tiny_vit
+
+
+def test_eval_mode_leaves_an_eval_model_alone():
+    model = tiny_vit("vanilla").eval()
+    with eval_mode(model):
+        model.blocks[0].train()  # switched on inside the block: switched off again
+    assert not any(m.training for m in model.modules())
+
+
+def test_scan_is_one_walk_of_both():
+    model = tiny_vit("vanilla")
+    mods, fp = scan(model)
+    assert mods == submodules(model) and fp == model_fingerprint(model)
 
 
 def test_submodules_is_modules_as_a_set():
@@ -42,6 +55,7 @@ def test_eval_mode_restores_every_flag(raise_inside):
         with eval_mode(model):
             assert not any(m.training for m in model.modules())
             model.blocks[1].train()  # changed inside the block: put back too
+            model.blocks[0].train()
             if raise_inside:
                 raise RuntimeError("boom")
     except RuntimeError:

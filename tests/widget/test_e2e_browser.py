@@ -319,9 +319,43 @@ def check_standalone(b, html_path: Path, shot: Path) -> None:
     wait_map_ready(page, "Rollout")
     assert canvas_png(page) != a
     page.locator("[data-testid=vx-root]").screenshot(path=str(shot))
+    check_host_themes(page, shot)
     assert not errors, errors
     assert not blocked, blocked
     ctx.close()
+
+
+# The theme hooks of the hosts we cannot run here (VS Code's notebook webview and Colab), as those
+# hosts set them: VS Code puts a theme class on <body> and --vscode-* colour variables; Colab sets
+# theme="dark" on <html>. The standalone page (no JupyterLab variables) stands in for their iframes.
+HOST_THEMES = {
+    "vscode-dark": """() => { document.body.classList.add('vscode-dark');
+        document.body.style.setProperty('--vscode-editor-foreground', '#cccccc');
+        document.body.style.setProperty('--vscode-editor-background', '#1f1f1f'); }""",
+    "vscode-light": """() => { document.body.classList.add('vscode-light');
+        document.body.style.setProperty('--vscode-editor-foreground', '#3b3b3b');
+        document.body.style.setProperty('--vscode-editor-background', '#ffffff'); }""",
+    "colab-dark": """() => { document.documentElement.setAttribute('theme', 'dark'); }""",
+}
+UNDO_THEME = """() => { document.body.classList.remove('vscode-dark', 'vscode-light');
+    for (const v of ['--vscode-editor-foreground', '--vscode-editor-background']) document.body.style.removeProperty(v);
+    document.documentElement.removeAttribute('theme'); }"""
+
+
+def check_host_themes(page, shot: Path) -> None:
+    """Under each host's theme hook the widget takes that host's colours (the editor background,
+    through the variable where the host gives one) and every text keeps a readable contrast."""
+    expect_bg = {"vscode-dark": "rgb(31, 31, 31)", "vscode-light": "rgb(255, 255, 255)", "colab-dark": "rgb(30, 30, 30)"}
+    for name, apply in HOST_THEMES.items():
+        page.evaluate(apply)
+        page.wait_for_timeout(100)
+        bg = page.locator("[data-testid=vx-root]").evaluate("e => getComputedStyle(e).backgroundColor")
+        assert bg == expect_bg[name], (name, bg)
+        worst = page.evaluate(CONTRAST_JS)
+        page.locator("[data-testid=vx-root]").screenshot(path=str(shot.with_name(f"{shot.stem}-{name}.png")))
+        bad = [w for w in worst if w["ratio"] < w["need"]]
+        assert not bad, (name, bad)
+        page.evaluate(UNDO_THEME)
 
 
 @pytest.mark.parametrize("app", ["lab", "notebook"])

@@ -176,10 +176,7 @@ def capture(
     gfb = needs.grad_from_block
     if gfb is not None:
         gfb %= num_layers
-    modules = dict(model.named_modules()) if needs.activations or needs.inputs else {}
-    for name in (*needs.activations, *needs.inputs):
-        if name not in modules:
-            raise InputError(f"no module named {name!r} in {type(model).__name__}{suggest(name, modules)}")
+    modules = {name: _submodule(model, name) for name in (*needs.activations, *needs.inputs)}
 
     record_attn = needs.attn or needs.attn_grad
     attn_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
@@ -187,7 +184,8 @@ def capture(
     act_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.activations}
     in_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.inputs}
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    state = SavedState(model, info.attns)
+    # parameters are frozen only for a pass that differentiates (so the backward skips them)
+    state = SavedState(model, info.attns, grads=needs.needs_grad)
     try:
         state.freeze()
         for i in layers:
@@ -296,6 +294,18 @@ def capture(
         for h in handles:
             h.remove()
         state.restore()
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)``; the full list of names is built only to suggest one."""
+    try:
+        m = model.get_submodule(name)
+    except AttributeError:
+        m = None
+    if not isinstance(m, nn.Module):
+        names = [n for n, _ in model.named_modules()]
+        raise InputError(f"no module named {name!r} in {type(model).__name__}{suggest(name, names)}")
+    return m
 
 
 def _store_output(store: list, detach: bool = False):

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from torch import nn
 
-__all__ = ["SavedState", "eval_mode", "model_fingerprint", "submodules"]
+__all__ = ["SavedState", "eval_mode", "model_fingerprint", "scan", "submodules"]
 
 
 def submodules(model: nn.Module) -> list[nn.Module]:
@@ -93,28 +93,49 @@ class SavedState:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module, mods: Sequence[nn.Module] | None = None) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode for the block; restore each training flag after.
+    """Put every submodule in eval mode for the block; restore each training flag after
+    (a model already in eval mode is only read).
 
     ``mods``: ``submodules(model)`` if the caller already walked the model."""
-    state = SavedState(model, grads=False, mods=mods)
+    mods = submodules(model) if mods is None else mods
+    flags = [m.training for m in mods]
     try:
-        state.eval()
+        if any(flags):
+            for m in mods:
+                m.training = False
         yield model
     finally:
-        state.restore()
+        for m, flag in zip(mods, flags):
+            if m.training != flag:
+                m.training = flag
 
 
-def model_fingerprint(model: nn.Module, mods: Sequence[nn.Module] | None = None) -> tuple:
-    """A cheap key that changes when parameters are replaced or modified in place, or hooks
-    are added or removed anywhere in the model.
+def scan(model: nn.Module) -> tuple[list[nn.Module], tuple]:
+    """One walk of the model: ``(submodules(model), model_fingerprint(model))``.
 
-    Used to cache the unmodified forward of an image between interventions.
+    The fingerprint is a cheap key that changes when parameters are replaced or modified in
+    place (their in-place version counters), or hooks are added or removed anywhere in the
+    model. Used to cache the unmodified forward of an image between interventions.
     """
-    mods = submodules(model) if mods is None else mods
-    params = tuple([(id(p), p._version) for p in _parameters(mods)])
-    hooks = tuple([
-        (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
-        for m in mods
-        if m._forward_hooks or m._forward_pre_hooks
-    ])
-    return (id(model), params, hooks)
+    mods = [model]
+    seen = {model}
+    ids: list[int] = []
+    versions: list[int] = []
+    hooks = []
+    for m in mods:  # breadth first, as submodules()
+        for c in m._modules.values():
+            if c is not None and c not in seen:
+                seen.add(c)
+                mods.append(c)
+        for p in m._parameters.values():
+            if p is not None:
+                ids.append(id(p))
+                versions.append(p._version)
+        if m._forward_hooks or m._forward_pre_hooks:
+            hooks.append((id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)))
+    return mods, (id(model), tuple(ids), tuple(versions), tuple(hooks))
+
+
+def model_fingerprint(model: nn.Module) -> tuple:
+    """The fingerprint half of ``scan(model)``."""
+    return scan(model)[1]

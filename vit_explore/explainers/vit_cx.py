@@ -17,18 +17,19 @@ an interpolation interval; no C x H x W tensor is built.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture.ablation import forward_logits
-from ..capture.adapters import ViTInfo
-from ..capture.session import Needs, capture
+from ..capture.ablation import forward_logits, forward_recording
+from ..capture.adapters import ViTInfo, layout_for
 from ..errors import InputError
-from ..interventions import seeded_noise
-from ..targets import TargetLike
+from ..inputs import check_tensor
+from ..interventions import cached_noise
+from ..targets import TargetLike, resolve_target
 from ._registry import ExplainerResult, register_explainer
 
 
@@ -57,9 +58,21 @@ def _extreme_rows(U: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(keep).reshape(-1)
 
 
+@dataclass(frozen=True)
+class _Upsampling:
+    """What the clustering needs of one axis's interpolation matrix ``U`` (out, in), float64
+    on the CPU: ``U`` at its extreme rows, ``U^T U`` and the column sums (cached by size;
+    read-only)."""
+
+    at_extremes: torch.Tensor  # (r, in)
+    gram: torch.Tensor  # (in, in)
+    col_sums: torch.Tensor  # (in,)
+
+
 @functools.lru_cache(maxsize=16)
-def _extreme_rows_of(out_size: int, in_size: int) -> torch.Tensor:
-    return _extreme_rows(interp_matrix(out_size, in_size))
+def _upsampling(out_size: int, in_size: int) -> _Upsampling:
+    U = interp_matrix(out_size, in_size)
+    return _Upsampling(U[_extreme_rows(U)].contiguous(), U.T @ U, U.sum(0))
 
 
 def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold: float) -> tuple[np.ndarray, torch.Tensor]:
@@ -70,51 +83,63 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
         size: (H, W) input size.
 
     Returns:
-        labels (C,) cluster of each channel, and merged masks (K, H, W) float64 in [0, 1].
+        labels (C,) cluster of each channel, and merged masks (K, H, W) float64 in [0, 1]
+        on ``feat``'s device.
+
+    The C x C work is small (C = 768 for ViT-B) and sklearn clusters on the CPU anyway, so
+    steps 3-5 run in float64 on the CPU: the products in torch, the element-wise algebra in
+    numpy (cheaper per call than torch on arrays this small; numpy's own matmul is avoided,
+    as its BLAS threads contend with torch's). Only the merged masks are built on the
+    features' device.
     """
+    from sklearn import config_context
     from sklearn.cluster import AgglomerativeClustering
 
     C, gh, gw = feat.shape
     H, W = size
-    f = feat.detach().to(torch.float64)
-    Uh = interp_matrix(H, gh).to(f.device)
-    Uw = interp_matrix(W, gw).to(f.device)
-    # per-mask min and max of U f (steps 3-4)
-    rh, rw = _extreme_rows_of(H, gh).to(f.device), _extreme_rows_of(W, gw).to(f.device)
-    ext = (Uh[rh] @ f @ Uw[rw].T).reshape(C, -1)  # (C, r, s): values on the extreme rows/cols
-    lo, hi = ext.min(1).values, ext.max(1).values
+    f = feat.detach().to(device="cpu", dtype=torch.float64)
+    uh, uw = _upsampling(H, gh), _upsampling(W, gw)
+    ff = f.reshape(C, -1)
+    # per-mask min and max of U f (steps 3-4), on the rows and columns where they can lie
+    ext = (uh.at_extremes @ f @ uw.at_extremes.T).reshape(C, -1).numpy()
+    inner = (ff @ (uh.gram @ f @ uw.gram).reshape(C, -1).T).numpy()  # <U f_i, U f_j>
+    s = (ff @ torch.outer(uh.col_sums, uw.col_sums).reshape(-1)).numpy()  # sum over pixels of U f_i
+    lo, hi = ext.min(1), ext.max(1)
     rng = hi - lo
     ok = rng > 0
-    a = torch.where(ok, 1.0 / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(rng))
+    a = np.where(ok, 1.0 / np.where(ok, rng, 1.0), 0.0)
     b = -lo * a  # mask_i = a_i * U f_i + b_i (a constant feature map gives an all-zero mask)
-    # Gram matrix of the masks (step 5)
-    Kh, Kw = Uh.T @ Uh, Uw.T @ Uw
-    ff = f.reshape(C, -1)
-    g = (Kh @ f @ Kw).reshape(C, -1)
-    inner = ff @ g.T
-    s = (f * (Uh.sum(0)[:, None] * Uw.sum(0)[None, :])).reshape(C, -1).sum(1)  # sum over pixels of U f_i
-    gram = (a[:, None] * a[None, :]) * inner + (a * s)[:, None] * b[None, :] + b[:, None] * (a * s)[None, :]
-    gram = gram + (b[:, None] * b[None, :]) * float(H * W)
-    norm = gram.diagonal().clamp_min(0).sqrt()
-    cos = gram / (norm[:, None] * norm[None, :])
-    cos = torch.nan_to_num(cos, nan=0.0, posinf=0.0, neginf=0.0)
-    dist = (1.0 - cos).cpu().numpy()
+    # Gram matrix and cosine distance of the masks (step 5)
+    a_s = a * s
+    gram = np.outer(a, a) * inner + np.outer(a_s, b) + np.outer(b, a_s) + np.outer(b, b) * float(H * W)
+    norm = np.sqrt(np.maximum(gram.diagonal(), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = gram / np.outer(norm, norm)
+    dist = 1.0 - np.nan_to_num(cos, nan=0.0, posinf=0.0, neginf=0.0)
     if C == 1:
         labels = np.zeros(1, dtype=np.int64)
     else:
-        labels = AgglomerativeClustering(
-            n_clusters=None, distance_threshold=distance_threshold, metric="precomputed", linkage="complete"
-        ).fit(dist).labels_
+        # the matrix is built here, finite and square: sklearn's input checks are skipped
+        with config_context(assume_finite=True, skip_parameter_validation=True):
+            labels = AgglomerativeClustering(
+                n_clusters=None, distance_threshold=distance_threshold, metric="precomputed", linkage="complete"
+            ).fit(dist).labels_
     K = int(labels.max()) + 1
-    lab = torch.as_tensor(labels, device=f.device, dtype=torch.long)
-    # merged masks M_k = sum_i mask_i = U (sum_i a_i f_i) + sum_i b_i, then min-max (step 6)
-    fk = torch.zeros(K, gh, gw, dtype=torch.float64, device=f.device).index_add_(0, lab, a[:, None, None] * f)
-    ck = torch.zeros(K, dtype=torch.float64, device=f.device).index_add_(0, lab, b)
-    M = Uh @ fk @ Uw.T + ck[:, None, None]
-    mlo = M.reshape(K, -1).min(1).values[:, None, None]
-    mhi = M.reshape(K, -1).max(1).values[:, None, None]
-    span = mhi - mlo
-    M = torch.where(span > 0, (M - mlo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(M))
+    # merged masks M_k = sum_i mask_i = U g_k + c_k with g_k = sum_i a_i f_i, c_k = sum_i b_i (step 6);
+    # their min-max is folded into g_k and c_k (the extremes lie on the extreme rows and columns,
+    # as in steps 3-4), so the (K, H, W) masks are built by one product and one add
+    member = torch.zeros(K, C, dtype=torch.float64)
+    member[torch.from_numpy(labels), torch.arange(C)] = 1.0
+    gk = (member @ (torch.from_numpy(a)[:, None] * ff)).reshape(K, gh, gw)
+    ck = member @ torch.from_numpy(b)
+    ext_k = (uh.at_extremes @ gk @ uw.at_extremes.T).reshape(K, -1)
+    mlo = ext_k.min(1).values + ck
+    span = ext_k.max(1).values + ck - mlo
+    scale = torch.where(span > 0, 1.0 / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
+    dev = feat.device
+    Uh, Uw = interp_matrix(H, gh).to(dev), interp_matrix(W, gw).to(dev)
+    M = Uh @ (gk * scale[:, None, None]).to(dev) @ Uw.T + ((ck - mlo) * scale).to(dev)[:, None, None]
+    M.clamp_(0.0, 1.0)  # rounding may leave the extremes an ulp outside [0, 1]
     return labels, M
 
 
@@ -158,29 +183,39 @@ def vit_cx(
         raise InputError(f"distance_threshold must be in (0, 2], got {distance_threshold}")
     L = info.num_layers
     name = f"blocks.{L - 1}.norm1"
-    trace = capture(model, x, Needs(activations=(name,)), target=target, info=info)
+    x = check_tensor(info, x, model)
+    # steps 1-2: one forward gives p_c and the features; nothing is recorded for autograd
+    logits, acts = forward_recording(model, x, {name: model.get_submodule(name)})
+    tgt = resolve_target(target, logits)
     T = info.num_prefix
     B, _, H, W = x.shape
-    gh, gw = trace.layout.grid
-    act = trace.activations[name][:, T:]  # (B, P, C), patch tokens only
+    layout = layout_for(info, H, W)
+    gh, gw = layout.grid
+    act = acts[name][:, T:]  # (B, P, C), patch tokens only
     if act.shape[1] != gh * gw:
         raise InputError(f"block {L - 1} norm1 has {act.shape[1]} patch tokens, expected {gh * gw}")
     feats = act.transpose(1, 2).reshape(B, -1, gh, gw)
-    tgt = trace.target
-    p_c = trace.logits.softmax(-1).gather(1, tgt[:, None])[:, 0]
+    p_c = logits.softmax(-1).gather(1, tgt[:, None])[:, 0]
 
-    masks, labels, inputs, counts = [], [], [], []
+    masks, labels = [], []
     for b in range(B):
         lab, M = cluster_masks(feats[b], (H, W), float(distance_threshold))
-        K = M.shape[0]
-        Mx = M.to(x.dtype)[:, None]  # (K, 1, H, W)
-        eps = seeded_noise((K, *x.shape[1:]), seed, sigma, x)
-        outside = eps * (1 - Mx)
-        inputs += [x[b] * Mx + outside, x[b] + outside]
         masks.append(M)
         labels.append(lab)
-        counts.append(K)
-    probs = forward_logits(model, torch.cat(inputs), batch_size).softmax(-1)
+    counts = [M.shape[0] for M in masks]
+    # the 2K inputs of every image, written in place into one batch (step 7):
+    # rows [at, at+K) are x*M_k + eps_k(1-M_k), rows [at+K, at+2K) are x + eps_k(1-M_k)
+    fed = x.new_empty(2 * sum(counts), *x.shape[1:])
+    at = 0
+    for b, (M, K) in enumerate(zip(masks, counts)):
+        Mx = M.to(x.dtype)[:, None]  # (K, 1, H, W)
+        eps = cached_noise((K, *x.shape[1:]), seed, sigma, x)
+        outside, masked = fed[at + K : at + 2 * K], fed[at : at + K]
+        torch.mul(eps, 1 - Mx, out=outside)
+        torch.addcmul(outside, x[b], Mx, out=masked)
+        outside.add_(x[b])
+        at += 2 * K
+    probs = forward_logits(model, fed, batch_size).softmax(-1)
     sal = x.new_zeros(B, H, W, dtype=torch.float64)
     scores, at = [], 0
     for b in range(B):
@@ -191,11 +226,11 @@ def vit_cx(
         delta = (p_k - p_ref + p_c[b]).to(torch.float64)
         M = masks[b]
         tot = M.sum(0)
-        Wk = M / torch.where(tot > 0, tot, torch.ones_like(tot))
-        sal[b] = torch.einsum("k,khw->hw", delta, Wk) / K
+        # (1/K) sum_k delta_k M_k / sum_j M_j (step 8-9), dividing once per pixel
+        sal[b] = torch.einsum("k,khw->hw", delta, M) / (torch.where(tot > 0, tot, torch.ones_like(tot)) * K)
         scores.append(delta.to(torch.float32))
     sal32 = sal.to(torch.float32)
-    patch_map = trace.layout.pool_pixels(sal32, "mean")
+    patch_map = layout.pool_pixels(sal32, "mean")
     return ExplainerResult(
         patch_map=patch_map,
         extras={
@@ -205,7 +240,7 @@ def vit_cx(
             "K": counts,
             "labels": labels,
         },
-        logits=trace.logits,
+        logits=logits,
         target=tgt,
-        layout=trace.layout,
+        layout=layout,
     )
