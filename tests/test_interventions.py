@@ -314,3 +314,29 @@ def test_bad_input():
         vi.counterfactual(model, input_for(model, batch=2))
     with pytest.raises(InputError, match="order_by"):
         vi.counterfactual(model, x, order_by=torch.zeros(3, 3))
+
+
+def test_setup_cache_sees_edits_to_the_same_tensor():
+    """The per-(model, image) setup is reused only for equal content: editing the very same
+    tensor in place (a new image, or a NaN) is seen by the next call."""
+    model = tiny_vit("vanilla").eval()
+    x = input_for(model, batch=1, seed=31)
+    vi.intervene(model, x, [0], mode="drop")
+    with torch.no_grad():
+        x[0, :, :8, :8] += 3.0  # in place: same object, new content
+    r = vi.intervene(model, x, [0], mode="drop")
+    torch.testing.assert_close(r.base_logits, fwd(model, x), rtol=1e-5, atol=1e-6)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        vi.intervene(model, x, [0], mode="drop")
+
+
+def test_cached_noise_is_seeded_noise_and_bounded():
+    like = torch.zeros(1)
+    a = vi.cached_noise((3, 3, 8, 8), 5, 0.2, like)
+    assert torch.equal(a, torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.2)
+    assert vi.cached_noise((3, 3, 8, 8), 5, 0.2, like) is a  # a hit is the same tensor
+    assert not torch.equal(vi.cached_noise((3, 3, 8, 8), 6, 0.2, like), a)
+    for k in range(10):
+        vi.cached_noise((k + 1, 3, 4, 4), 0, 0.1, like)
+    assert len(vi._NOISE) <= vi._NOISE_ENTRIES

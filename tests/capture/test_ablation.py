@@ -113,3 +113,20 @@ def test_bad_input():
             torch.no_grad():
         model(input_for(model, 1))
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_forward_recording_matches_capture(model, x):
+    from vit_explore.capture.ablation import forward_recording
+    from vit_explore.capture.session import Needs, capture
+
+    before = model_state(model)
+    name = "blocks.1.norm1"
+    logits, acts = forward_recording(model, x, {name: model.get_submodule(name)})
+    trace = capture(model, x, Needs(activations=(name,)))
+    torch.testing.assert_close(logits, trace.logits)
+    torch.testing.assert_close(acts[name], trace.activations[name])
+    assert not logits.is_inference() and not acts[name].is_inference()
+    assert model_state(model) == before  # hooks removed, flags as found
+    with pytest.raises(InputError, match="did not run"):
+        forward_recording(model, x, {"orphan": torch.nn.Linear(2, 2)})
+    assert model_state(model) == before

@@ -173,6 +173,10 @@ def test_unknown_activation_name_is_suggested():
     x = input_for(model)
     with pytest.raises(InputError, match="did you mean 'blocks.2.norm1'"):
         capture(model, x, Needs(activations=("blocks.2.nrm1",)))
+    with pytest.raises(InputError, match="no module named 'blocks.2.norm1.weight'"):  # a parameter, not a module
+        capture(model, x, Needs(activations=("blocks.2.norm1.weight",)))
+    with pytest.raises(InputError, match="no module named 'blocks.9.norm1'"):
+        capture(model, x, Needs(inputs=("blocks.9.norm1",)))
 
 
 def test_trace_layer_errors():

@@ -75,6 +75,7 @@ def test_matches_replica(variant):
         assert ex.extras["K"][b] == K
         assert np.array_equal(ex.extras["labels"][b], labels)
         assert torch.allclose(ex.extras["masks"][b].double(), masks, atol=1e-6)
+        assert ex.extras["masks"][b].min() >= 0 and ex.extras["masks"][b].max() <= 1
         assert torch.allclose(ex.extras["mask_scores"][b].double(), deltas.double(), atol=2e-6)
         assert torch.allclose(ex.extras["pixel_map"][b].double(), sal, atol=1e-6, rtol=1e-5)
         ph, pw = model.patch_embed.patch_size
