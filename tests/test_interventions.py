@@ -310,10 +310,12 @@ def test_bad_input():
         vi.intervene(tiny_vit("gap"), x, np.ones((4, 4), dtype=bool), mode="drop")
     with pytest.raises(InputError, match="average"):  # one of several sets drops every patch
         vi.intervene(tiny_vit("gap"), x, [list(range(16)), [1]], mode="drop")
-    with pytest.raises(InputError, match="one image"):
-        vi.counterfactual(model, input_for(model, batch=2))
     with pytest.raises(InputError, match="order_by"):
         vi.counterfactual(model, x, order_by=torch.zeros(3, 3))
+    with pytest.raises(InputError, match=r"order_by map must have shape \(4, 4\) or \(2, 4, 4\)"):
+        vi.counterfactual(model, input_for(model, batch=2), order_by=torch.zeros(3, 4, 4))
+    with pytest.raises(InputError, match="target 99 is out of range"):
+        vi.counterfactual(model, input_for(model, batch=2), target=[0, 99])
 
 
 def test_setup_cache_sees_edits_to_the_same_tensor():
@@ -340,3 +342,23 @@ def test_cached_noise_is_seeded_noise_and_bounded():
     for k in range(10):
         vi.cached_noise((k + 1, 3, 4, 4), 0, 0.1, like)
     assert len(vi._NOISE) <= vi._NOISE_ENTRIES
+
+
+@pytest.mark.parametrize("mode", ["zero", "blur", "drop"])
+def test_counterfactual_batch_equals_one_by_one(mode):
+    """A batch is searched together (shared forward passes); each image's result is the one
+    its own search finds (greedy path, pruned set, new class), for per-image maps and targets."""
+    model = tiny_vit("vanilla", seed=3)
+    x = input_for(model, batch=3, seed=8)
+    maps = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(2))
+    targets = fwd(model, x).argmax(-1).tolist()
+    targets[1] = int(fwd(model, x[1:2]).softmax(-1)[0].argsort()[-2])  # a non-top class for one image
+    both = vi.counterfactual(model, x, targets, mode=mode, order_by=maps, batch_size=3)
+    assert isinstance(both, list) and len(both) == 3
+    for b in range(3):
+        one = vi.counterfactual(model, x[b : b + 1], targets[b], mode=mode, order_by=maps[b], batch_size=3)
+        got = both[b]
+        assert (got.found, got.target, got.new_class, got.greedy_size) == (one.found, one.target, one.new_class, one.greedy_size)
+        assert torch.equal(got.patches, one.patches) and torch.equal(got.order, one.order)
+        np.testing.assert_allclose(got.path_target, one.path_target, atol=1e-6)
+        torch.testing.assert_close(got.probs, one.probs, rtol=1e-5, atol=1e-6)

@@ -731,15 +731,16 @@ def counterfactual(
     blur_sigma: float = 5.0,
     blur_size: int = 11,
     prune: bool = True,
-) -> Counterfactual:
-    """Find a small set of patches whose removal changes the prediction of one image.
+) -> Counterfactual | list[Counterfactual]:
+    """Find, per image, a small set of patches whose removal changes the prediction.
 
     Greedy: remove the first k patches of ``order_by`` (a method key, explained with
-    ``vx.explain(model, x, order_by, target)``, or a (gh, gw) map; larger = first) for
-    k = 1, 2, ... (``batch_size`` prefixes per forward pass) until the top-1 class is no
-    longer ``target``. Prune: while some single chosen patch can be put back with the
-    prediction still changed, put back the one that leaves ``target`` least probable
-    (every candidate of a round in one batched pass).
+    ``vx.explain(model, x, order_by, target)``, or a (gh, gw) / (B, gh, gw) map; larger =
+    first) for k = 1, 2, ... (``batch_size`` prefixes per image and round) until the top-1
+    class is no longer ``target``. Prune: while some single chosen patch can be put back with
+    the prediction still changed, put back the one that leaves ``target`` least probable.
+    The images of a batch are searched together: a round's prefixes (or put-back candidates)
+    of every image still searching share the forward passes, ``batch_size`` images per pass.
 
     Cost: the greedy pass takes about k / ``batch_size`` forward passes for k chosen
     patches; pruning takes up to k rounds of k candidates, i.e. about k² / ``batch_size``
@@ -747,15 +748,19 @@ def counterfactual(
     ``prune=False`` or a ``max_patches`` budget to bound it.
 
     Args:
-        x: one image (3, H, W) or (1, 3, H, W).
-        target: the class whose prediction should change (None: the current top-1).
-        mode: how patches are removed (as in ``intervene``).
+        x: one image (3, H, W) or (1, 3, H, W), or a batch (B, 3, H, W).
+        target: the class whose prediction should change (None: the current top-1), an
+            int or B ints.
+        mode: how patches are removed (as in ``intervene``; ``noise`` draws one noise image
+            per image of the batch from ``seed``, as ``intervene`` does).
         max_patches: greedy budget (None: every patch).
+
+    Returns:
+        A ``Counterfactual`` for one image; for a batch of B > 1, a list of B of them.
     """
     _check_mode(mode)
     s = _setup(model, x)
-    if s.x.shape[0] != 1:
-        raise InputError(f"counterfactual explains one image at a time, got a batch of {s.x.shape[0]}")
+    B = s.x.shape[0]
     gh, gw = s.grid
     P = gh * gw
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
@@ -764,66 +769,91 @@ def counterfactual(
     if not 1 <= max_patches <= P:
         raise InputError(f"max_patches must be in 1..{P}, got {max_patches}")
     base = base_logits(model, s.x)
-    tgt = int(resolve_target(target, base)[0])
-    base_probs = base[0].softmax(-1)
+    tgts = resolve_target(target, base).tolist()
+    base_probs = base.softmax(-1)
     if isinstance(order_by, str):
         from .api import explain
 
-        score_map = explain(model, s.x, method=order_by, target=tgt).patch_map[0]
+        score_maps = explain(model, s.x, method=order_by, target=tgts).patch_map
     else:
-        score_map = _as_tensor(order_by).to(torch.float32)
-        if score_map.ndim == 3 and score_map.shape[0] == 1:
-            score_map = score_map[0]
-        if tuple(score_map.shape) != (gh, gw):
-            raise InputError(f"order_by map must have shape {(gh, gw)}, got {tuple(score_map.shape)}")
-    order = torch.sort(score_map.reshape(-1).detach().cpu().float(), descending=True, stable=True).indices
+        score_maps = _as_tensor(order_by).to(torch.float32)
+        if score_maps.ndim == 2:
+            score_maps = score_maps[None].expand(B, *score_maps.shape)
+        if tuple(score_maps.shape) != (B, gh, gw):
+            raise InputError(
+                f"order_by map must have shape {(gh, gw)} or {(B, gh, gw)}, got {tuple(score_maps.shape)}"
+            )
+    orders = torch.sort(score_maps.reshape(B, -1).detach().cpu().float(), dim=1, descending=True, stable=True).indices
     kw = {"seed": seed, "sigma": sigma, "blur_size": blur_size, "blur_sigma": blur_sigma, "with_base": False}
-    zero = torch.zeros(1, dtype=torch.long)
 
-    def evaluate(sets: torch.Tensor) -> torch.Tensor:
-        lg, *_ = run_regions(model, s, sets, zero.expand(len(sets)), mode, batch_size=batch_size, **kw)
+    def evaluate(sets: list[torch.Tensor], owners: list[int]) -> torch.Tensor:
+        """Probabilities (N, C) after removing each of N patch sets ((P,) bool) from image ``owners[n]``."""
+        regions = torch.stack(sets).reshape(-1, gh, gw)
+        lg, *_ = run_regions(model, s, regions, torch.tensor(owners), mode, batch_size=batch_size, **kw)
         return lg.softmax(-1)
 
-    path_probs = [base_probs]
-    found_k = None
-    for start in range(1, max_patches + 1, batch_size):
-        ks = range(start, min(start + batch_size, max_patches + 1))
-        sets = torch.zeros(len(ks), P, dtype=torch.bool)
-        for j, k in enumerate(ks):
-            sets[j, order[:k]] = True
-        probs = evaluate(sets.reshape(-1, gh, gw))
-        for j, k in enumerate(ks):
-            path_probs.append(probs[j])
-            if int(probs[j].argmax()) != tgt:
-                found_k = k
-                break
-        if found_k is not None:
-            break
-    if found_k is None:
-        last = path_probs[-1]
-        return Counterfactual(
-            patches=torch.zeros(gh, gw, dtype=torch.bool), found=False, target=tgt, new_class=None,
-            path_target=[float(p[tgt]) for p in path_probs], path_new=[], greedy_size=max_patches,
-            order=order, probs=last, base_probs=base_probs, mode=mode,
-        )
-    chosen = torch.zeros(P, dtype=torch.bool)
-    chosen[order[:found_k]] = True
-    final = path_probs[-1]
-    while prune and int(chosen.sum()) > 1:
-        members = torch.nonzero(chosen).reshape(-1)
-        cands = chosen[None].repeat(len(members), 1)
-        cands[torch.arange(len(members)), members] = False
-        probs = evaluate(cands.reshape(-1, gh, gw))
-        ok = probs.argmax(-1) != tgt
-        if not bool(ok.any()):
-            break
-        pt = probs[:, tgt].masked_fill(~ok, math.inf)
-        best = int(pt.argmin())
-        chosen = cands[best]
-        final = probs[best]
-    new = int(final.argmax())
-    return Counterfactual(
-        patches=chosen.reshape(gh, gw), found=True, target=tgt, new_class=new,
-        path_target=[float(p[tgt]) for p in path_probs], path_new=[float(p[new]) for p in path_probs],
-        greedy_size=found_k, order=order, probs=final, base_probs=base_probs, mode=mode,
-    )
+    # greedy: each image still searching tries its next batch_size prefixes; all in one call
+    paths: list[list[torch.Tensor]] = [[base_probs[b]] for b in range(B)]
+    found: list[int | None] = [None] * B
+    start = [1] * B
+    searching = list(range(B))
+    while searching:
+        sets, owners, ks = [], [], []
+        for b in searching:
+            for k in range(start[b], min(start[b] + batch_size, max_patches + 1)):
+                m = torch.zeros(P, dtype=torch.bool)
+                m[orders[b, :k]] = True
+                sets.append(m)
+                owners.append(b)
+                ks.append(k)
+            start[b] += batch_size
+        probs = evaluate(sets, owners)
+        for j, (b, k) in enumerate(zip(owners, ks)):
+            if found[b] is None:
+                paths[b].append(probs[j])
+                if int(probs[j].argmax()) != tgts[b]:
+                    found[b] = k
+        searching = [b for b in searching if found[b] is None and start[b] <= max_patches]
+
+    chosen = [torch.zeros(P, dtype=torch.bool) for _ in range(B)]
+    final = [paths[b][-1] for b in range(B)]
+    for b in range(B):
+        if found[b] is not None:
+            chosen[b][orders[b, : found[b]]] = True
+    # prune: each image still pruning offers every single put-back as a candidate; all in one call
+    pruning = [b for b in range(B) if prune and found[b] is not None and found[b] > 1]
+    while pruning:
+        sets, owners, spans = [], [], {}
+        for b in pruning:
+            members = torch.nonzero(chosen[b]).reshape(-1)
+            cands = chosen[b][None].repeat(len(members), 1)
+            cands[torch.arange(len(members)), members] = False
+            spans[b] = (len(sets), len(sets) + len(members))
+            sets.extend(cands)
+            owners.extend([b] * len(members))
+        probs = evaluate(sets, owners)
+        still = []
+        for b in pruning:
+            lo, hi = spans[b]
+            p, t = probs[lo:hi], tgts[b]
+            ok = p.argmax(-1) != t
+            if not bool(ok.any()):
+                continue
+            best = int(p[:, t].masked_fill(~ok, math.inf).argmin())
+            chosen[b], final[b] = sets[lo + best], p[best]
+            if int(chosen[b].sum()) > 1:
+                still.append(b)
+        pruning = still
+
+    out = []
+    for b in range(B):
+        t = tgts[b]
+        new = None if found[b] is None else int(final[b].argmax())
+        out.append(Counterfactual(
+            patches=chosen[b].reshape(gh, gw), found=found[b] is not None, target=t, new_class=new,
+            path_target=[float(p[t]) for p in paths[b]],
+            path_new=[] if new is None else [float(p[new]) for p in paths[b]],
+            greedy_size=max_patches if found[b] is None else found[b], order=orders[b], probs=final[b],
+            base_probs=base_probs[b], mode=mode,
+        ))
+    return out[0] if B == 1 else out
