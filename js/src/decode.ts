@@ -94,3 +94,26 @@ export function fromBase64(s: string): Uint8Array {
   for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
   return out;
 }
+
+/** [byte offset, byte length] of one array inside the exported binary blob. */
+export type BlobRange = [number, number];
+
+/** The exported binary blob: base64 text of gzip bytes -> the bytes (the browser's DecompressionStream). */
+export async function gunzipBase64(text: string): Promise<ArrayBuffer> {
+  const gz = fromBase64(text.trim());
+  if (typeof DecompressionStream === "undefined") {
+    throw new Error("this browser cannot read the export (no DecompressionStream); use a current Chrome, Firefox or Safari");
+  }
+  const stream = new Blob([gz as BlobPart]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return new Response(stream).arrayBuffer();
+}
+
+/** A view of `range` inside `blob`, checked against its length. */
+export function blobView(blob: ArrayBuffer, range: BlobRange): DataView {
+  const [at, n] = range;
+  if (!(at >= 0 && n >= 0 && at + n <= blob.byteLength)) {
+    throw new Error(`array [${at}, ${at + n}) lies outside the ${blob.byteLength}-byte export blob`);
+  }
+  return new DataView(blob, at, n);
+}
+

@@ -1,7 +1,9 @@
 // anywidget 0.11 front-end module (AFM) of vit_explore's Explorer, plus a standalone host shim
 // used by Explorer.to_html() (no Jupyter, no network: state and attention are embedded).
 import "./styles.css";
-import { fromBase64 } from "./decode";
+import { type BlobRange, blobView, fromBase64 } from "./decode";
+
+export { gunzipBase64 } from "./decode";
 import { dropStore, handleAttnMessage, storeFor, type AttnMessage } from "./store";
 import { renderView, type DebugInfo, type Model } from "./view";
 
@@ -128,23 +130,20 @@ export class LocalModel implements Model {
 
 export interface StandaloneData {
   state: Record<string, Json>;
-  attn: { image_index: number; layer: number; num_layers: number; heads: number; rows: number; cols: number; data: string; scales: string }[];
-  maps: { key: string; data: string; shape: number[]; dtype: string; signed: boolean }[];
+  attn: { image_index: number; layer: number; num_layers: number; heads: number; rows: number; cols: number; data: BlobRange; scales: BlobRange }[];
+  maps: { key: string; data: BlobRange; shape: number[]; dtype: string; signed: boolean }[];
 }
 
 /** Mount an Explorer from exported data into `el` (used by the HTML written by Explorer.to_html()). */
-export function mountStandalone(el: HTMLElement, data: StandaloneData): LocalModel {
+export function mountStandalone(el: HTMLElement, data: StandaloneData, blob: ArrayBuffer): LocalModel {
   const model = new LocalModel(revive({ ...data.state, offline: true }));
   const uid = model.get("_uid") as string;
   const store = storeFor(uid);
   for (const a of data.attn) {
-    const d = fromBase64(a.data);
-    const s = fromBase64(a.scales);
-    handleAttnMessage(store, { kind: "attn", ...a }, [new DataView(d.buffer), new DataView(s.buffer)]);
+    handleAttnMessage(store, { kind: "attn", ...a }, [blobView(blob, a.data), blobView(blob, a.scales)]);
   }
   for (const m of data.maps) {
-    const d = fromBase64(m.data);
-    store.putMapPayload({ key: m.key, data: new DataView(d.buffer), shape: m.shape, dtype: m.dtype, signed: m.signed });
+    store.putMapPayload({ key: m.key, data: blobView(blob, m.data), shape: m.shape, dtype: m.dtype, signed: m.signed });
   }
   const ctrl = new AbortController();
   initialize({ model, signal: ctrl.signal });

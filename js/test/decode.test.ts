@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { attnRow, bytesOf, decodeMap, fromBase64, halfToFloat, makeAttnLayer, typed } from "../src/decode";
+import { attnRow, blobView, bytesOf, decodeMap, fromBase64, gunzipBase64, halfToFloat, makeAttnLayer, typed } from "../src/decode";
 
 test("typed honours byteOffset and copies misaligned views", () => {
   const buf = new ArrayBuffer(12);
@@ -46,4 +46,18 @@ test("base64 and bytesOf", () => {
   assert.deepEqual(Array.from(fromBase64("AAH/")), [0, 1, 255]);
   const u = new Uint8Array([9, 8, 7, 6]);
   assert.deepEqual(Array.from(bytesOf(new DataView(u.buffer, 1, 2))), [8, 7]);
+});
+
+test("gunzipBase64 reads what Python's gzip + base64 wrote; blobView checks its range", async () => {
+  // python: base64.b64encode(gzip.compress(bytes(range(10)) * 3, 6, mtime=0))
+  const { gzipSync } = await import("node:zlib");
+  const raw = new Uint8Array(30).map((_, i) => i % 10);
+  const text = Buffer.from(gzipSync(raw)).toString("base64");
+  const blob = await gunzipBase64(`\n${text}\n`);
+  assert.deepEqual(Array.from(new Uint8Array(blob)), Array.from(raw));
+  const v = blobView(blob, [8, 4]);
+  assert.deepEqual([v.getUint8(0), v.getUint8(3)], [8, 1]);
+  assert.throws(() => blobView(blob, [28, 4]), /outside the 30-byte export blob/);
+  assert.throws(() => blobView(blob, [-1, 2]), /outside/);
+  await assert.rejects(gunzipBase64(Buffer.from("not gzip").toString("base64")));
 });

@@ -313,7 +313,7 @@ def test_user_strings_are_text_never_html(toy, imgs):
     w = Explorer(toy, imgs, methods=["raw_attention"], class_names=names, title=HOSTILE)
     assert w.class_names[0] == HOSTILE  # passed through untouched, as data
     page = w.to_html()
-    assert page.count("</script>") == 3  # the page's own three scripts only
+    assert page.count("</script>") == 4  # the page's own four scripts only
     assert "<img" not in page.split("<body")[0]
     assert "&lt;/script&gt;" in page.split("</title>")[0]  # the title element escapes it
     data = json.loads(re.search(r'id="vx-data">(.*?)</script>', page, re.DOTALL).group(1))
@@ -333,16 +333,44 @@ def test_to_html_embeds_state_attention_and_maps(toy, imgs, tmp_path):
     keys = {m["key"] for m in data["maps"]}
     assert {"0|rollout|-|0", "1|rollout|-|0"} <= keys
     assert any(k.startswith("0|grad_cam|") for k in keys)
-    a = data["attn"][0]
     import base64
+    import gzip
 
-    q = np.frombuffer(base64.b64decode(a["data"]), np.uint8).reshape(a["heads"], a["rows"], a["cols"])
-    s = np.frombuffer(base64.b64decode(a["scales"]), np.float32).reshape(a["heads"], a["rows"])
-    q0, s0 = w._images[a["image_index"]]["attn"][a["layer"]]
-    assert np.array_equal(q, q0) and np.array_equal(s, s0)
+    blob = gzip.decompress(base64.b64decode(re.search(r'id="vx-blob"[^>]*>(.*?)</script>', page, re.DOTALL).group(1)))
+
+    def arr(rng, dtype):
+        at, n = rng
+        assert at % 8 == 0 and at + n <= len(blob)
+        return np.frombuffer(blob[at : at + n], dtype)
+
+    for a in data["attn"]:  # every array comes back exactly
+        q = arr(a["data"], np.uint8).reshape(a["heads"], a["rows"], a["cols"])
+        s = arr(a["scales"], np.float32).reshape(a["heads"], a["rows"])
+        q0, s0 = w._images[a["image_index"]]["attn"][a["layer"]]
+        assert np.array_equal(q, q0) and np.array_equal(s, s0)
+    m = next(m for m in data["maps"] if m["key"] == "0|rollout|-|0")
+    got = arr(m["data"], np.dtype(m["dtype"])).reshape(m["shape"])
+    want = w._maps[next(k for k in w._maps if k[:2] == (0, "rollout"))].patch_map[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3)
     assert data["state"]["image"]["data"]["$b64"]
     with pytest.raises(InputError):
         w.to_html(methods="some")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex.html"]  # written through a temporary file, renamed
+
+
+def test_to_html_leaves_no_half_written_file(toy, imgs, tmp_path, monkeypatch):
+    w = Explorer(toy, imgs, methods=["raw_attention"])
+    out = tmp_path / "ex.html"
+    out.write_text("the previous export")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("vit_explore.widget._explorer.os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        w.to_html(out)
+    assert out.read_text() == "the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex.html"]
 
 
 def test_figure_shows_probabilities_before_and_after(toy, imgs):

@@ -14,8 +14,11 @@ Data flow:
 
 from __future__ import annotations
 
+import base64
+import gzip
 import html
 import json
+import os
 import threading
 import time
 import traceback
@@ -1028,13 +1031,21 @@ class Explorer(anywidget.AnyWidget):
         if not js_path.exists():
             raise FileNotFoundError(f"{js_path} is missing: build the front end with `npm ci && npm run build` in js/")
         self.wait()
+        blob = bytearray()  # every binary array, back to back (8-byte aligned), gzipped into the page once
+
+        def put(data: bytes | memoryview) -> list[int]:
+            blob.extend(b"\0" * (-len(blob) % 8))
+            at = len(blob)
+            blob.extend(data)
+            return [at, len(blob) - at]
+
         attn = []
         for i in range(self.num_images):
             d = self._ensure_image(i)
             for layer, (q, scales) in enumerate(d["attn"]):
                 H1, R, P = q.shape
                 attn.append({"image_index": i, "layer": layer, "num_layers": d["num_layers"], "heads": H1, "rows": R,
-                             "cols": P, "data": ser.b64(q.tobytes()), "scales": ser.b64(scales.tobytes())})
+                             "cols": P, "data": put(q.tobytes()), "scales": put(scales.tobytes())})
         if methods == "all":
             for i in range(self.num_images):
                 tgt = self.target if i == self.image_index else self._ensure_image(i)["top"]
@@ -1049,7 +1060,7 @@ class Explorer(anywidget.AnyWidget):
             if key[3] != self.params_version:
                 continue
             msg = self._map_message(key, ex)
-            maps.append({"key": msg["key"], "data": ser.b64(msg["data"]), "shape": msg["shape"],
+            maps.append({"key": msg["key"], "data": put(msg["data"]), "shape": msg["shape"],
                          "dtype": msg["dtype"], "signed": msg["signed"]})
         skip = {"_esm", "_css", "layout", "tabbable", "tooltip", "_dom_classes", "comm", "keys", "log"}
         state = {k: getattr(self, k) for k in self.keys if not k.startswith("_view") and not k.startswith("_model")
@@ -1066,11 +1077,23 @@ class Explorer(anywidget.AnyWidget):
             title=html.escape(self.title or "vit_explore Explorer"),
             css=css_path.read_text(encoding="utf-8") if css_path.exists() else "",
             data=script_json(data),
+            blob=base64.b64encode(gzip.compress(bytes(blob), 6, mtime=0)).decode("ascii"),
             bundle=script_json(js_path.read_text(encoding="utf-8")),
         )
         if path is not None:
-            Path(path).write_text(page, encoding="utf-8")
+            _write_atomically(Path(path), page)
         return page
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed into
+    place at the end: an interrupted export leaves no half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 _HTML = """<!doctype html>
@@ -1079,12 +1102,14 @@ _HTML = """<!doctype html>
 <style>body{{margin:16px;font-family:system-ui,sans-serif}}{css}</style></head>
 <body class="vx-standalone"><div id="vx-app"></div>
 <script type="application/json" id="vx-data">{data}</script>
+<script type="application/octet-stream" id="vx-blob" data-encoding="gzip+base64">{blob}</script>
 <script type="application/json" id="vx-bundle">{bundle}</script>
 <script type="module">
 const src = JSON.parse(document.getElementById("vx-bundle").textContent);
 const url = URL.createObjectURL(new Blob([src], {{ type: "text/javascript" }}));
 const mod = await import(url);
+const blob = await mod.gunzipBase64(document.getElementById("vx-blob").textContent);
 window.__vxModel = mod.mountStandalone(document.getElementById("vx-app"),
-  JSON.parse(document.getElementById("vx-data").textContent));
+  JSON.parse(document.getElementById("vx-data").textContent), blob);
 </script></body></html>
 """
