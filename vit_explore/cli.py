@@ -182,6 +182,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     import vit_explore as vx
 
+    from ._files import atomic_path
     from .inputs import data_config
 
     files = _images(Path(args.input))
@@ -215,8 +216,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             heat = ex.heatmap()
             for j, f in enumerate(chunk):
                 stem = f"{f.stem}_{args.method}"
-                Image.fromarray(overlay(x[j], heat[j], cfg["mean"], cfg["std"])).save(out / f"{stem}.png")
-                np.save(out / f"{stem}.npy", ex.patch_map[j].cpu().numpy().astype(np.float32))
+                with atomic_path(out / f"{stem}.png") as tmp:
+                    Image.fromarray(overlay(x[j], heat[j], cfg["mean"], cfg["std"])).save(tmp, format="PNG")
+                with atomic_path(out / f"{stem}.npy") as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, ex.patch_map[j].cpu().numpy().astype(np.float32))
                 if bar is None:
                     t = int(ex.target[j])
                     print(f"{f.name}: class {t} ({names[t] if t < len(names) else t}) -> {out / (stem + '.png')}")

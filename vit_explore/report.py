@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from ._files import write_bytes_atomically, write_text_atomically
 from .evaluation import METRICS, BenchResult
 
 
@@ -27,22 +29,19 @@ def _clean(v: Any) -> Any:
 
 def write_csv(result: BenchResult, path: str | Path) -> Path:
     """One row per method (baselines included), one column per metric; empty cell = not applicable."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["method", *result.metrics, "seconds_per_image"])
-        for m in result.methods:
-            vals = [result.table[m].get(k) for k in result.metrics]
-            w.writerow([m, *("" if v is None or math.isnan(v) else repr(float(v)) for v in vals),
-                        result.timing.get(m, "")])
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["method", *result.metrics, "seconds_per_image"])
+    for m in result.methods:
+        vals = [result.table[m].get(k) for k in result.metrics]
+        w.writerow([m, *("" if v is None or math.isnan(v) else repr(float(v)) for v in vals),
+                    result.timing.get(m, "")])
+    return write_bytes_atomically(path, buf.getvalue().encode("utf-8"))
 
 
 def write_json(result: BenchResult, path: str | Path) -> Path:
     """Everything: metadata, metric definitions, table, mean curves, timing, errors (NaN -> null)."""
-    path = Path(path)
-    path.write_text(json.dumps(_clean(result.to_dict()), indent=2))
-    return path
+    return write_text_atomically(path, json.dumps(_clean(result.to_dict()), indent=2))
 
 
 def figures(result: BenchResult) -> list:
@@ -103,8 +102,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{
 <ul>{defs}</ul>{f'<h3>Errors</h3><ul>{errs}</ul>' if errs else ''}
 {''.join(parts)}
 </body></html>"""
-    path.write_text(doc, encoding="utf-8")
-    return path
+    return write_text_atomically(path, doc)
 
 
 def write_all(result: BenchResult, out_dir: str | Path) -> dict[str, Path]:

@@ -366,7 +366,7 @@ def test_to_html_leaves_no_half_written_file(toy, imgs, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("vit_explore.widget._explorer.os.replace", fail)
+    monkeypatch.setattr("vit_explore._files.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         w.to_html(out)
     assert out.read_text() == "the previous export"

@@ -18,7 +18,6 @@ import base64
 import gzip
 import html
 import json
-import os
 import threading
 import time
 import traceback
@@ -34,6 +33,7 @@ import torch
 import traitlets as t
 from torch import nn
 
+from .._files import write_text_atomically
 from ..api import explain
 from ..capture.adapters import inspect_vit
 from ..capture.session import Needs, capture
@@ -1081,19 +1081,8 @@ class Explorer(anywidget.AnyWidget):
             bundle=script_json(js_path.read_text(encoding="utf-8")),
         )
         if path is not None:
-            _write_atomically(Path(path), page)
+            write_text_atomically(path, page)
         return page
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed into
-    place at the end: an interrupted export leaves no half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _HTML = """<!doctype html>
