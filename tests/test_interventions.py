@@ -312,6 +312,14 @@ def test_bad_input():
         vi.intervene(tiny_vit("gap"), x, [list(range(16)), [1]], mode="drop")
     with pytest.raises(InputError, match="order_by"):
         vi.counterfactual(model, x, order_by=torch.zeros(3, 3))
+    from vit_explore.errors import UnsupportedModelError
+
+    for fn in (vi.intervene, vi.causal_score):
+        for not_a_vit in ("not a model", torch.nn.Conv2d(3, 3, 3)):
+            with pytest.raises(UnsupportedModelError, match="timm VisionTransformer"):
+                fn(not_a_vit, x, [0])
+    with pytest.raises(UnsupportedModelError, match="timm VisionTransformer"):
+        vi.counterfactual(torch.nn.Conv2d(3, 3, 3), x)
     with pytest.raises(InputError, match=r"order_by map must have shape \(4, 4\) or \(2, 4, 4\)"):
         vi.counterfactual(model, input_for(model, batch=2), order_by=torch.zeros(3, 4, 4))
     with pytest.raises(InputError, match="target 99 is out of range"):

@@ -623,6 +623,8 @@ def intervene(
     last image batch and model state, else fused into the same batch.
     """
     _check_mode(mode)
+    if not isinstance(model, nn.Module):
+        inspect_vit(model)  # raises the error that says what is expected
     mods, fp = scan(model)
     s = _setup(model, x, fp)
     regions, img_idx = _parse_patches(patches, s)
