@@ -534,19 +534,15 @@ def run_regions(
     if need_base:
         base = base_logits(model, x, batch_size, fp)
     P = s.grid[0] * s.grid[1]
-    nothing_left = InputError(
-        "mode 'drop' would remove every patch token of a global-average-pool model, leaving nothing to "
-        "average; keep at least one patch or use another mode"
-    )
     if len(regions) == 1 == x.shape[0]:  # one brush on one image: no grouping (the indices in numpy: cheaper)
         keep = torch.from_numpy(np.flatnonzero(~regions.cpu().numpy().reshape(-1)))
         if s.info.readout == "avg" and len(keep) == 0:
-            raise nothing_left
+            raise _nothing_left()
         with drop_tokens(model, keep[None], checked=True):
             return forward_logits(model, x, mods=mods), base, x, (keep,)
     kept_flat = ~regions.reshape(-1, P)
     if s.info.readout == "avg" and not bool(kept_flat.any(dim=1).all()):
-        raise nothing_left
+        raise _nothing_left()
     counts = kept_flat.sum(1)
     kept = tuple(torch.nonzero(kept_flat[k]).reshape(-1) for k in range(len(kept_flat)))
     out: torch.Tensor | None = None
@@ -564,6 +560,13 @@ def run_regions(
             out[r.to(lg.device)] = lg
     assert out is not None
     return out, base, x[dev_idx], kept
+
+
+def _nothing_left() -> InputError:
+    return InputError(
+        "mode 'drop' would remove every patch token of a global-average-pool model, leaving nothing to "
+        "average; keep at least one patch or use another mode"
+    )
 
 
 def _resolve_set_target(target: TargetLike, base_k: torch.Tensor, img_idx: torch.Tensor, B: int) -> torch.Tensor:
