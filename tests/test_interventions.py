@@ -310,8 +310,10 @@ def test_bad_input():
         vi.intervene(tiny_vit("gap"), x, np.ones((4, 4), dtype=bool), mode="drop")
     with pytest.raises(InputError, match="average"):  # one of several sets drops every patch
         vi.intervene(tiny_vit("gap"), x, [list(range(16)), [1]], mode="drop")
-    with pytest.raises(InputError, match="order_by"):
+    with pytest.raises(InputError, match=r"order_by map must have shape \(4, 4\) or \(1, 4, 4\), got \(3, 3\)"):
         vi.counterfactual(model, x, order_by=torch.zeros(3, 3))
+    with pytest.raises(InputError, match=r"got \(3, 3\)"):
+        vi.counterfactual(model, input_for(model, batch=2), order_by=np.zeros((3, 3)))
     from vit_explore.errors import UnsupportedModelError
 
     for fn in (vi.intervene, vi.causal_score):

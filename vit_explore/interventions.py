@@ -782,12 +782,11 @@ def counterfactual(
         score_maps = explain(model, s.x, method=order_by, target=tgts).patch_map
     else:
         score_maps = _as_tensor(order_by).to(torch.float32)
-        if score_maps.ndim == 2:
-            score_maps = score_maps[None].expand(B, *score_maps.shape)
-        if tuple(score_maps.shape) != (B, gh, gw):
+        if tuple(score_maps.shape) not in ((gh, gw), (B, gh, gw)):
             raise InputError(
                 f"order_by map must have shape {(gh, gw)} or {(B, gh, gw)}, got {tuple(score_maps.shape)}"
             )
+        score_maps = score_maps.expand(B, gh, gw)
     orders = torch.sort(score_maps.reshape(B, -1).detach().cpu().float(), dim=1, descending=True, stable=True).indices
     kw = {"seed": seed, "sigma": sigma, "blur_size": blur_size, "blur_sigma": blur_sigma, "with_base": False}
 
