@@ -191,7 +191,11 @@ def _setup(model: nn.Module, x: torch.Tensor, fp: tuple | None = None) -> _Setup
     setup = _Setup(info, xc, grid_for(info, H, W), token)
     if fp is not None:
         with _CACHE_LOCK:
-            _SETUP.update(model=weakref.ref(model), fp=fp, raw=x.detach().clone(), setup=setup)
+            # the copy _image_token just kept is x's own content unless check_tensor moved or cast x
+            # (that copy is only ever replaced, never written to)
+            same = xc is x and _LAST_X["token"] == token
+            raw = _LAST_X["x"] if same else x.detach().clone()
+            _SETUP.update(model=weakref.ref(model), fp=fp, raw=raw, setup=setup)
     return setup
 
 
@@ -516,7 +520,6 @@ def run_regions(
     if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or batch_size < 1):
         raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
     x = s.x
-    dev_idx = img_idx.to(x.device)
     if with_base and fp is None:
         mods, fp = scan(model)
     token = s.token
@@ -559,7 +562,7 @@ def run_regions(
                 out = lg.new_empty(len(regions), lg.shape[1])
             out[r.to(lg.device)] = lg
     assert out is not None
-    return out, base, x[dev_idx], kept
+    return out, base, x[img_idx.to(x.device)], kept
 
 
 def _nothing_left() -> InputError:

@@ -116,4 +116,3 @@ export function blobView(blob: ArrayBuffer, range: BlobRange): DataView {
   }
   return new DataView(blob, at, n);
 }
-

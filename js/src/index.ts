@@ -2,10 +2,10 @@
 // used by Explorer.to_html() (no Jupyter, no network: state and attention are embedded).
 import "./styles.css";
 import { type BlobRange, blobView, fromBase64 } from "./decode";
-
-export { gunzipBase64 } from "./decode";
 import { dropStore, handleAttnMessage, storeFor, type AttnMessage } from "./store";
 import { renderView, type DebugInfo, type Model } from "./view";
+
+export { gunzipBase64 } from "./decode";
 
 declare global {
   interface Window {

@@ -59,15 +59,15 @@ class SavedState:
         mods: Sequence[nn.Module] | None = None,
     ) -> None:
         self.model = model
-        mods = submodules(model) if mods is None else mods
-        self.training = [(m, m.training) for m in mods]
-        self.requires_grad = [(p, p.requires_grad) for p in _parameters(mods)] if grads else []
+        self.mods = submodules(model) if mods is None else mods
+        self.flags = [m.training for m in self.mods]
+        self.requires_grad = [(p, p.requires_grad) for p in _parameters(self.mods)] if grads else []
         self.fused = [(a, a.__dict__.get("fused_attn", self._MISSING)) for a in attns]
 
     def eval(self) -> None:
-        """Every module in eval mode (only the flags that are on are written)."""
-        for m, flag in self.training:
-            if flag:
+        """Every module in eval mode (a model already in eval mode is only read)."""
+        if any(self.flags):
+            for m in self.mods:
                 m.training = False
 
     def freeze(self) -> None:
@@ -78,7 +78,7 @@ class SavedState:
                 p.requires_grad_(False)
 
     def restore(self) -> None:
-        for m, flag in self.training:
+        for m, flag in zip(self.mods, self.flags):
             if m.training != flag:
                 m.training = flag
         for p, flag in self.requires_grad:
@@ -97,17 +97,12 @@ def eval_mode(model: nn.Module, mods: Sequence[nn.Module] | None = None) -> Iter
     (a model already in eval mode is only read).
 
     ``mods``: ``submodules(model)`` if the caller already walked the model."""
-    mods = submodules(model) if mods is None else mods
-    flags = [m.training for m in mods]
+    state = SavedState(model, grads=False, mods=mods)
     try:
-        if any(flags):
-            for m in mods:
-                m.training = False
+        state.eval()
         yield model
     finally:
-        for m, flag in zip(mods, flags):
-            if m.training != flag:
-                m.training = flag
+        state.restore()
 
 
 def scan(model: nn.Module) -> tuple[list[nn.Module], tuple]:
@@ -117,16 +112,11 @@ def scan(model: nn.Module) -> tuple[list[nn.Module], tuple]:
     place (their in-place version counters), or hooks are added or removed anywhere in the
     model. Used to cache the unmodified forward of an image between interventions.
     """
-    mods = [model]
-    seen = {model}
+    mods = submodules(model)
     ids: list[int] = []
     versions: list[int] = []
     hooks = []
-    for m in mods:  # breadth first, as submodules()
-        for c in m._modules.values():
-            if c is not None and c not in seen:
-                seen.add(c)
-                mods.append(c)
+    for m in mods:
         for p in m._parameters.values():
             if p is not None:
                 ids.append(id(p))
