@@ -193,6 +193,12 @@ def test_results_are_ordinary_tensors(model, x):
     for t in (res.logits, res.probs, res.base_logits, res.base_probs, res.delta, res.topk.after_probs):
         assert not t.is_inference()
     res.probs[:, 0] = 0.0  # would raise on an inference tensor
+    # one image, one set: the base logits come from the cache; editing them leaves the cache intact
+    one = vi.intervene(model, x[:1], [0, 1], mode="drop")
+    want = one.base_logits.clone()
+    one.base_logits.add_(100.0)
+    again = vi.intervene(model, x[:1], [0, 1], mode="drop")
+    assert torch.equal(again.base_logits, want) and torch.equal(again.logits, one.logits)
 
 
 def test_padded_grid_blends_the_cropped_patches():

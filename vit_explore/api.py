@@ -51,7 +51,7 @@ def explain(
         out = spec.fn(trace, **bound)
         logits, tgt, layout = trace.logits, trace.target, trace.layout
     else:
-        xb = check_tensor(info, xb, model)
+        xb = check_tensor(info, xb, model, finite=not spec.checks_finite)
         out = spec.fn(model, xb, target=target, info=info, **bound)
         if not isinstance(out, ExplainerResult) or out.logits is None or out.layout is None:
             raise TypeError(f"model-level explainer {method!r} must return an ExplainerResult with logits and layout")

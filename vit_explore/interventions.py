@@ -78,7 +78,7 @@ class Intervention:
         base_logits, base_probs: (K, C) of the unmodified image each set acts on.
         target: (K,) class whose change is reported.
         delta: (K,) ``probs[target] - base_probs[target]``.
-        topk: top-k classes before and after (see ``TopK``), computed on first access.
+        topk: top-k classes before and after (see ``TopK``).
         input: (K, 3, H, W) the tensor that was fed; for ``drop`` the unmodified image (the
             kept tokens are in ``kept``).
         kept: for ``drop``, K tensors of the kept row-major patch indices; else None.
@@ -86,8 +86,11 @@ class Intervention:
             patches when ``keep=True``).
         image_index: (K,) which image of the batch each set acts on.
         mode, keep: as given.
-        causal_score: (K,) the region's ViT-CX causal score (see ``causal_score``),
-            computed on first access (one or two extra batched forward passes per set).
+        causal_score: (K,) the region's ViT-CX causal score (see ``causal_score``; one or two
+            extra batched forward passes per set).
+
+    ``delta``, ``topk``, ``kept``, ``patches``, ``image_index`` and ``causal_score`` are
+    computed on first access (a brush needs none of them to show its probabilities).
     """
 
     logits: torch.Tensor
@@ -95,16 +98,40 @@ class Intervention:
     base_logits: torch.Tensor
     base_probs: torch.Tensor
     target: torch.Tensor
-    delta: torch.Tensor
     input: torch.Tensor
-    patches: torch.Tensor
-    image_index: torch.Tensor
     mode: str
     keep: bool
-    kept: tuple[torch.Tensor, ...] | None = None
+    _regions: Callable[[], torch.Tensor] = field(repr=False, compare=False)
+    _image_index: Callable[[], torch.Tensor] = field(repr=False, compare=False)
+    _kept: Callable[[], tuple[torch.Tensor, ...] | None] = field(default=lambda: None, repr=False, compare=False)
     _k: int = field(default=5, repr=False, compare=False)
     _causal: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def _once(self, name: str, make: Callable[[], Any]) -> Any:
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """(K,) change of the target's probability, ``probs[target] - base_probs[target]``."""
+        return self._once("delta", lambda: (self.probs - self.base_probs).gather(1, self.target[:, None])[:, 0])
+
+    @property
+    def patches(self) -> torch.Tensor:
+        """(K, gh, gw) bool: the region acted on."""
+        return self._once("patches", self._regions)
+
+    @property
+    def image_index(self) -> torch.Tensor:
+        """(K,) which image of the batch each set acts on."""
+        return self._once("image_index", self._image_index)
+
+    @property
+    def kept(self) -> tuple[torch.Tensor, ...] | None:
+        """For ``drop``, K tensors of the kept row-major patch indices; else None."""
+        return self._once("kept", self._kept)
 
     @property
     def topk(self) -> TopK:
@@ -251,6 +278,21 @@ def _pixels_to_grid(m: torch.Tensor, grid: tuple[int, int], ps: tuple[int, int])
     return F.max_pool2d(f, (ph, pw))[:, 0] > 0
 
 
+def _index_cells(patches: Any, grid: tuple[int, int]) -> list[bool] | None:
+    """A flat list of Python ints (a brush's patch list) as row-major bools, checked in
+    Python (no tensor operation); None for every other kind of ``patches``."""
+    if not (isinstance(patches, (list, tuple)) and patches and all(type(p) is int for p in patches)):
+        return None
+    P = grid[0] * grid[1]
+    lo, hi = min(patches), max(patches)
+    if lo < 0 or hi >= P:
+        raise _index_out_of_range(lo if lo < 0 else hi, grid)
+    cells = [False] * P
+    for p in patches:
+        cells[p] = True
+    return cells
+
+
 def _parse_patches(patches: PatchesLike, s: _Setup) -> tuple[torch.Tensor, torch.Tensor]:
     """-> regions (K, gh, gw) bool and image index (K,) long (both on CPU).
 
@@ -261,16 +303,9 @@ def _parse_patches(patches: PatchesLike, s: _Setup) -> tuple[torch.Tensor, torch
     """
     B = s.x.shape[0]
     grid, hw, ps = s.grid, tuple(s.x.shape[-2:]), s.info.patch_size
-    if isinstance(patches, (list, tuple)) and patches and all(type(p) is int for p in patches):
-        # the common case (a brush's patch list), checked in Python: fewer tensor operations
-        P = grid[0] * grid[1]
-        lo, hi = min(patches), max(patches)
-        if lo < 0 or hi >= P:
-            raise _index_out_of_range(lo if lo < 0 else hi, grid)
-        cells = np.zeros(P, dtype=bool)
-        cells[patches] = True
-        one = torch.from_numpy(cells).reshape(1, *grid)
-        return (one if B == 1 else one.expand(B, *grid).clone()), torch.arange(B)
+    cells = _index_cells(patches, grid)
+    if cells is not None:  # the common case (a brush's patch list): one tensor operation
+        return torch.tensor([cells] * B, dtype=torch.bool).reshape(B, *grid), torch.arange(B)
     if isinstance(patches, (list, tuple)):
         if len(patches) == 0:
             raise InputError(
@@ -537,12 +572,9 @@ def run_regions(
     if need_base:
         base = base_logits(model, x, batch_size, fp)
     P = s.grid[0] * s.grid[1]
-    if len(regions) == 1 == x.shape[0]:  # one brush on one image: no grouping (the indices in numpy: cheaper)
-        keep = torch.from_numpy(np.flatnonzero(~regions.cpu().numpy().reshape(-1)))
-        if s.info.readout == "avg" and len(keep) == 0:
-            raise _nothing_left()
-        with drop_tokens(model, keep[None], checked=True):
-            return forward_logits(model, x, mods=mods), base, x, (keep,)
+    if len(regions) == 1 == x.shape[0]:  # one brush on one image: no grouping
+        logits, kept = _drop_one(model, s, regions.reshape(-1).tolist(), mods)
+        return logits, base, x, (torch.tensor(kept, dtype=torch.long),)
     kept_flat = ~regions.reshape(-1, P)
     if s.info.readout == "avg" and not bool(kept_flat.any(dim=1).all()):
         raise _nothing_left()
@@ -563,6 +595,18 @@ def run_regions(
             out[r.to(lg.device)] = lg
     assert out is not None
     return out, base, x[img_idx.to(x.device)], kept
+
+
+def _drop_one(
+    model: nn.Module, s: _Setup, cells: list[bool], mods: Sequence[nn.Module] | None
+) -> tuple[torch.Tensor, list[int]]:
+    """Logits (1, C) of a one-image batch without the patches where ``cells`` (row-major) is
+    True, and the kept patch indices."""
+    kept = [i for i, c in enumerate(cells) if not c]
+    if s.info.readout == "avg" and not kept:
+        raise _nothing_left()
+    with drop_tokens(model, kept, checked=True):
+        return forward_logits(model, s.x, mods=mods), kept
 
 
 def _nothing_left() -> InputError:
@@ -633,36 +677,65 @@ def intervene(
         inspect_vit(model)  # raises the error that says what is expected
     mods, fp = scan(model)
     s = _setup(model, x, fp)
-    regions, img_idx = _parse_patches(patches, s)
-    if keep:
-        regions = ~regions
-    logits, base, fed, kept = run_regions(
-        model, s, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
-        blur_sigma=blur_sigma, batch_size=batch_size, fp=fp, mods=mods,
-    )
-    assert base is not None
-    dev_idx = img_idx.to(logits.device)
-    base_k = base if len(img_idx) == base.shape[0] == 1 else base[dev_idx]
-    tgt = _resolve_set_target(target, base_k, img_idx, s.x.shape[0])
+    B = s.x.shape[0]
+    cells = _index_cells(patches, s.grid) if mode == "drop" and B == 1 else None
+    if cells is not None:  # one brush dropped from one image: the region stays a Python list until asked for
+        if keep:
+            cells = [not c for c in cells]
+        base = _cached_base(model, s.token, fp)
+        if base is None:
+            base = base_logits(model, s.x, batch_size, fp)
+        logits, kept_list = _drop_one(model, s, cells, mods)
+        fed, img_idx = s.x, None
+
+        def regions_of() -> torch.Tensor:
+            return torch.tensor(cells, dtype=torch.bool).reshape(1, *s.grid)
+
+        def index_of() -> torch.Tensor:
+            return torch.zeros(1, dtype=torch.long)
+
+        def kept_of() -> tuple[torch.Tensor, ...]:
+            return (torch.tensor(kept_list, dtype=torch.long),)
+    else:
+        regions, img_idx = _parse_patches(patches, s)
+        if keep:
+            regions = ~regions
+        logits, base, fed, kept = run_regions(
+            model, s, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
+            blur_sigma=blur_sigma, batch_size=batch_size, fp=fp, mods=mods,
+        )
+        assert base is not None
+
+        def regions_of() -> torch.Tensor:
+            return regions
+
+        def index_of() -> torch.Tensor:
+            return img_idx
+
+        def kept_of() -> tuple[torch.Tensor, ...] | None:
+            return kept
+    K = logits.shape[0]
+    # a copy: the cached base logits must not be handed out (a caller may edit the result in place)
+    base_k = base.clone() if K == B == 1 else base[img_idx.to(base.device)]
+    tgt = _resolve_set_target(target, base_k, img_idx, B)
     probs = logits.softmax(-1)
     base_probs = base_k.softmax(-1)
-    col = tgt[:, None]
-    delta = (probs.gather(1, col) - base_probs.gather(1, col))[:, 0]
-
     probs_if_noise = probs if mode == "noise" else None
+    dev = logits.device
 
-    def lazy() -> torch.Tensor:
+    def lazy_causal() -> torch.Tensor:
         if model_fingerprint(model) != fp:
             raise CaptureError(
                 "the model changed (parameters or hooks) since intervene() ran; call vx.causal_score(...) instead"
             )
-        return _causal(model, s, regions, img_idx, tgt, base_probs, seed=seed, sigma=sigma,
+        idx = torch.zeros(1, dtype=torch.long) if img_idx is None else img_idx
+        return _causal(model, s, regions_of(), idx, tgt, base_probs, seed=seed, sigma=sigma,
                        batch_size=batch_size, probs_xk=probs_if_noise)
 
     return Intervention(
-        logits=logits, probs=probs, base_logits=base_k, base_probs=base_probs, target=tgt, delta=delta,
-        input=fed, patches=regions.to(logits.device), image_index=dev_idx, mode=mode, keep=bool(keep),
-        kept=kept, _k=int(topk), _causal=lazy,
+        logits=logits, probs=probs, base_logits=base_k, base_probs=base_probs, target=tgt, input=fed, mode=mode,
+        keep=bool(keep), _regions=lambda: regions_of().to(dev), _image_index=lambda: index_of().to(dev),
+        _kept=kept_of, _k=int(topk), _causal=lazy_causal,
     )
 
 

@@ -57,12 +57,13 @@ def forward_logits(
 
 
 def forward_recording(
-    model: nn.Module, x: torch.Tensor, modules: Mapping[str, nn.Module]
+    model: nn.Module, x: torch.Tensor, modules: Mapping[str, nn.Module], mods: Sequence[nn.Module] | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits (B, C) of ``x`` and the outputs of ``modules`` ({name: module}), from one pass
     in eval and inference mode (no autograd record at all: for explainers that need features
     but no gradient, e.g. ViT-CX). The hooks are removed in ``finally``; results are ordinary
-    tensors (copied out of inference mode)."""
+    tensors (copied out of inference mode). ``mods``: ``submodules(model)`` if the caller
+    already walked the model."""
     got: dict[str, torch.Tensor] = {}
 
     def store(name: str):
@@ -73,7 +74,7 @@ def forward_recording(
 
     handles = [m.register_forward_hook(store(n)) for n, m in modules.items()]
     try:
-        with torch.inference_mode(), eval_mode(model):
+        with torch.inference_mode(), eval_mode(model, mods):
             logits = model(x)
     finally:
         for h in handles:
@@ -89,14 +90,19 @@ def forward_recording(
 
 @contextlib.contextmanager
 def drop_tokens(
-    model: nn.Module, keep: torch.Tensor, source: torch.Tensor | None = None, *, checked: bool = False
+    model: nn.Module,
+    keep: torch.Tensor | Sequence[int],
+    source: torch.Tensor | None = None,
+    *,
+    checked: bool = False,
 ) -> Iterator[None]:
     """Keep only some patch tokens after the position embedding.
 
     Args:
         model: a timm VisionTransformer (with ``patch_drop`` after ``_pos_embed``).
         keep: (K, n) long, row-major patch indices kept for each of the K output sequences
-            (same n for all rows; group sets by size to run sets of different sizes).
+            (same n for all rows; group sets by size to run sets of different sizes); or
+            one set (K = 1) as a Python list of ints.
         source: (K,) long, which input image each output row comes from (None: row k of
             the input batch, which must then have K images). Lets one patch embedding of
             one image feed K different token subsets.
@@ -112,13 +118,19 @@ def drop_tokens(
             f"{type(model).__name__} has no patch_drop module after the position embedding; "
             "token dropping needs a timm VisionTransformer"
         )
-    if keep.ndim != 2:
-        raise InputError(f"keep must be (K, n) patch indices, got shape {tuple(keep.shape)}")
     T = int(model.num_prefix_tokens)
-    lo, hi = (int(keep.min()), int(keep.max())) if keep.numel() and not checked else (0, -1)
-    rows_of_one = (  # built in numpy: a few microseconds less on every brush
-        torch.from_numpy(np.concatenate([np.arange(T), keep[0].cpu().numpy() + T])) if keep.shape[0] == 1 else None
-    )
+    if isinstance(keep, torch.Tensor):
+        if keep.ndim != 2:
+            raise InputError(f"keep must be (K, n) patch indices, got shape {tuple(keep.shape)}")
+        K = keep.shape[0]
+        one = keep[0].tolist() if K == 1 else None
+    else:
+        one, K = [int(k) for k in keep], 1
+    if one is not None:  # one set: the prefix and the kept patches' rows, built in Python, for one index_select
+        rows = torch.tensor([*range(T), *(k + T for k in one)], dtype=torch.long)
+        lo, hi = (min(one), max(one)) if one and not checked else (0, -1)
+    else:
+        lo, hi = (int(keep.min()), int(keep.max())) if keep.numel() and not checked else (0, -1)
 
     def hook(module, args, out):
         _, N, C = out.shape
@@ -126,12 +138,12 @@ def drop_tokens(
         if hi >= P or lo < 0:
             raise InputError(f"kept patch index out of range: the sequence has {P} patches")
         src = out if source is None else out[source.to(out.device)]
-        if src.shape[0] != keep.shape[0]:
+        if src.shape[0] != K:
             raise InputError(
-                f"{keep.shape[0]} kept-token sets for a batch of {src.shape[0]}; pass source= to map sets to images"
+                f"{K} kept-token sets for a batch of {src.shape[0]}; pass source= to map sets to images"
             )
-        if keep.shape[0] == 1:  # one set: one index_select over the prefix and the kept patches
-            return src.index_select(1, rows_of_one.to(out.device))
+        if one is not None:
+            return src.index_select(1, rows.to(out.device))
         idx = keep.to(out.device)[..., None].expand(-1, -1, C)
         return torch.cat([src[:, :T], torch.gather(src[:, T:], 1, idx)], dim=1)
 

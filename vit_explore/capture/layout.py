@@ -89,6 +89,8 @@ class TokenLayout:
         patches (``dynamic_img_pad``) uses only its real pixels.
         """
         (gh, gw), (ph, pw) = self.grid, self.patch_size
+        if reduce == "mean" and pixel_map.shape[1:] == (gh * ph, gw * pw):  # patch-aligned: one pooling
+            return torch.nn.functional.avg_pool2d(pixel_map[:, None], (ph, pw))[:, 0]
         m = pixel_map[:, : gh * ph, : gw * pw]
         pad = (0, gw * pw - m.shape[2], 0, gh * ph - m.shape[1])
         total = torch.nn.functional.pad(m, pad).reshape(m.shape[0], gh, ph, gw, pw).sum(dim=(2, 4))

@@ -51,6 +51,9 @@ class ExplainerSpec:
         class_specific: whether the map depends on the target class.
         paper: citation; reference: reference implementation.
         defaults: keyword parameters and their defaults, read from ``fn``'s signature.
+        checks_finite: a model-level explainer that raises the NaN-input error itself (once
+            its first forward pass gives a non-finite output, which a NaN or infinite pixel
+            always does in a ViT), so ``explain`` skips its up-front scan of the input.
     """
 
     name: str
@@ -61,6 +64,7 @@ class ExplainerSpec:
     paper: str
     reference: str
     defaults: Mapping[str, Any]
+    checks_finite: bool = False
 
     def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Fill defaults and reject unknown parameters."""
@@ -91,8 +95,11 @@ def register_explainer(
     class_specific: bool,
     paper: str,
     reference: str,
+    checks_finite: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering an explainer under ``name``; a duplicate name raises."""
+    """Decorator registering an explainer under ``name``; a duplicate name raises.
+
+    ``checks_finite``: see ``ExplainerSpec`` (model-level explainers only)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
@@ -104,7 +111,9 @@ def register_explainer(
             for p in sig.parameters.values()
             if p.name not in skip and p.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        _REGISTRY[name] = ExplainerSpec(name, fn, needs, kind, class_specific, paper, reference, defaults)
+        if checks_finite and kind != "model":
+            raise ValueError(f"explainer {name!r}: checks_finite is for model-level explainers")
+        _REGISTRY[name] = ExplainerSpec(name, fn, needs, kind, class_specific, paper, reference, defaults, checks_finite)
         return fn
 
     return deco

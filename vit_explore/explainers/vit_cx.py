@@ -17,6 +17,8 @@ an interpolation interval; no C x H x W tensor is built.
 from __future__ import annotations
 
 import functools
+import heapq
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +28,9 @@ from torch import nn
 
 from ..capture.ablation import forward_logits, forward_recording
 from ..capture.adapters import ViTInfo, layout_for
+from ..capture.state import submodules
 from ..errors import InputError
-from ..inputs import check_tensor
+from ..inputs import check_finite
 from ..interventions import cached_noise
 from ..targets import TargetLike, resolve_target
 from ._registry import ExplainerResult, register_explainer
@@ -61,18 +64,109 @@ def _extreme_rows(U: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Upsampling:
     """What the clustering needs of one axis's interpolation matrix ``U`` (out, in), float64
-    on the CPU: ``U`` at its extreme rows, ``U^T U`` and the column sums (cached by size;
-    read-only)."""
+    on the CPU (cached by size; read-only).
+
+    ``at_extremes`` is ``U`` at its extreme rows (r, in). ``stacked`` is ``[U at its extreme
+    rows; R]`` (r + in, in) with ``R`` upper triangular and ``R^T R = U^T U`` (Cholesky), so
+    that one product ``A f B^T`` of a feature map with both axes' ``stacked`` gives the values
+    where its upsampling's extremes lie and a small map ``R_h f R_w^T`` whose inner products
+    are those of the upsampled maps. ``ones`` is ``R 1`` (in,): bilinear upsampling keeps
+    constants (``U 1 = 1``), so the constant image is the upsampling of the all-ones map.
+    """
 
     at_extremes: torch.Tensor  # (r, in)
-    gram: torch.Tensor  # (in, in)
-    col_sums: torch.Tensor  # (in,)
+    stacked: torch.Tensor  # (r + in, in)
+    ones: torch.Tensor  # (in,)
 
 
 @functools.lru_cache(maxsize=16)
 def _upsampling(out_size: int, in_size: int) -> _Upsampling:
     U = interp_matrix(out_size, in_size)
-    return _Upsampling(U[_extreme_rows(U)].contiguous(), U.T @ U, U.sum(0))
+    R = torch.linalg.cholesky(U.T @ U).T.contiguous()  # U^T U is positive definite: U has full column rank
+    E = U[_extreme_rows(U)].contiguous()
+    return _Upsampling(E, torch.cat([E, R]), R.sum(1))
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_triangle(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the strict upper triangle of an (n, n) matrix, row by row
+    (the condensed order of scipy's distance vectors; cached: read-only)."""
+    return tuple(torch.triu_indices(n, n, offset=1))
+
+
+def complete_linkage_labels(dist: np.ndarray, distance_threshold: float) -> np.ndarray:
+    """Cluster labels (n,) of a precomputed (n, n) distance matrix, exactly as
+    ``sklearn.cluster.AgglomerativeClustering(n_clusters=None, distance_threshold=t,
+    metric="precomputed", linkage="complete").fit(dist).labels_`` (methods.md §10 step 5).
+
+    It is the same computation: scikit-learn builds the tree with scipy's complete linkage
+    on the condensed upper triangle, counts the merges at distance >= t and cuts the tree by
+    undoing the last merges, numbering the clusters in heap order. Done here without the
+    estimator's and ``scipy.cluster.hierarchy.linkage``'s per-call checks (about 0.7 ms, half
+    of ViT-CX's own work on a small model); tested label for label against scikit-learn.
+    """
+    n = dist.shape[0]
+    i, j = (t.numpy() for t in _upper_triangle(n))
+    return np.array(_cut_complete_linkage(np.asarray(dist, dtype=np.float64)[i, j], n, distance_threshold), dtype=np.intp)
+
+
+def _cut_complete_linkage(y: np.ndarray, n: int, distance_threshold: float) -> list[int]:
+    """``complete_linkage_labels`` of a condensed matrix ``y`` (float64), as a list."""
+    if n == 1:
+        return [0]
+    Z = _linkage_complete(y, n)
+    children = Z[:, :2].astype(np.intp).tolist()
+    n_clusters = int(np.count_nonzero(Z[:, 2] >= distance_threshold)) + 1
+    # sklearn.cluster._agglomerative._hc_cut: split the newest node n_clusters - 1 times
+    nodes = [-(max(children[-1]) + 1)]
+    for _ in range(n_clusters - 1):
+        a, b = children[-nodes[0] - n]
+        heapq.heappush(nodes, -a)
+        heapq.heappushpop(nodes, -b)
+    labels = [0] * n
+    for k, node in enumerate(nodes):
+        stack = [-node]
+        while stack:
+            v = stack.pop()
+            if v < n:
+                labels[v] = k
+            else:
+                stack.extend(children[v - n])
+    return labels
+
+
+def _linkage_complete(y: np.ndarray, n: int) -> np.ndarray:
+    """``scipy.cluster.hierarchy.linkage(y, method="complete")`` of a finite condensed matrix
+    (float64, contiguous): the nearest-neighbour-chain routine that ``linkage`` itself calls
+    for this method, or ``linkage`` where scipy no longer has that routine."""
+    nn_chain = _nn_chain()
+    if nn_chain is not None:
+        try:
+            return nn_chain(y, n, _COMPLETE)
+        except TypeError:  # another signature: fall back to the public function
+            pass
+    from scipy.cluster.hierarchy import linkage
+
+    return linkage(y, method="complete")
+
+
+@functools.cache
+def _nn_chain():
+    try:
+        from scipy.cluster._hierarchy import nn_chain
+    except ImportError:
+        return None
+    return nn_chain
+
+
+_COMPLETE = 1  # scipy.cluster.hierarchy._LINKAGE_METHODS["complete"]
+
+
+@functools.lru_cache(maxsize=16)
+def _axes(H: int, W: int, gh: int, gw: int) -> tuple[_Upsampling, _Upsampling, torch.Tensor]:
+    """Both axes' ``_Upsampling`` and ``(R_h 1)(R_w 1)^T`` as (gh, 1, gw): the all-ones map in R-space."""
+    uh, uw = _upsampling(H, gh), _upsampling(W, gw)
+    return uh, uw, torch.outer(uh.ones, uw.ones)[:, None, :]
 
 
 def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold: float) -> tuple[np.ndarray, torch.Tensor]:
@@ -83,64 +177,74 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
         size: (H, W) input size.
 
     Returns:
-        labels (C,) cluster of each channel, and merged masks (K, H, W) float64 in [0, 1]
+        labels (C,) cluster of each channel, and merged masks (K, H, W) float32 in [0, 1]
         on ``feat``'s device.
 
-    The C x C work is small (C = 768 for ViT-B) and sklearn clusters on the CPU anyway, so
-    steps 3-5 run in float64 on the CPU: the products in torch, the element-wise algebra in
-    numpy (cheaper per call than torch on arrays this small; numpy's own matmul is avoided,
-    as its BLAS threads contend with torch's). Only the merged masks are built on the
-    features' device.
-    """
-    from sklearn import config_context
-    from sklearn.cluster import AgglomerativeClustering
+    Exact without building the C upsampled masks. With ``U`` the bilinear upsampling of each
+    axis, ``mask_i = (U f_i U^T - lo_i) / (hi_i - lo_i) = U a_i (f_i - lo_i) U^T`` (``U`` keeps
+    constants; ``a_i = 1 / (hi_i - lo_i)``), so
 
+    * the min and max (steps 3-4) lie on the rows and columns that end an interpolation
+      interval: they are among the values of ``E f_i E^T``, ``E`` those rows of ``U``;
+    * the cosines (step 5) ignore the scale ``a_i`` and equal those of the small maps
+      ``V_i = R (f_i - lo_i) R^T`` with ``R^T R = U^T U`` (Cholesky), since ``<U v U^T, U w U^T>
+      = <R v R^T, R w R^T>``; a constant feature map gives a zero mask, at cosine 0 to every
+      mask (the reference's NaN -> 0);
+    * a merged mask (step 6) is the min-max of ``U g_k U^T`` with ``g_k = sum_{i in k} a_i f_i``
+      (constants drop out of a min-max), its extremes again among ``E g_k E^T``.
+
+    The features are used channels-last ((gh, gw, C), as the tokens come), so each product is
+    one plain matrix product; one product with ``[E; R]`` on both sides gives the extremes and
+    ``V`` together. Steps 3-5 run in float64 on the CPU (the clustering does anyway; C = 768 for
+    ViT-B); the masks are built in float32 on ``feat``'s device. Few, large operations: right
+    after a forward pass each kernel's first call is slow (cold caches), tens of microseconds.
+    """
     C, gh, gw = feat.shape
     H, W = size
-    f = feat.detach().to(device="cpu", dtype=torch.float64)
-    uh, uw = _upsampling(H, gh), _upsampling(W, gw)
-    ff = f.reshape(C, -1)
-    # per-mask min and max of U f (steps 3-4), on the rows and columns where they can lie
-    ext = (uh.at_extremes @ f @ uw.at_extremes.T).reshape(C, -1).numpy()
-    inner = (ff @ (uh.gram @ f @ uw.gram).reshape(C, -1).T).numpy()  # <U f_i, U f_j>
-    s = (ff @ torch.outer(uh.col_sums, uw.col_sums).reshape(-1)).numpy()  # sum over pixels of U f_i
-    lo, hi = ext.min(1), ext.max(1)
-    rng = hi - lo
-    ok = rng > 0
-    a = np.where(ok, 1.0 / np.where(ok, rng, 1.0), 0.0)
-    b = -lo * a  # mask_i = a_i * U f_i + b_i (a constant feature map gives an all-zero mask)
-    # Gram matrix and cosine distance of the masks (step 5)
-    a_s = a * s
-    gram = np.outer(a, a) * inner + np.outer(a_s, b) + np.outer(b, a_s) + np.outer(b, b) * float(H * W)
-    norm = np.sqrt(np.maximum(gram.diagonal(), 0.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = gram / np.outer(norm, norm)
-    dist = 1.0 - np.nan_to_num(cos, nan=0.0, posinf=0.0, neginf=0.0)
-    if C == 1:
-        labels = np.zeros(1, dtype=np.int64)
-    else:
-        # the matrix is built here, finite and square: sklearn's input checks are skipped
-        with config_context(assume_finite=True, skip_parameter_validation=True):
-            labels = AgglomerativeClustering(
-                n_clusters=None, distance_threshold=distance_threshold, metric="precomputed", linkage="complete"
-            ).fit(dist).labels_
-    K = int(labels.max()) + 1
-    # merged masks M_k = sum_i mask_i = U g_k + c_k with g_k = sum_i a_i f_i, c_k = sum_i b_i (step 6);
-    # their min-max is folded into g_k and c_k (the extremes lie on the extreme rows and columns,
-    # as in steps 3-4), so the (K, H, W) masks are built by one product and one add
-    member = torch.zeros(K, C, dtype=torch.float64)
-    member[torch.from_numpy(labels), torch.arange(C)] = 1.0
-    gk = (member @ (torch.from_numpy(a)[:, None] * ff)).reshape(K, gh, gw)
-    ck = member @ torch.from_numpy(b)
-    ext_k = (uh.at_extremes @ gk @ uw.at_extremes.T).reshape(K, -1)
-    mlo = ext_k.min(1).values + ck
-    span = ext_k.max(1).values + ck - mlo
-    scale = torch.where(span > 0, 1.0 / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
+    uh, uw, ones = _axes(H, W, gh, gw)
+    rh, rw = uh.at_extremes.shape[0], uw.at_extremes.shape[0]
+    # (gh, C, gw): both spatial products are plain matrix products, channels in the middle
+    f = feat.detach().permute(1, 0, 2).to(device="cpu", dtype=torch.float64, memory_format=torch.contiguous_format)
+    Z = (uh.stacked @ (f.reshape(gh * C, gw) @ uw.stacked.T).reshape(gh, -1)).reshape(rh + gh, C, rw + gw)
+    ext = Z[:rh, :, :rw]  # (rh, C, rw)
+    lo, hi = ext.amin(dim=(0, 2)), ext.amax(dim=(0, 2))
+    V = torch.empty(C, gh, gw, dtype=torch.float64)
+    torch.addcmul(Z[rh:, :, rw:], ones, lo[:, None], value=-1.0, out=V.permute(1, 0, 2))
+    V = V.reshape(C, gh * gw)
+    gram = V @ V.T
+    rng = (hi - lo).tolist()
+    if not all(map(math.isfinite, rng)):
+        raise InputError("the feature maps are not finite: the model's features are NaN or infinite")
+    inv = torch.tensor(
+        [1.0 / math.sqrt(d) if r > 0 and d > 0 else 0.0 for r, d in zip(rng, gram.diagonal().tolist())],
+        dtype=torch.float64,
+    )
+    iu, ju = _upper_triangle(C)
+    cos = gram.mul_(inv[:, None]).mul_(inv)
+    labels = _cut_complete_linkage((1.0 - cos[iu, ju]).numpy(), C, distance_threshold)
+    K = max(labels) + 1
+    member = [0.0] * (K * C)  # (K, C): a_i at (label_i, i)
+    for i, (k, r) in enumerate(zip(labels, rng)):
+        if r > 0:
+            member[k * C + i] = 1.0 / r
+    # g_k = sum a_i f_i on the grid and at the extreme rows and columns: (gh, K, gw), (rh, K, rw)
+    mT = torch.tensor(member, dtype=torch.float64).reshape(K, C)
+    g, g_ext = mT @ f, mT @ ext
+    mlo, span = g_ext.amin(dim=(0, 2)), g_ext.amax(dim=(0, 2))
+    span -= mlo
+    scale = torch.where(span > 0, span, 1.0).reciprocal_().mul_(span > 0)
     dev = feat.device
-    Uh, Uw = interp_matrix(H, gh).to(dev), interp_matrix(W, gw).to(dev)
-    M = Uh @ (gk * scale[:, None, None]).to(dev) @ Uw.T + ((ck - mlo) * scale).to(dev)[:, None, None]
-    M.clamp_(0.0, 1.0)  # rounding may leave the extremes an ulp outside [0, 1]
-    return labels, M
+    g = ((g - mlo[:, None]) * scale[:, None]).to(device=dev, dtype=torch.float32)  # (gh, K, gw)
+    M = (interp_matrix32(H, gh, dev) @ g.reshape(gh, K * gw)).reshape(H * K, gw) @ interp_matrix32(W, gw, dev).T
+    labels = np.array(labels, dtype=np.intp)
+    M = M.reshape(H, K, W).permute(1, 0, 2).contiguous()
+    return labels, M.clamp_(0.0, 1.0)  # rounding may leave the extremes an ulp outside [0, 1]
+
+
+@functools.lru_cache(maxsize=16)
+def interp_matrix32(out_size: int, in_size: int, device: torch.device) -> torch.Tensor:
+    """``interp_matrix`` in float32 on ``device`` (cached: read-only)."""
+    return interp_matrix(out_size, in_size).to(device=device, dtype=torch.float32)
 
 
 @register_explainer(
@@ -149,6 +253,7 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
     class_specific=True,
     paper="Xie, Li, Cao & Zhang, ViT-CX: Causal Explanation of Vision Transformers, IJCAI 2023 (arXiv:2211.03064)",
     reference="vaynexie/CausalX-ViT",
+    checks_finite=True,
 )
 def vit_cx(
     model: nn.Module,
@@ -183,9 +288,9 @@ def vit_cx(
         raise InputError(f"distance_threshold must be in (0, 2], got {distance_threshold}")
     L = info.num_layers
     name = f"blocks.{L - 1}.norm1"
-    x = check_tensor(info, x, model)
+    mods = submodules(model)  # one walk of the model for both passes
     # steps 1-2: one forward gives p_c and the features; nothing is recorded for autograd
-    logits, acts = forward_recording(model, x, {name: model.get_submodule(name)})
+    logits, acts = forward_recording(model, x, {name: model.get_submodule(name)}, mods)
     tgt = resolve_target(target, logits)
     T = info.num_prefix
     B, _, H, W = x.shape
@@ -195,40 +300,41 @@ def vit_cx(
     if act.shape[1] != gh * gw:
         raise InputError(f"block {L - 1} norm1 has {act.shape[1]} patch tokens, expected {gh * gw}")
     feats = act.transpose(1, 2).reshape(B, -1, gh, gw)
-    p_c = logits.softmax(-1).gather(1, tgt[:, None])[:, 0]
+    p_c = [row[c] for row, c in zip(logits.softmax(-1).tolist(), tgt.tolist())]
+    if not all(map(math.isfinite, p_c)):
+        check_finite(x)  # a NaN or infinite pixel: the input's own error
+        raise InputError("the model's output is NaN or infinite for this input (are its weights finite?)")
 
-    masks, labels = [], []
+    masks, labels, weights = [], [], []
     for b in range(B):
         lab, M = cluster_masks(feats[b], (H, W), float(distance_threshold))
+        M = M.to(x.dtype)
         masks.append(M)
         labels.append(lab)
+        # steps 8-9 weigh mask k's score by M_k / (K sum_j M_j) (pixels that no mask covers: 0)
+        weights.append(M.reshape(len(M), -1) / (M.sum(0).reshape(-1).clamp_(min=torch.finfo(M.dtype).tiny) * len(M)))
     counts = [M.shape[0] for M in masks]
     # the 2K inputs of every image, written in place into one batch (step 7):
     # rows [at, at+K) are x*M_k + eps_k(1-M_k), rows [at+K, at+2K) are x + eps_k(1-M_k)
     fed = x.new_empty(2 * sum(counts), *x.shape[1:])
     at = 0
     for b, (M, K) in enumerate(zip(masks, counts)):
-        Mx = M.to(x.dtype)[:, None]  # (K, 1, H, W)
+        Mx = M[:, None]  # (K, 1, H, W)
         eps = cached_noise((K, *x.shape[1:]), seed, sigma, x)
-        outside, masked = fed[at + K : at + 2 * K], fed[at : at + K]
-        torch.mul(eps, 1 - Mx, out=outside)
-        torch.addcmul(outside, x[b], Mx, out=masked)
-        outside.add_(x[b])
+        torch.lerp(eps, x[b], Mx, out=fed[at : at + K])  # eps + M (x - eps)
+        torch.addcmul(x[b], eps, 1 - Mx, out=fed[at + K : at + 2 * K])
         at += 2 * K
-    probs = forward_logits(model, fed, batch_size).softmax(-1)
-    sal = x.new_zeros(B, H, W, dtype=torch.float64)
+    probs = forward_logits(model, fed, batch_size, mods).softmax(-1)
+    sal = x.new_empty(B, H * W)
     scores, at = [], 0
-    for b in range(B):
-        K, c = counts[b], int(tgt[b])
-        p_k = probs[at : at + K, c]
-        p_ref = probs[at + K : at + 2 * K, c]
+    for b, c in enumerate(tgt.tolist()):
+        K = counts[b]
+        p = probs[at : at + 2 * K, c]
         at += 2 * K
-        delta = (p_k - p_ref + p_c[b]).to(torch.float64)
-        M = masks[b]
-        tot = M.sum(0)
-        # (1/K) sum_k delta_k M_k / sum_j M_j (step 8-9), dividing once per pixel
-        sal[b] = torch.einsum("k,khw->hw", delta, M) / (torch.where(tot > 0, tot, torch.ones_like(tot)) * K)
-        scores.append(delta.to(torch.float32))
+        delta = p[:K] - p[K:] + p_c[b]  # Delta_k[c] = P(x_k) - P(x'_k) + p_c
+        scores.append(delta)
+        torch.mv(weights[b].T, delta, out=sal[b])
+    sal = sal.reshape(B, H, W)
     sal32 = sal.to(torch.float32)
     patch_map = layout.pool_pixels(sal32, "mean")
     return ExplainerResult(
@@ -236,7 +342,7 @@ def vit_cx(
         extras={
             "pixel_map": sal32,
             "masks": [m.to(torch.float32) for m in masks],
-            "mask_scores": scores,
+            "mask_scores": [d.to(torch.float32) for d in scores],
             "K": counts,
             "labels": labels,
         },
