@@ -82,6 +82,15 @@ class ExplainerSpec:
 
 
 _REGISTRY: dict[str, ExplainerSpec] = {}
+_REGISTRY_COMPLETE = False  # every explainer module imported (the package does it on first use)
+
+
+def _complete_registry() -> None:
+    global _REGISTRY_COMPLETE
+    from . import _load_all
+
+    _load_all()
+    _REGISTRY_COMPLETE = True
 
 
 _NO_NEEDS = Needs()  # frozen: safe to share as a default
@@ -121,9 +130,8 @@ def register_explainer(
 
 def get_explainer(name: str) -> ExplainerSpec:
     """Look up a method by key, with a suggestion for near misses."""
-    from . import _load_all
-
-    _load_all()
+    if not _REGISTRY_COMPLETE:
+        _complete_registry()
     if not isinstance(name, str):
         raise UnknownMethodError(f"method must be a string key, got {type(name).__name__}")
     if name in _REGISTRY:
@@ -139,8 +147,6 @@ def get_explainer(name: str) -> ExplainerSpec:
 
 def list_methods(pattern: str | None = None) -> list[str]:
     """Registered method keys, optionally filtered with a shell-style pattern (``"*rollout*"``)."""
-    from . import _load_all
-
-    _load_all()
+    _complete_registry()
     names = sorted(_REGISTRY)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]

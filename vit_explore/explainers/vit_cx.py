@@ -66,7 +66,7 @@ class _Upsampling:
     """What the clustering needs of one axis's interpolation matrix ``U`` (out, in), float64
     on the CPU (cached by size; read-only).
 
-    ``at_extremes`` is ``U`` at its extreme rows (r, in). ``stacked`` is ``[U at its extreme
+    ``at_extremes`` is ``U`` at its extreme rows (r, in); ``with_full`` is ``[E; U]``. ``stacked`` is ``[U at its extreme
     rows; R]`` (r + in, in) with ``R`` upper triangular and ``R^T R = U^T U`` (Cholesky), so
     that one product ``A f B^T`` of a feature map with both axes' ``stacked`` gives the values
     where its upsampling's extremes lie and a small map ``R_h f R_w^T`` whose inner products
@@ -77,6 +77,7 @@ class _Upsampling:
     at_extremes: torch.Tensor  # (r, in)
     stacked: torch.Tensor  # (r + in, in)
     ones: torch.Tensor  # (in,)
+    with_full: torch.Tensor  # (r + out, in): [E; U]
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,14 +85,14 @@ def _upsampling(out_size: int, in_size: int) -> _Upsampling:
     U = interp_matrix(out_size, in_size)
     R = torch.linalg.cholesky(U.T @ U).T.contiguous()  # U^T U is positive definite: U has full column rank
     E = U[_extreme_rows(U)].contiguous()
-    return _Upsampling(E, torch.cat([E, R]), R.sum(1))
+    return _Upsampling(E, torch.cat([E, R]), R.sum(1), torch.cat([E, U]))
 
 
 @functools.lru_cache(maxsize=8)
-def _upper_triangle(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the strict upper triangle of an (n, n) matrix, row by row
     (the condensed order of scipy's distance vectors; cached: read-only)."""
-    return tuple(torch.triu_indices(n, n, offset=1))
+    return np.triu_indices(n, k=1)
 
 
 def complete_linkage_labels(dist: np.ndarray, distance_threshold: float) -> np.ndarray:
@@ -106,7 +107,7 @@ def complete_linkage_labels(dist: np.ndarray, distance_threshold: float) -> np.n
     of ViT-CX's own work on a small model); tested label for label against scikit-learn.
     """
     n = dist.shape[0]
-    i, j = (t.numpy() for t in _upper_triangle(n))
+    i, j = _upper_triangle(n)
     return np.array(_cut_complete_linkage(np.asarray(dist, dtype=np.float64)[i, j], n, distance_threshold), dtype=np.intp)
 
 
@@ -206,8 +207,8 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
     # (gh, C, gw): both spatial products are plain matrix products, channels in the middle
     f = feat.detach().permute(1, 0, 2).to(device="cpu", dtype=torch.float64, memory_format=torch.contiguous_format)
     Z = (uh.stacked @ (f.reshape(gh * C, gw) @ uw.stacked.T).reshape(gh, -1)).reshape(rh + gh, C, rw + gw)
-    ext = Z[:rh, :, :rw]  # (rh, C, rw)
-    lo, hi = ext.amin(dim=(0, 2)), ext.amax(dim=(0, 2))
+    ext = Z[:rh, :, :rw].transpose(0, 1).reshape(C, -1)  # (C, rh * rw): a copy, so both reductions run along rows
+    lo, hi = ext.amin(dim=1), ext.amax(dim=1)
     V = torch.empty(C, gh, gw, dtype=torch.float64)
     torch.addcmul(Z[rh:, :, rw:], ones, lo[:, None], value=-1.0, out=V.permute(1, 0, 2))
     V = V.reshape(C, gh * gw)
@@ -220,31 +221,33 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
         dtype=torch.float64,
     )
     iu, ju = _upper_triangle(C)
-    cos = gram.mul_(inv[:, None]).mul_(inv)
-    labels = _cut_complete_linkage((1.0 - cos[iu, ju]).numpy(), C, distance_threshold)
+    dist = gram.mul_(inv[:, None]).mul_(-inv).add_(1.0).numpy()  # 1 - cos
+    labels = _cut_complete_linkage(dist[iu, ju], C, distance_threshold)
     K = max(labels) + 1
     member = [0.0] * (K * C)  # (K, C): a_i at (label_i, i)
     for i, (k, r) in enumerate(zip(labels, rng)):
         if r > 0:
             member[k * C + i] = 1.0 / r
-    # g_k = sum a_i f_i on the grid and at the extreme rows and columns: (gh, K, gw), (rh, K, rw)
-    mT = torch.tensor(member, dtype=torch.float64).reshape(K, C)
-    g, g_ext = mT @ f, mT @ ext
-    mlo, span = g_ext.amin(dim=(0, 2)), g_ext.amax(dim=(0, 2))
-    span -= mlo
-    scale = torch.where(span > 0, span, 1.0).reciprocal_().mul_(span > 0)
+    # the merged maps on the grid, g_k = sum a_i f_i (gh, K, gw), then in float32 on the features' device
+    # both their extremes and their upsampling from one product with [E; U] on both sides: (rh + H, K, rw + W)
     dev = feat.device
-    g = ((g - mlo[:, None]) * scale[:, None]).to(device=dev, dtype=torch.float32)  # (gh, K, gw)
-    M = (interp_matrix32(H, gh, dev) @ g.reshape(gh, K * gw)).reshape(H * K, gw) @ interp_matrix32(W, gw, dev).T
+    g = (torch.tensor(member, dtype=torch.float64).reshape(K, C) @ f).to(device=dev, dtype=torch.float32)
+    Ah, Aw = _with_full32(H, gh, dev), _with_full32(W, gw, dev)
+    Zm = (Ah @ (g.reshape(gh * K, gw) @ Aw.T).reshape(gh, -1)).reshape(rh + H, K, rw + W)
+    ext = Zm[:rh, :, :rw].transpose(0, 1).reshape(K, -1)
+    mlo, mhi = ext.amin(dim=1), ext.amax(dim=1)
+    scale = [1.0 / (b - a) if b > a else 0.0 for a, b in zip(mlo.tolist(), mhi.tolist())]
+    scale = torch.tensor(scale, dtype=torch.float32, device=dev)[:, None]
+    M = torch.empty(K, H, W, dtype=torch.float32, device=dev)
+    torch.addcmul(-mlo[:, None] * scale, Zm[rh:, :, rw:], scale, out=M.permute(1, 0, 2))
     labels = np.array(labels, dtype=np.intp)
-    M = M.reshape(H, K, W).permute(1, 0, 2).contiguous()
     return labels, M.clamp_(0.0, 1.0)  # rounding may leave the extremes an ulp outside [0, 1]
 
 
 @functools.lru_cache(maxsize=16)
-def interp_matrix32(out_size: int, in_size: int, device: torch.device) -> torch.Tensor:
-    """``interp_matrix`` in float32 on ``device`` (cached: read-only)."""
-    return interp_matrix(out_size, in_size).to(device=device, dtype=torch.float32)
+def _with_full32(out_size: int, in_size: int, device: torch.device) -> torch.Tensor:
+    """``_upsampling(out_size, in_size).with_full`` in float32 on ``device`` (cached: read-only)."""
+    return _upsampling(out_size, in_size).with_full.to(device=device, dtype=torch.float32)
 
 
 @register_explainer(
