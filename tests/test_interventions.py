@@ -378,3 +378,26 @@ def test_counterfactual_batch_equals_one_by_one(mode):
         assert torch.equal(got.patches, one.patches) and torch.equal(got.order, one.order)
         np.testing.assert_allclose(got.path_target, one.path_target, atol=1e-6)
         torch.testing.assert_close(got.probs, one.probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_one_dropped_brush_equals_the_general_path(keep):
+    """A patch list on one image in mode 'drop' keeps its region as a Python list (its
+    tensors are built on first access); every field equals the same set given as a bool grid
+    (the general path)."""
+    model = tiny_vit("registers").eval()
+    x = input_for(model, batch=1, seed=9)
+    brush = [0, 5, 6, 11]
+    grid = torch.zeros(4, 4, dtype=torch.bool)
+    grid.view(-1)[brush] = True
+    fast = vi.intervene(model, x, brush, mode="drop", keep=keep, target=2)
+    slow = vi.intervene(model, x, grid, mode="drop", keep=keep, target=2)
+    assert torch.equal(fast.logits, slow.logits) and torch.equal(fast.base_logits, slow.base_logits)
+    assert torch.equal(fast.probs, slow.probs) and torch.equal(fast.delta, slow.delta)
+    assert torch.equal(fast.patches, slow.patches) and fast.patches.dtype == torch.bool
+    assert torch.equal(fast.image_index, slow.image_index) and torch.equal(fast.target, slow.target)
+    assert [k.tolist() for k in fast.kept] == [k.tolist() for k in slow.kept]
+    assert fast.kept[0].tolist() == ([p for p in range(16) if p in brush] if keep else
+                                     [p for p in range(16) if p not in brush])
+    assert torch.equal(fast.causal_score, slow.causal_score)
+    assert torch.equal(fast.topk.after_indices, slow.topk.after_indices)

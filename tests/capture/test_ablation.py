@@ -101,6 +101,19 @@ def test_drop_tokens_with_source_matches_replica():
     assert torch.allclose(got.double(), ref, atol=1e-5)
 
 
+def test_drop_tokens_takes_one_set_as_a_list():
+    model = tiny_vit("distilled")
+    x = input_for(model, batch=1)
+    with drop_tokens(model, torch.tensor([[2, 3, 11]])), torch.no_grad():
+        want = model(x)
+    with drop_tokens(model, [2, 3, 11]), torch.no_grad():
+        got = model(x)
+    assert torch.equal(got, want)
+    with pytest.raises(InputError, match="kept patch index out of range"), drop_tokens(model, [2, 16]), \
+            torch.no_grad():
+        model(x)
+
+
 def test_bad_input():
     model = tiny_vit("vanilla")
     with pytest.raises(InputError, match="out of range"), ablate_heads(model, {5: [0]}):

@@ -117,3 +117,92 @@ def test_constant_feature_maps_give_zero_masks():
     labels, M = cluster_masks(feat, (32, 32), 0.1)
     assert M.shape[0] == len(set(labels.tolist()))
     assert torch.isfinite(M).all()
+
+
+def _sklearn_labels(dist, threshold):
+    return AgglomerativeClustering(
+        n_clusters=None, distance_threshold=threshold, metric="precomputed", linkage="complete"
+    ).fit(dist).labels_
+
+
+def _random_distances(rng, n, ties):
+    pts = rng.normal(size=(n, 3))
+    d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1))
+    if ties:  # few distinct values: many equal merge heights
+        d = np.round(d * 2) / 2
+    return d
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_complete_linkage_labels_equal_sklearn(ties):
+    """Label for label (cluster numbering included) what AgglomerativeClustering returns, on
+    random matrices with and without tied distances, at thresholds from none merged to all."""
+    from vit_explore.explainers.vit_cx import complete_linkage_labels
+
+    rng = np.random.default_rng(5)
+    for n in (2, 3, 7, 40, 90):
+        d = _random_distances(rng, n, ties)
+        for t in (1e-9, 0.5, 1.0, 2.0, float(d.max()) + 1):
+            ours = complete_linkage_labels(d, t)
+            assert ours.dtype == np.intp and np.array_equal(ours, _sklearn_labels(d, t)), (n, t)
+    assert complete_linkage_labels(np.zeros((1, 1)), 0.1).tolist() == [0]
+
+
+def test_complete_linkage_labels_equal_sklearn_on_vit_features():
+    """The distances ViT-CX clusters (cosines of min-max masks), from a real model's features."""
+    from vit_explore import zoo
+    from vit_explore.explainers.vit_cx import complete_linkage_labels
+
+    model = zoo.load_model("toy-shapes")
+    x = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    ex = vx.explain(model, x, "vit_cx")
+    for b in range(3):
+        _sal, K, _m, _d, labels, dist = replica_vit_cx(model, x[b : b + 1])
+        assert np.array_equal(complete_linkage_labels(dist, 0.1), labels)
+        assert ex.extras["K"][b] == K and np.array_equal(ex.extras["labels"][b], labels)
+
+
+@pytest.mark.parametrize("broken", ["missing", "signature"])
+def test_linkage_falls_back_to_public_scipy(monkeypatch, broken):
+    """Where scipy's nn_chain is gone or changed, the public linkage gives the same labels."""
+    from vit_explore.explainers import vit_cx as V
+
+    def changed(*args):
+        raise TypeError("nn_chain() takes a different signature")
+
+    monkeypatch.setattr(V, "_nn_chain", lambda: None if broken == "missing" else changed)
+    d = _random_distances(np.random.default_rng(1), 30, ties=True)
+    assert np.array_equal(V.complete_linkage_labels(d, 1.0), _sklearn_labels(d, 1.0))
+
+
+def test_nan_input_and_nan_model_get_their_own_errors():
+    """vit_cx skips explain's up-front NaN scan and checks its first output instead: a NaN
+    pixel still gets the input's error; a model whose weights are NaN gets its own."""
+    from vit_explore.errors import InputError
+    from vit_explore.explainers.vit_cx import cluster_masks
+
+    model = tiny_vit("vanilla")
+    x = input_for(model, batch=2, seed=3)
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[1, 2, 5, 7] = bad
+        with pytest.raises(InputError, match="NaN or infinite values"):
+            vx.explain(model, y, "vit_cx")
+    broken = tiny_vit("vanilla")
+    with torch.no_grad():
+        broken.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(InputError, match="model's output is NaN"):
+        vx.explain(broken, x, "vit_cx")
+    feat = torch.randn(6, 4, 4)
+    feat[3, 1, 2] = float("nan")
+    with pytest.raises(InputError, match="not finite"):
+        cluster_masks(feat, (32, 32), 0.1)
+
+
+def test_checks_finite_is_for_model_level_explainers():
+    from vit_explore.explainers import register_explainer
+
+    with pytest.raises(ValueError, match="checks_finite is for model-level"):
+        register_explainer("never_registered", class_specific=False, paper="", reference="", checks_finite=True)(
+            lambda trace: None
+        )
