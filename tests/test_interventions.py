@@ -187,6 +187,23 @@ def test_base_cache_sees_weight_changes():
     assert not torch.allclose(c.base_logits, b.base_logits)
 
 
+def test_caches_see_new_storage_dtype_and_data_assignment():
+    """``model.double()``, ``.to(...)`` and ``param.data = ...`` keep each Parameter object and
+    its version counter; the cached setup and base logits must still be recomputed."""
+    model = tiny_vit("vanilla").eval()
+    x = input_for(model, batch=1, seed=12)
+    vi.intervene(model, x, [0], mode="drop")
+    model.double()
+    r = vi.intervene(model, x, [0], mode="drop")  # was a dtype error from the cached float32 input
+    assert r.logits.dtype == r.base_logits.dtype == torch.float64
+    torch.testing.assert_close(r.base_logits, fwd(model, x.double()))
+    model.float()
+    vi.intervene(model, x, [3], mode="blur")
+    model.head.bias.data = model.head.bias.data + 2.0  # new storage, same version counter
+    r = vi.intervene(model, x, [3], mode="blur")
+    torch.testing.assert_close(r.base_logits, fwd(model, x), rtol=1e-5, atol=1e-6)
+
+
 def test_results_are_ordinary_tensors(model, x):
     """The passes run in inference mode, but what callers get back may be edited in place."""
     res = vi.intervene(model, x, [0, 1], mode="blur")

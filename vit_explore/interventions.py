@@ -89,18 +89,19 @@ class Intervention:
         causal_score: (K,) the region's ViT-CX causal score (see ``causal_score``; one or two
             extra batched forward passes per set).
 
-    ``delta``, ``topk``, ``kept``, ``patches``, ``image_index`` and ``causal_score`` are
-    computed on first access (a brush needs none of them to show its probabilities).
+    ``base_logits``, ``delta``, ``topk``, ``kept``, ``patches``, ``image_index`` and
+    ``causal_score`` are computed on first access (a brush needs none of them to show its
+    probabilities).
     """
 
     logits: torch.Tensor
     probs: torch.Tensor
-    base_logits: torch.Tensor
     base_probs: torch.Tensor
     target: torch.Tensor
     input: torch.Tensor
     mode: str
     keep: bool
+    _base_logits: Callable[[], torch.Tensor] = field(repr=False, compare=False)
     _regions: Callable[[], torch.Tensor] = field(repr=False, compare=False)
     _image_index: Callable[[], torch.Tensor] = field(repr=False, compare=False)
     _kept: Callable[[], tuple[torch.Tensor, ...] | None] = field(default=lambda: None, repr=False, compare=False)
@@ -112,6 +113,11 @@ class Intervention:
         if name not in self._cache:
             self._cache[name] = make()
         return self._cache[name]
+
+    @property
+    def base_logits(self) -> torch.Tensor:
+        """(K, C) logits of the unmodified image each set acts on."""
+        return self._once("base_logits", self._base_logits)
 
     @property
     def delta(self) -> torch.Tensor:
@@ -715,9 +721,9 @@ def intervene(
         def kept_of() -> tuple[torch.Tensor, ...] | None:
             return kept
     K = logits.shape[0]
-    # a copy: the cached base logits must not be handed out (a caller may edit the result in place)
-    base_k = base.clone() if K == B == 1 else base[img_idx.to(base.device)]
-    tgt = _resolve_set_target(target, base_k, img_idx, B)
+    one = K == B == 1
+    base_k = base if one else base[img_idx.to(base.device)]
+    tgt = base_k.argmax(dim=-1) if target is None else _resolve_set_target(target, base_k, img_idx, B)
     probs = logits.softmax(-1)
     base_probs = base_k.softmax(-1)
     probs_if_noise = probs if mode == "noise" else None
@@ -733,8 +739,10 @@ def intervene(
                        batch_size=batch_size, probs_xk=probs_if_noise)
 
     return Intervention(
-        logits=logits, probs=probs, base_logits=base_k, base_probs=base_probs, target=tgt, input=fed, mode=mode,
-        keep=bool(keep), _regions=lambda: regions_of().to(dev), _image_index=lambda: index_of().to(dev),
+        logits=logits, probs=probs, base_probs=base_probs, target=tgt, input=fed, mode=mode, keep=bool(keep),
+        # a copy of the cached base logits: a caller may edit the result in place
+        _base_logits=(lambda: base_k.clone()) if one else (lambda: base_k),
+        _regions=lambda: regions_of().to(dev), _image_index=lambda: index_of().to(dev),
         _kept=kept_of, _k=int(topk), _causal=lazy_causal,
     )
 

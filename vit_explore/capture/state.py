@@ -108,22 +108,31 @@ def eval_mode(model: nn.Module, mods: Sequence[nn.Module] | None = None) -> Iter
 def scan(model: nn.Module) -> tuple[list[nn.Module], tuple]:
     """One walk of the model: ``(submodules(model), model_fingerprint(model))``.
 
-    The fingerprint is a cheap key that changes when parameters are replaced or modified in
-    place (their in-place version counters), or hooks are added or removed anywhere in the
-    model. Used to cache the unmodified forward of an image between interventions.
+    The fingerprint is a cheap key that changes when parameters or buffers are replaced,
+    modified in place (their in-place version counters) or given new storage (``.to()``,
+    ``.double()``, ``param.data = ...`` keep the Parameter object and its version counter but
+    move its data), or hooks are added or removed anywhere in the model. Used to cache the
+    unmodified forward of an image between interventions.
     """
     mods = submodules(model)
     ids: list[int] = []
     versions: list[int] = []
+    storage: list[int] = []
     hooks = []
     for m in mods:
         for p in m._parameters.values():
             if p is not None:
                 ids.append(id(p))
                 versions.append(p._version)
+                storage.append(p.data_ptr())
+        for b in m._buffers.values():
+            if b is not None:
+                ids.append(id(b))
+                versions.append(b._version)
+                storage.append(b.data_ptr())
         if m._forward_hooks or m._forward_pre_hooks:
             hooks.append((id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)))
-    return mods, (id(model), tuple(ids), tuple(versions), tuple(hooks))
+    return mods, (id(model), tuple(ids), tuple(versions), tuple(storage), tuple(hooks))
 
 
 def model_fingerprint(model: nn.Module) -> tuple:
