@@ -9,9 +9,10 @@ clustering into K masks ``M_k``, each scored causally with noise ``eps_k ~ N(0, 
 
 Cost: one forward (features and p_c, no backward) and 2K forwards in batches of
 ``batch_size``. The C x C cosine matrix of the upsampled masks is computed exactly from the
-(gh, gw) features: upsampling is linear (``U f``), so ``<U f_i, U f_j> = f_i^T (U^T U) f_j``
-and the per-mask min and max of a bilinear upsampling lie on the rows and columns that end
-an interpolation interval; no C x H x W tensor is built.
+(gh, gw) features (upsampling is linear, and the per-mask min and max of a bilinear
+upsampling lie on the rows and columns that end an interpolation interval; see
+``cluster_masks``): no C x H x W tensor is built. The clustering is scikit-learn's
+(``complete_linkage_labels``: the same scipy linkage and tree cut, label for label).
 """
 
 from __future__ import annotations
@@ -66,12 +67,13 @@ class _Upsampling:
     """What the clustering needs of one axis's interpolation matrix ``U`` (out, in), float64
     on the CPU (cached by size; read-only).
 
-    ``at_extremes`` is ``U`` at its extreme rows (r, in); ``with_full`` is ``[E; U]``. ``stacked`` is ``[U at its extreme
-    rows; R]`` (r + in, in) with ``R`` upper triangular and ``R^T R = U^T U`` (Cholesky), so
-    that one product ``A f B^T`` of a feature map with both axes' ``stacked`` gives the values
-    where its upsampling's extremes lie and a small map ``R_h f R_w^T`` whose inner products
-    are those of the upsampled maps. ``ones`` is ``R 1`` (in,): bilinear upsampling keeps
-    constants (``U 1 = 1``), so the constant image is the upsampling of the all-ones map.
+    ``at_extremes`` (``E``) is ``U`` at its extreme rows (r, in). ``stacked`` is ``[E; R]``
+    (r + in, in) with ``R`` upper triangular and ``R^T R = U^T U`` (Cholesky): one product
+    ``A f B^T`` of a feature map with both axes' ``stacked`` gives the values among which its
+    upsampling's extremes lie and a small map ``R_h f R_w^T`` whose inner products are those of
+    the upsampled maps. ``ones`` is ``R 1`` (in,): bilinear upsampling keeps constants
+    (``U 1 = 1``), so the constant image is the upsampling of the all-ones map. ``with_full``
+    is ``[E; U]`` (r + out, in), for the merged masks.
     """
 
     at_extremes: torch.Tensor  # (r, in)
@@ -194,11 +196,12 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
     * a merged mask (step 6) is the min-max of ``U g_k U^T`` with ``g_k = sum_{i in k} a_i f_i``
       (constants drop out of a min-max), its extremes again among ``E g_k E^T``.
 
-    The features are used channels-last ((gh, gw, C), as the tokens come), so each product is
-    one plain matrix product; one product with ``[E; R]`` on both sides gives the extremes and
-    ``V`` together. Steps 3-5 run in float64 on the CPU (the clustering does anyway; C = 768 for
-    ViT-B); the masks are built in float32 on ``feat``'s device. Few, large operations: right
-    after a forward pass each kernel's first call is slow (cold caches), tens of microseconds.
+    The maps are laid out (gh, C, gw), so that both sides of each product are plain matrix
+    products; one product with ``[E; R]`` on both sides gives the extremes and ``V`` together,
+    one with ``[E; U]`` the merged masks and their extremes. Steps 3-5 run in float64 on the
+    CPU (the clustering does anyway; C = 768 for ViT-B); the masks are built in float32 on
+    ``feat``'s device. Few, large operations: right after a forward pass each kernel's first
+    call is slow (cold caches), tens of microseconds on the CPU.
     """
     C, gh, gw = feat.shape
     H, W = size
@@ -236,8 +239,8 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
     Zm = (Ah @ (g.reshape(gh * K, gw) @ Aw.T).reshape(gh, -1)).reshape(rh + H, K, rw + W)
     ext = Zm[:rh, :, :rw].transpose(0, 1).reshape(K, -1)
     mlo, mhi = ext.amin(dim=1), ext.amax(dim=1)
-    scale = [1.0 / (b - a) if b > a else 0.0 for a, b in zip(mlo.tolist(), mhi.tolist())]
-    scale = torch.tensor(scale, dtype=torch.float32, device=dev)[:, None]
+    spans = [b - a for a, b in zip(mlo.tolist(), mhi.tolist())]
+    scale = torch.tensor([1.0 / d if d > 0 else 0.0 for d in spans], dtype=torch.float32, device=dev)[:, None]
     M = torch.empty(K, H, W, dtype=torch.float32, device=dev)
     torch.addcmul(-mlo[:, None] * scale, Zm[rh:, :, rw:], scale, out=M.permute(1, 0, 2))
     labels = np.array(labels, dtype=np.intp)
@@ -284,6 +287,10 @@ def vit_cx(
         ``pixel_map`` (B, H, W) the ViT-CX saliency itself, ``masks`` (list of (K_b, H, W)),
         ``mask_scores`` (list of (K_b,) ``Delta_k[target]``), ``K`` (list of ints), ``labels``
         (list of (C,) channel-to-mask assignments).
+
+    The input is not scanned for NaN up front (``checks_finite``): a NaN or infinite pixel
+    makes the first forward's output non-finite, and only then is the input checked, for the
+    same error ``explain`` gives.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
