@@ -146,6 +146,14 @@ def test_complete_linkage_labels_equal_sklearn(ties):
             ours = complete_linkage_labels(d, t)
             assert ours.dtype == np.intp and np.array_equal(ours, _sklearn_labels(d, t)), (n, t)
     assert complete_linkage_labels(np.zeros((1, 1)), 0.1).tolist() == [0]
+    from vit_explore.errors import InputError
+
+    with pytest.raises(InputError, match="square"):
+        complete_linkage_labels(np.zeros((3, 4)), 0.1)
+    bad = _random_distances(rng, 5, ties=False)
+    bad[1, 3] = np.nan
+    with pytest.raises(InputError, match="NaN or infinite"):
+        complete_linkage_labels(bad, 0.1)
 
 
 def test_complete_linkage_labels_equal_sklearn_on_vit_features():
