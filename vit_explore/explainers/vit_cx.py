@@ -123,9 +123,9 @@ def _cut_complete_linkage(y: np.ndarray, n: int, distance_threshold: float) -> l
     """``complete_linkage_labels`` of a condensed matrix ``y`` (float64), as a list."""
     if n == 1:
         return [0]
-    Z = _linkage_complete(y, n)
-    children = Z[:, :2].astype(np.intp).tolist()
-    n_clusters = int(np.count_nonzero(Z[:, 2] >= distance_threshold)) + 1
+    merges = _linkage_complete(y, n).tolist()  # (n - 1) rows [child, child, distance, size]
+    children = [(int(a), int(b)) for a, b, _, _ in merges]
+    n_clusters = sum(d >= distance_threshold for _, _, d, _ in merges) + 1
     # sklearn.cluster._agglomerative._hc_cut: split the newest node n_clusters - 1 times
     nodes = [-(max(children[-1]) + 1)]
     for _ in range(n_clusters - 1):
