@@ -497,8 +497,11 @@ def base_logits(
     (in-place version counters) and hooks, and ``x`` is equal to the cached batch.
     ``fp``: ``model_fingerprint(model)`` if the caller already has it.
     """
-    fp = model_fingerprint(model) if fp is None else fp
-    token = _image_token(x)
+    return _base_for(model, x, _image_token(x), model_fingerprint(model) if fp is None else fp, batch_size)
+
+
+def _base_for(model: nn.Module, x: torch.Tensor, token: int, fp: tuple, batch_size: int | None = None) -> torch.Tensor:
+    """``base_logits`` of ``x`` when its content token is known (a ``_Setup`` has it)."""
     logits = _cached_base(model, token, fp)
     if logits is None:
         logits = forward_logits(model, x, batch_size)
@@ -576,7 +579,7 @@ def run_regions(
         return out, base, fed, None
     # drop: remove tokens; group the sets by number of kept patches
     if need_base:
-        base = base_logits(model, x, batch_size, fp)
+        base = _base_for(model, s.x, s.token, fp, batch_size)
     P = s.grid[0] * s.grid[1]
     if len(regions) == 1 == x.shape[0]:  # one brush on one image: no grouping
         logits, kept = _drop_one(model, s, regions.reshape(-1).tolist(), mods)
@@ -688,9 +691,7 @@ def intervene(
     if cells is not None:  # one brush dropped from one image: the region stays a Python list until asked for
         if keep:
             cells = [not c for c in cells]
-        base = _cached_base(model, s.token, fp)
-        if base is None:
-            base = base_logits(model, s.x, batch_size, fp)
+        base = _base_for(model, s.x, s.token, fp, batch_size)
         logits, kept_list = _drop_one(model, s, cells, mods)
         fed, img_idx = s.x, None
 

@@ -10,6 +10,7 @@ that actually change.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 
 from torch import nn
@@ -120,16 +121,11 @@ def scan(model: nn.Module) -> tuple[list[nn.Module], tuple]:
     storage: list[int] = []
     hooks = []
     for m in mods:
-        for p in m._parameters.values():
-            if p is not None:
-                ids.append(id(p))
-                versions.append(p._version)
-                storage.append(p.data_ptr())
-        for b in m._buffers.values():
-            if b is not None:
-                ids.append(id(b))
-                versions.append(b._version)
-                storage.append(b.data_ptr())
+        for t in itertools.chain(m._parameters.values(), m._buffers.values()):
+            if t is not None:
+                ids.append(id(t))
+                versions.append(t._version)
+                storage.append(t.data_ptr())
         if m._forward_hooks or m._forward_pre_hooks:
             hooks.append((id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)))
     return mods, (id(model), tuple(ids), tuple(versions), tuple(storage), tuple(hooks))

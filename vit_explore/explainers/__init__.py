@@ -6,21 +6,7 @@ the first time the registry is consulted, so a new method only adds a file.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from ._registry import ExplainerResult, ExplainerSpec, get_explainer, list_methods, register_explainer
 
 __all__ = ["ExplainerResult", "ExplainerSpec", "get_explainer", "list_methods", "register_explainer"]
 
-_loaded = False
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{mod.name}")
-    _loaded = True

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
+import pkgutil
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -82,15 +85,18 @@ class ExplainerSpec:
 
 
 _REGISTRY: dict[str, ExplainerSpec] = {}
-_REGISTRY_COMPLETE = False  # every explainer module imported (the package does it on first use)
+_LOADED = False  # every explainer module imported
 
 
-def _complete_registry() -> None:
-    global _REGISTRY_COMPLETE
-    from . import _load_all
-
-    _load_all()
-    _REGISTRY_COMPLETE = True
+def _load_all() -> None:
+    """Import every public module of the explainers package (each registers itself), once."""
+    global _LOADED
+    if _LOADED:
+        return
+    for mod in pkgutil.iter_modules(sys.modules[__package__].__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{mod.name}")
+    _LOADED = True
 
 
 _NO_NEEDS = Needs()  # frozen: safe to share as a default
@@ -130,8 +136,7 @@ def register_explainer(
 
 def get_explainer(name: str) -> ExplainerSpec:
     """Look up a method by key, with a suggestion for near misses."""
-    if not _REGISTRY_COMPLETE:
-        _complete_registry()
+    _load_all()
     if not isinstance(name, str):
         raise UnknownMethodError(f"method must be a string key, got {type(name).__name__}")
     if name in _REGISTRY:
@@ -147,6 +152,6 @@ def get_explainer(name: str) -> ExplainerSpec:
 
 def list_methods(pattern: str | None = None) -> list[str]:
     """Registered method keys, optionally filtered with a shell-style pattern (``"*rollout*"``)."""
-    _complete_registry()
+    _load_all()
     names = sorted(_REGISTRY)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
