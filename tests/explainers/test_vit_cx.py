@@ -12,6 +12,30 @@ from vit_explore.testing import tiny_vit
 from ..conftest import input_for
 
 
+def replica_masks(fm, size, threshold=0.1):
+    """§10 steps 3-6 of (C, gh, gw) float64 features, plainly: labels, masks (K, H, W), distances."""
+    H, W = size
+    up = F.interpolate(fm[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+    m = up.reshape(up.shape[0], -1)
+    m = (m - m.min(1, keepdim=True).values) / (m.max(1, keepdim=True).values - m.min(1, keepdim=True).values)
+    num = m @ m.T
+    den = torch.linalg.norm(m, dim=1)[:, None] * torch.linalg.norm(m, dim=1)[None, :]
+    sim = num / den
+    sim[torch.isnan(sim)] = 0
+    dist = (1 - sim).numpy()
+    labels = AgglomerativeClustering(
+        n_clusters=None, distance_threshold=threshold, metric="precomputed", linkage="complete"
+    ).fit(dist).labels_
+    K = len(set(labels))
+    merged = torch.zeros(K, H * W, dtype=torch.float64)
+    for i in range(len(m)):
+        merged[labels[i]] += torch.nan_to_num(m[i])  # a constant map's NaN mask adds nothing
+    merged = (merged - merged.min(1, keepdim=True).values) / (
+        merged.max(1, keepdim=True).values - merged.min(1, keepdim=True).values
+    )
+    return labels, torch.nan_to_num(merged).reshape(K, H, W), dist  # a cluster of constant maps: zero
+
+
 def replica_vit_cx(model, x1, seed=0, threshold=0.1, sigma=0.1):
     """§10 for one image (1, 3, H, W), written plainly: returns sal (H, W), K, masks, deltas."""
     T = model.num_prefix_tokens
@@ -28,26 +52,8 @@ def replica_vit_cx(model, x1, seed=0, threshold=0.1, sigma=0.1):
     ph, pw = model.patch_embed.patch_size
     gh, gw = H // ph, W // pw
     f = feats[0][0, T:].double()  # (P, C)
-    fm = f.T.reshape(-1, gh, gw)  # (C, gh, gw)
-    up = F.interpolate(fm[None], size=(H, W), mode="bilinear", align_corners=False)[0]
-    m = up.reshape(up.shape[0], -1)
-    m = (m - m.min(1, keepdim=True).values) / (m.max(1, keepdim=True).values - m.min(1, keepdim=True).values)
-    num = m @ m.T
-    den = torch.linalg.norm(m, dim=1)[:, None] * torch.linalg.norm(m, dim=1)[None, :]
-    sim = num / den
-    sim[torch.isnan(sim)] = 0
-    dist = (1 - sim).numpy()
-    labels = AgglomerativeClustering(
-        n_clusters=None, distance_threshold=threshold, metric="precomputed", linkage="complete"
-    ).fit(dist).labels_
-    K = len(set(labels))
-    merged = torch.zeros(K, H * W, dtype=torch.float64)
-    for i in range(len(m)):
-        merged[labels[i]] += m[i]
-    merged = (merged - merged.min(1, keepdim=True).values) / (
-        merged.max(1, keepdim=True).values - merged.min(1, keepdim=True).values
-    )
-    masks = merged.reshape(K, H, W)
+    labels, masks, dist = replica_masks(f.T.reshape(-1, gh, gw), (H, W), threshold)
+    K = len(masks)
     eps = torch.randn(K, 3, H, W, generator=torch.Generator().manual_seed(seed)) * sigma
     deltas = []
     for k in range(K):
@@ -117,6 +123,74 @@ def test_constant_feature_maps_give_zero_masks():
     labels, M = cluster_masks(feat, (32, 32), 0.1)
     assert M.shape[0] == len(set(labels.tolist()))
     assert torch.isfinite(M).all()
+
+
+@pytest.mark.parametrize(
+    "grid,size",
+    [((12, 12), (96, 96)), ((3, 5), (20, 33)), ((1, 4), (9, 40)), ((4, 4), (4, 4)), ((6, 2), (48, 7))],
+)
+def test_cluster_masks_equal_the_dense_float64_steps(grid, size):
+    """The compiled kernels (stencils, extremes on the interval ends, bidiagonal R-space
+    cosines) against upsampling every channel to the full size in float64: the same labels,
+    masks within float32 rounding; grids of one row, non-square grids and sizes, no upsampling."""
+    from vit_explore.explainers.vit_cx import cluster_masks
+
+    gen = torch.Generator().manual_seed(sum(grid) + sum(size))
+    base = torch.randn(4, *grid, generator=gen, dtype=torch.float64)
+    # channels near one of four patterns, so that clusters of several channels form
+    feat = base[torch.arange(40) % 4] + 0.05 * torch.randn(40, *grid, generator=gen, dtype=torch.float64)
+    for threshold in (0.02, 0.1, 0.5):
+        want_labels, want_masks, _ = replica_masks(feat, size, threshold)
+        labels, M = cluster_masks(feat, size, threshold)
+        assert np.array_equal(labels, want_labels)
+        assert M.dtype == torch.float32 and M.shape == (len(set(want_labels)), *size)
+        assert torch.allclose(M.double(), want_masks, atol=3e-7)
+
+
+@pytest.mark.parametrize("out_size,in_size", [(96, 12), (20, 14), (7, 7), (8, 1), (224, 14), (5, 3), (33, 5)])
+def test_upsampling_stencils_and_bidiagonal_factor(out_size, in_size):
+    """What the kernels take of each axis: the stencils rebuild PyTorch's interpolation matrix
+    exactly, the extreme rows are ``_extreme_rows``', and ``R`` (d, s) is a Cholesky factor of
+    ``U^T U``."""
+    from vit_explore.explainers import vit_cx as V
+
+    U = V.interp_matrix(out_size, in_size)
+    ax = V._axis(out_size, in_size)
+
+    def dense(idx, w):
+        D = torch.zeros(len(idx), in_size, dtype=torch.float64)
+        for r, (i, v) in enumerate(zip(idx.tolist(), w.tolist())):
+            D[r, i[0]] += v[0]
+            if i[1] != i[0] or v[1]:
+                D[r, i[1]] += v[1]
+        return D
+
+    assert torch.equal(dense(ax.full_idx, ax.full_w), U)
+    assert torch.equal(dense(ax.ext_idx, ax.ext_w), U[V._extreme_rows(U)])
+    R = torch.diag(torch.from_numpy(ax.d)) + torch.diag(torch.from_numpy(ax.s[:-1]), 1)
+    assert ax.s[-1] == 0
+    assert torch.allclose(R.T @ R, U.T @ U, atol=1e-12)
+
+
+def test_scratch_inputs_are_never_shared():
+    """The 2K-input buffer is reused between calls, never lent to two at once; the pool is bounded."""
+    from vit_explore.explainers import vit_cx as V
+
+    like = torch.zeros(1)
+    with V._scratch((3, 2), like) as a, V._scratch((3, 2), like) as b:
+        assert a.data_ptr() != b.data_ptr()  # a second, concurrent user gets its own
+    with V._scratch((3, 2), like) as c:
+        assert c.data_ptr() in (a.data_ptr(), b.data_ptr())  # returned to the pool, reused
+    with V._scratch((3, 2), like.double()) as d:
+        assert d.dtype == torch.float64 and d.data_ptr() not in (a.data_ptr(), b.data_ptr())
+    for n in range(10):
+        with V._scratch((n + 5,), like):
+            pass
+    assert len(V._SCRATCH) <= V._SCRATCH_ENTRIES
+    big = V._SCRATCH_MAX_BYTES // 4 + 1
+    with V._scratch((big,), like) as e:
+        ptr = e.data_ptr()
+    assert all(t.data_ptr() != ptr for t in V._SCRATCH.values())  # too large to keep
 
 
 def _sklearn_labels(dist, threshold):

@@ -12,14 +12,20 @@ Cost: one forward (features and p_c, no backward) and 2K forwards in batches of
 (gh, gw) features (upsampling is linear, and the per-mask min and max of a bilinear
 upsampling lie on the rows and columns that end an interpolation interval; see
 ``cluster_masks``): no C x H x W tensor is built. The clustering is scikit-learn's
-(``complete_linkage_labels``: the same scipy linkage and tree cut, label for label).
+(``complete_linkage_labels``: the same scipy linkage and tree cut, label for label). That
+work runs in compiled kernels (``_vit_cx_kernels``, numba), on the CPU whatever the model's
+device: as PyTorch ops, a few dozen tiny ones right after a forward pass, it cost a fifth of
+the forwards' time on a small model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import heapq
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,31 +69,46 @@ def _extreme_rows(U: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Upsampling:
-    """What the clustering needs of one axis's interpolation matrix ``U`` (out, in), float64
-    on the CPU (cached by size; read-only).
+class _Axis:
+    """One axis's bilinear upsampling ``U`` (out, in) as the kernels take it (numpy, cached by
+    size: read-only). Stencils (n, 2): ``idx`` int64 and ``w`` float64, the (at most two)
+    non-zeros of each row of ``U`` (``full``) and of its extreme rows ``E`` (``ext``); ``d``,
+    ``s`` (in,): diagonal and superdiagonal of the upper bidiagonal ``R`` with ``R^T R = U^T U``
+    (``U^T U`` is tridiagonal)."""
 
-    ``at_extremes`` (``E``) is ``U`` at its extreme rows (r, in). ``stacked`` is ``[E; R]``
-    (r + in, in) with ``R`` upper triangular and ``R^T R = U^T U`` (Cholesky): one product
-    ``A f B^T`` of a feature map with both axes' ``stacked`` gives the values among which its
-    upsampling's extremes lie and a small map ``R_h f R_w^T`` whose inner products are those of
-    the upsampled maps. ``ones`` is ``R 1`` (in,): bilinear upsampling keeps constants
-    (``U 1 = 1``), so the constant image is the upsampling of the all-ones map. ``with_full``
-    is ``[E; U]`` (r + out, in), for the merged masks.
-    """
+    ext_idx: np.ndarray
+    ext_w: np.ndarray
+    d: np.ndarray
+    s: np.ndarray
+    full_idx: np.ndarray
+    full_w: np.ndarray
 
-    at_extremes: torch.Tensor  # (r, in)
-    stacked: torch.Tensor  # (r + in, in)
-    ones: torch.Tensor  # (in,)
-    with_full: torch.Tensor  # (r + out, in): [E; U]
+
+def _stencil(U: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zeros of a matrix with at most two per row, as (n, 2) indices and weights (a
+    row with one pads with weight 0)."""
+    n, m = U.shape
+    idx = np.zeros((n, 2), dtype=np.int64)
+    w = np.zeros((n, 2))
+    for r, row in enumerate(U.tolist()):
+        nz = [(j, v) for j, v in enumerate(row) if v != 0.0]
+        if not 1 <= len(nz) <= 2:
+            raise AssertionError(f"row {r} of a {n}x{m} interpolation matrix has {len(nz)} non-zeros")
+        for k, (j, v) in enumerate(nz):
+            idx[r, k], w[r, k] = j, v
+        if len(nz) == 1:
+            idx[r, 1] = idx[r, 0]
+    return idx, w
 
 
 @functools.lru_cache(maxsize=16)
-def _upsampling(out_size: int, in_size: int) -> _Upsampling:
+def _axis(out_size: int, in_size: int) -> _Axis:
     U = interp_matrix(out_size, in_size)
-    R = torch.linalg.cholesky(U.T @ U).T.contiguous()  # U^T U is positive definite: U has full column rank
-    E = U[_extreme_rows(U)].contiguous()
-    return _Upsampling(E, torch.cat([E, R]), R.sum(1), torch.cat([E, U]))
+    R = torch.linalg.cholesky(U.T @ U).T  # U has full column rank; R is upper bidiagonal
+    d = R.diagonal().numpy().copy()
+    s = np.zeros(in_size)
+    s[:-1] = R.diagonal(1).numpy()
+    return _Axis(*_stencil(U[_extreme_rows(U)]), d, s, *_stencil(U))
 
 
 @functools.lru_cache(maxsize=8)
@@ -116,32 +137,14 @@ def complete_linkage_labels(dist: np.ndarray, distance_threshold: float) -> np.n
     y = dist[i, j]
     if not np.isfinite(y).all():
         raise InputError("the distance matrix has NaN or infinite entries")
-    return np.array(_cut_complete_linkage(y, n, distance_threshold), dtype=np.intp)
+    return _cut_complete_linkage(y, n, distance_threshold)
 
 
-def _cut_complete_linkage(y: np.ndarray, n: int, distance_threshold: float) -> list[int]:
-    """``complete_linkage_labels`` of a condensed matrix ``y`` (float64), as a list."""
+def _cut_complete_linkage(y: np.ndarray, n: int, distance_threshold: float) -> np.ndarray:
+    """``complete_linkage_labels`` of a condensed matrix ``y`` (float64): (n,) int64."""
     if n == 1:
-        return [0]
-    merges = _linkage_complete(y, n).tolist()  # (n - 1) rows [child, child, distance, size]
-    children = [(int(a), int(b)) for a, b, _, _ in merges]
-    n_clusters = sum(d >= distance_threshold for _, _, d, _ in merges) + 1
-    # sklearn.cluster._agglomerative._hc_cut: split the newest node n_clusters - 1 times
-    nodes = [-(max(children[-1]) + 1)]
-    for _ in range(n_clusters - 1):
-        a, b = children[-nodes[0] - n]
-        heapq.heappush(nodes, -a)
-        heapq.heappushpop(nodes, -b)
-    labels = [0] * n
-    for k, node in enumerate(nodes):
-        stack = [-node]
-        while stack:
-            v = stack.pop()
-            if v < n:
-                labels[v] = k
-            else:
-                stack.extend(children[v - n])
-    return labels
+        return np.zeros(1, dtype=np.int64)
+    return _kernels().cut_tree(_linkage_complete(y, n), n, float(distance_threshold))
 
 
 def _linkage_complete(y: np.ndarray, n: int) -> np.ndarray:
@@ -171,13 +174,6 @@ def _nn_chain():
 _COMPLETE = 1  # scipy.cluster.hierarchy._LINKAGE_METHODS["complete"]
 
 
-@functools.lru_cache(maxsize=16)
-def _axes(H: int, W: int, gh: int, gw: int) -> tuple[_Upsampling, _Upsampling, torch.Tensor]:
-    """Both axes' ``_Upsampling`` and ``(R_h 1)(R_w 1)^T`` as (gh, 1, gw): the all-ones map in R-space."""
-    uh, uw = _upsampling(H, gh), _upsampling(W, gw)
-    return uh, uw, torch.outer(uh.ones, uw.ones)[:, None, :]
-
-
 def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold: float) -> tuple[np.ndarray, torch.Tensor]:
     """ViT-CX steps 3-6 for one image.
 
@@ -202,61 +198,76 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
     * a merged mask (step 6) is the min-max of ``U g_k U^T`` with ``g_k = sum_{i in k} a_i f_i``
       (constants drop out of a min-max), its extremes again among ``E g_k E^T``.
 
-    The maps are laid out (gh, C, gw), so that both sides of each product are plain matrix
-    products; one product with ``[E; R]`` on both sides gives the extremes and ``V`` together,
-    one with ``[E; U]`` the merged masks and their extremes. Steps 3-5 run in float64 on the
-    CPU (the clustering does anyway; C = 768 for ViT-B); the masks are built in float32 on
-    ``feat``'s device. Few, large operations: right after a forward pass each kernel's first
-    call is slow (cold caches), tens of microseconds on the CPU.
+    ``U`` has two non-zeros a row and ``R`` is bidiagonal, so all of it is a few passes over
+    the (gh, gw) maps, in float64, compiled (``_vit_cx_kernels``); the clustering is
+    ``complete_linkage_labels``'.
     """
     C, gh, gw = feat.shape
+    labels, M, _ = _clusters(feat.detach().reshape(C, gh * gw).T, gh, gw, size, distance_threshold)
+    return labels, M.to(feat.device)
+
+
+def _clusters(
+    act: torch.Tensor, gh: int, gw: int, size: tuple[int, int], distance_threshold: float
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """``cluster_masks`` of (P, C) features (any device and float dtype), with what steps 8-9
+    weigh mask k's score by, ``M_k / (K sum_j M_j)``: labels (C,), masks (K, H, W) and
+    ``1 / (K sum_j M_j)`` (H * W,), both float32 on the CPU."""
     H, W = size
-    uh, uw, ones = _axes(H, W, gh, gw)
-    rh, rw = uh.at_extremes.shape[0], uw.at_extremes.shape[0]
-    # (gh, C, gw): both spatial products are plain matrix products, channels in the middle
-    f = feat.detach().permute(1, 0, 2).to(device="cpu", dtype=torch.float64, memory_format=torch.contiguous_format)
-    Z = (uh.stacked @ (f.reshape(gh * C, gw) @ uw.stacked.T).reshape(gh, -1)).reshape(rh + gh, C, rw + gw)
-    ext = Z[:rh, :, :rw].transpose(0, 1).reshape(C, -1)  # (C, rh * rw): a copy, so both reductions run along rows
-    lo, hi = ext.amin(dim=1), ext.amax(dim=1)
-    V = torch.empty(C, gh, gw, dtype=torch.float64)
-    torch.addcmul(Z[rh:, :, rw:], ones, lo[:, None], value=-1.0, out=V.permute(1, 0, 2))
-    V = V.reshape(C, gh * gw)
-    gram = V @ V.T
-    rng = (hi - lo).tolist()
-    if not all(map(math.isfinite, rng)):
+    kernels = _kernels()
+    if act.device.type == "cpu" and act.dtype in (torch.float32, torch.float64) and act.is_contiguous():
+        a = act.numpy()  # the kernels read float32 or float64 and compute in float64
+    else:
+        a = act.to(device="cpu", dtype=torch.float64, memory_format=torch.contiguous_format).numpy()
+    ah, aw = _axis(H, gh), _axis(W, gw)
+    y, rng, finite = kernels.cosine_distances(a, gh, gw, ah.ext_idx, ah.ext_w, aw.ext_idx, aw.ext_w, ah.d, ah.s, aw.d, aw.s)
+    if not finite:
         raise InputError("the feature maps are not finite: the model's features are NaN or infinite")
-    inv = torch.tensor(
-        [1.0 / math.sqrt(d) if r > 0 and d > 0 else 0.0 for r, d in zip(rng, gram.diagonal().tolist())],
-        dtype=torch.float64,
-    )
-    iu, ju = _upper_triangle(C)
-    dist = gram.mul_(inv[:, None]).mul_(-inv).add_(1.0).numpy()  # 1 - cos
-    labels = _cut_complete_linkage(dist[iu, ju], C, distance_threshold)
-    K = max(labels) + 1
-    member = [0.0] * (K * C)  # (K, C): a_i at (label_i, i)
-    for i, (k, r) in enumerate(zip(labels, rng)):
-        if r > 0:
-            member[k * C + i] = 1.0 / r
-    # the merged maps on the grid, g_k = sum a_i f_i (gh, K, gw), then in float32 on the features' device
-    # both their extremes and their upsampling from one product with [E; U] on both sides: (rh + H, K, rw + W)
-    dev = feat.device
-    g = (torch.tensor(member, dtype=torch.float64).reshape(K, C) @ f).to(device=dev, dtype=torch.float32)
-    Ah, Aw = _with_full32(H, gh, dev), _with_full32(W, gw, dev)
-    Zm = (Ah @ (g.reshape(gh * K, gw) @ Aw.T).reshape(gh, -1)).reshape(rh + H, K, rw + W)
-    ext = Zm[:rh, :, :rw].transpose(0, 1).reshape(K, -1)
-    mlo, mhi = ext.amin(dim=1), ext.amax(dim=1)
-    spans = [b - a for a, b in zip(mlo.tolist(), mhi.tolist())]
-    scale = torch.tensor([1.0 / d if d > 0 else 0.0 for d in spans], dtype=torch.float32, device=dev)[:, None]
-    M = torch.empty(K, H, W, dtype=torch.float32, device=dev)
-    torch.addcmul(-mlo[:, None] * scale, Zm[rh:, :, rw:], scale, out=M.permute(1, 0, 2))
-    labels = np.array(labels, dtype=np.intp)
-    return labels, M.clamp_(0.0, 1.0)  # rounding may leave the extremes an ulp outside [0, 1]
+    labels = _cut_complete_linkage(y, a.shape[1], distance_threshold)
+    M, inv = kernels.merged_masks(
+        a, gh, gw, labels, int(labels.max()) + 1, rng,
+        ah.ext_idx, ah.ext_w, aw.ext_idx, aw.ext_w, ah.full_idx, ah.full_w, aw.full_idx, aw.full_w,
+    )  # fmt: skip
+    return labels, torch.from_numpy(M), torch.from_numpy(inv)
 
 
-@functools.lru_cache(maxsize=16)
-def _with_full32(out_size: int, in_size: int, device: torch.device) -> torch.Tensor:
-    """``_upsampling(out_size, in_size).with_full`` in float32 on ``device`` (cached: read-only)."""
-    return _upsampling(out_size, in_size).with_full.to(device=device, dtype=torch.float32)
+@functools.cache
+def _kernels():
+    """The compiled kernels' module, imported on first use (numba's import takes ~0.1 s)."""
+    from . import _vit_cx_kernels
+
+    return _vit_cx_kernels
+
+
+_SCRATCH: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_SCRATCH_LOCK = threading.Lock()
+_SCRATCH_ENTRIES, _SCRATCH_MAX_BYTES = 4, 64 * 2**20
+
+
+@contextlib.contextmanager
+def _scratch(shape: Sequence[int], like: torch.Tensor) -> Iterator[torch.Tensor]:
+    """An uninitialised CPU tensor of ``shape`` (``like``'s dtype) for one call's 2K inputs,
+    reused by later calls with the same shape. A fresh buffer of a few MB is a fresh mapping
+    that page-faults on first write, on every call (about 0.3 ms of the 2 ms that ViT-CX adds
+    to its forwards on the small model). Taken out of the pool while in use, so concurrent
+    calls never share one; the last few shapes are kept, none over 64 MB. Other devices get
+    a plain allocation (their caching allocators reuse memory already)."""
+    if like.device.type != "cpu":
+        yield like.new_empty(shape)
+        return
+    key = (tuple(shape), like.dtype)
+    with _SCRATCH_LOCK:
+        buf = _SCRATCH.pop(key, None)
+    if buf is None:
+        buf = like.new_empty(shape)
+    try:
+        yield buf
+    finally:
+        if buf.numel() * buf.element_size() <= _SCRATCH_MAX_BYTES:
+            with _SCRATCH_LOCK:
+                _SCRATCH[key] = buf
+                while len(_SCRATCH) > _SCRATCH_ENTRIES:
+                    _SCRATCH.popitem(last=False)
 
 
 @register_explainer(
@@ -315,32 +326,30 @@ def vit_cx(
     act = acts[name][:, T:]  # (B, P, C), patch tokens only
     if act.shape[1] != gh * gw:
         raise InputError(f"block {L - 1} norm1 has {act.shape[1]} patch tokens, expected {gh * gw}")
-    feats = act.transpose(1, 2).reshape(B, -1, gh, gw)
     p_c = [row[c] for row, c in zip(logits.softmax(-1).tolist(), tgt.tolist())]
     if not all(map(math.isfinite, p_c)):
         check_finite(x)  # a NaN or infinite pixel: the input's own error
         raise InputError("the model's output is NaN or infinite for this input (are its weights finite?)")
 
-    masks, labels, weights = [], [], []
+    masks, labels, inverse = [], [], []
     for b in range(B):
-        lab, M = cluster_masks(feats[b], (H, W), float(distance_threshold))
-        M = M.to(x.dtype)
-        masks.append(M)
+        # steps 3-6, and the 1 / (K sum_j M_j) by which steps 8-9 weigh M_k (0 where no mask covers a pixel)
+        lab, M, inv = _clusters(act[b], gh, gw, (H, W), float(distance_threshold))
+        masks.append(M.to(device=x.device, dtype=x.dtype))
+        inverse.append(inv.to(device=x.device, dtype=x.dtype))
         labels.append(lab)
-        # steps 8-9 weigh mask k's score by M_k / (K sum_j M_j) (pixels that no mask covers: 0)
-        weights.append(M.reshape(len(M), -1) / (M.sum(0).reshape(-1).clamp_(min=torch.finfo(M.dtype).tiny) * len(M)))
     counts = [M.shape[0] for M in masks]
     # the 2K inputs of every image, written in place into one batch (step 7):
     # rows [at, at+K) are x*M_k + eps_k(1-M_k), rows [at+K, at+2K) are x + eps_k(1-M_k)
-    fed = x.new_empty(2 * sum(counts), *x.shape[1:])
-    at = 0
-    for b, (M, K) in enumerate(zip(masks, counts)):
-        Mx = M[:, None]  # (K, 1, H, W)
-        eps = cached_noise((K, *x.shape[1:]), seed, sigma, x)
-        torch.lerp(eps, x[b], Mx, out=fed[at : at + K])  # eps + M (x - eps)
-        torch.addcmul(x[b], eps, 1 - Mx, out=fed[at + K : at + 2 * K])
-        at += 2 * K
-    probs = forward_logits(model, fed, batch_size, mods).softmax(-1)
+    with _scratch((2 * sum(counts), *x.shape[1:]), x) as fed:
+        at = 0
+        for b, (M, K) in enumerate(zip(masks, counts)):
+            Mx = M[:, None]  # (K, 1, H, W)
+            eps = cached_noise((K, *x.shape[1:]), seed, sigma, x)
+            torch.lerp(eps, x[b], Mx, out=fed[at : at + K])  # eps + M (x - eps)
+            torch.addcmul(x[b], eps, 1 - Mx, out=fed[at + K : at + 2 * K])
+            at += 2 * K
+        probs = forward_logits(model, fed, batch_size, mods).softmax(-1)
     sal = x.new_empty(B, H * W)
     scores, at = [], 0
     for b, c in enumerate(tgt.tolist()):
@@ -349,7 +358,7 @@ def vit_cx(
         at += 2 * K
         delta = p[:K] - p[K:] + p_c[b]  # Delta_k[c] = P(x_k) - P(x'_k) + p_c
         scores.append(delta)
-        torch.mv(weights[b].T, delta, out=sal[b])
+        torch.mv(masks[b].reshape(K, -1).T, delta, out=sal[b]).mul_(inverse[b])  # sum_k Delta_k M_k / (K sum_j M_j)
     sal = sal.reshape(B, H, W)
     sal32 = sal.to(torch.float32)
     patch_map = layout.pool_pixels(sal32, "mean")
