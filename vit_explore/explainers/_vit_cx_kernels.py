@@ -191,26 +191,14 @@ def cut_tree(Z, n, distance_threshold):  # pragma: no cover - compiled
     for _ in range(n_clusters - 1):
         row = -heap[0] - n
         a, b = int(Z[row, 0]), int(Z[row, 1])
-        # heappush(heap, -a): append, then sift the new item up towards the root
-        pos = size
-        heap[pos] = -a
+        # heappush(heap, -a): append, then move it towards the root
+        heap[size] = -a
         size += 1
-        item = heap[pos]
-        while pos > 0:
-            parent = (pos - 1) >> 1
-            if item < heap[parent]:
-                heap[pos] = heap[parent]
-                pos = parent
-            else:
-                break
-        heap[pos] = item
-        # heappushpop(heap, -b): replace the root if it is smaller, then sift down and up
-        item = -b
-        if heap[0] < item:
-            item, heap[0] = heap[0], item
-            pos = 0
-            new = heap[0]
-            child = 1
+        _sift_to_root(heap, size - 1)
+        # heappushpop(heap, -b): if the root is smaller, put -b there, move the smaller child
+        # up until a leaf is free (heapq._siftup), place -b in it and move it towards the root
+        if heap[0] < -b:
+            pos, child = 0, 1
             while child < size:
                 right = child + 1
                 if right < size and not heap[child] < heap[right]:
@@ -218,15 +206,8 @@ def cut_tree(Z, n, distance_threshold):  # pragma: no cover - compiled
                 heap[pos] = heap[child]
                 pos = child
                 child = 2 * pos + 1
-            heap[pos] = new
-            while pos > 0:
-                parent = (pos - 1) >> 1
-                if new < heap[parent]:
-                    heap[pos] = heap[parent]
-                    pos = parent
-                else:
-                    break
-            heap[pos] = new
+            heap[pos] = -b
+            _sift_to_root(heap, pos)
     stack = np.empty(n + 1, np.int64)
     for k in range(size):
         top = 0
@@ -242,3 +223,17 @@ def cut_tree(Z, n, distance_threshold):  # pragma: no cover - compiled
                 stack[top + 1] = int(Z[v - n, 1])
                 top += 2
     return labels
+
+
+@njit(cache=True)
+def _sift_to_root(heap, pos):  # pragma: no cover - compiled
+    """CPython's ``heapq._siftdown(heap, 0, pos)``: move ``heap[pos]`` up past larger parents."""
+    item = heap[pos]
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if item < heap[parent]:
+            heap[pos] = heap[parent]
+            pos = parent
+        else:
+            break
+    heap[pos] = item
