@@ -172,6 +172,23 @@ def test_upsampling_stencils_and_bidiagonal_factor(out_size, in_size):
     assert torch.allclose(R.T @ R, U.T @ U, atol=1e-12)
 
 
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    """Where numba finds no place to cache machine code (read-only install and home), plain
+    ``njit(cache=True)`` fails at decoration; the kernels' decorator compiles uncached instead."""
+    import numba
+    from numba.core import config
+
+    from vit_explore.explainers._vit_cx_kernels import _compiled
+
+    def plus_one(a):
+        return a + 1
+
+    monkeypatch.setattr(config, "CACHE_LOCATOR_CLASSES", "ZipCacheLocator")  # never applies to a .py file
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        numba.njit(cache=True)(plus_one)
+    assert _compiled()(plus_one)(np.arange(3)).tolist() == [1, 2, 3]
+
+
 def test_scratch_inputs_are_never_shared():
     """The 2K-input buffer is reused between calls, never lent to two at once; the pool is bounded."""
     from vit_explore.explainers import vit_cx as V

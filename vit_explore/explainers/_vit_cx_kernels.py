@@ -1,11 +1,12 @@
 """Compiled kernels of ViT-CX's mask building and distances (methods.md §10 steps 3-6, 8).
 
-Pure functions over small float64 arrays, compiled by numba (``cache=True``: the machine
-code is kept beside this file, or in numba's user cache where that is read-only; the first
-call in a fresh environment compiles for about two seconds). ViT-CX's own work around its
-2K + 1 forward passes is a few dozen tiny operations; run as PyTorch ops right after a
-forward pass each costs tens of microseconds (cold caches), so on a small model they added a
-fifth to the forwards' time. Here they are two calls.
+Pure functions over small float32 / float64 arrays (computing in float64), compiled by numba.
+The machine code is cached on disk, beside this file or in numba's user cache; where neither
+is writable it is compiled anew in each process. The first call in a fresh environment
+compiles for about three seconds. ViT-CX's own work around its 2K + 1 forward passes was a
+few dozen tiny PyTorch operations; right after a forward pass each costs tens of microseconds
+(cold caches), so on a small model they added a fifth to the forwards' time. Here they are
+three calls, and scipy's complete linkage between them.
 
 Each axis's bilinear upsampling ``U`` (out, in), ``align_corners=False``, has at most two
 non-zeros per row, given as a *stencil*: ``idx`` (n, 2) int64 and ``w`` (n, 2) float64 with
@@ -25,10 +26,26 @@ import numpy as np
 from numba import njit
 
 _FAST = {"nsz", "arcp", "contract", "reassoc"}  # lets the dot products and min/max vectorise
+
+
+def _compiled(fastmath: set[str] | bool = False):
+    """``numba.njit`` with the machine code cached on disk; where numba finds no writable
+    place for it (a read-only install and home), compiled anew in each process instead of
+    failing: numba raises "cannot cache function" at decoration otherwise."""
+
+    def deco(fn):
+        try:
+            return njit(cache=True, fastmath=fastmath)(fn)
+        except RuntimeError:
+            return njit(cache=False, fastmath=fastmath)(fn)
+
+    return deco
+
+
 _TINY32 = np.float32(np.finfo(np.float32).tiny)
 
 
-@njit(cache=True, fastmath=_FAST)
+@_compiled(fastmath=_FAST)
 def cosine_distances(act, gh, gw, ehi, ehw, ewi, eww, rhd, rhs, rwd, rws):  # pragma: no cover - compiled
     """Condensed ``1 - cos`` between the min-max-scaled upsampled feature maps.
 
@@ -105,7 +122,7 @@ def cosine_distances(act, gh, gw, ehi, ehw, ewi, eww, rhd, rhs, rwd, rws):  # pr
     return y, rng, finite
 
 
-@njit(cache=True, fastmath=_FAST)
+@_compiled(fastmath=_FAST)
 def merged_masks(act, gh, gw, labels, K, rng, ehi, ehw, ewi, eww, uhi, uhw, uwi, uww):  # pragma: no cover - compiled
     """Merged masks and the pixel weights' common factor (steps 6 and 8).
 
@@ -167,7 +184,7 @@ def merged_masks(act, gh, gw, labels, K, rng, ehi, ehw, ewi, eww, uhi, uhw, uwi,
     return M, den
 
 
-@njit(cache=True)
+@_compiled()
 def cut_tree(Z, n, distance_threshold):  # pragma: no cover - compiled
     """Cluster labels (n,) int64 of a linkage matrix ``Z`` (n - 1, 4) float64 (scipy's: rows
     ``[child, child, distance, size]`` by increasing distance), cut as scikit-learn cuts it
@@ -225,7 +242,7 @@ def cut_tree(Z, n, distance_threshold):  # pragma: no cover - compiled
     return labels
 
 
-@njit(cache=True)
+@_compiled()
 def _sift_to_root(heap, pos):  # pragma: no cover - compiled
     """CPython's ``heapq._siftdown(heap, 0, pos)``: move ``heap[pos]`` up past larger parents."""
     item = heap[pos]
