@@ -261,17 +261,20 @@ def test_complete_linkage_labels_equal_sklearn_on_vit_features():
         assert ex.extras["K"][b] == K and np.array_equal(ex.extras["labels"][b], labels)
 
 
-@pytest.mark.parametrize("broken", ["missing", "signature"])
-def test_linkage_falls_back_to_public_scipy(monkeypatch, broken):
-    """Where scipy's nn_chain is gone or changed, the public linkage gives the same labels."""
-    from vit_explore.explainers import vit_cx as V
+@pytest.mark.parametrize("ties", [False, True])
+def test_complete_linkage_equals_scipy(ties):
+    """The compiled nearest-neighbour chain gives scipy's linkage matrix exactly (children,
+    heights, sizes, merge order), tied heights included."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
 
-    def changed(*args):
-        raise TypeError("nn_chain() takes a different signature")
+    from vit_explore.explainers._vit_cx_kernels import complete_linkage
 
-    monkeypatch.setattr(V, "_nn_chain", lambda: None if broken == "missing" else changed)
-    d = _random_distances(np.random.default_rng(1), 30, ties=True)
-    assert np.array_equal(V.complete_linkage_labels(d, 1.0), _sklearn_labels(d, 1.0))
+    rng = np.random.default_rng(11)
+    for n in (2, 3, 4, 9, 31, 64, 90):
+        for _ in range(6):
+            y = squareform(_random_distances(rng, n, ties), checks=False)
+            assert np.array_equal(complete_linkage(y, n), linkage(y, method="complete")), n
 
 
 def test_nan_input_and_nan_model_get_their_own_errors():

@@ -6,7 +6,8 @@ is writable it is compiled anew in each process. The first call in a fresh envir
 compiles for about three seconds. ViT-CX's own work around its 2K + 1 forward passes was a
 few dozen tiny PyTorch operations; right after a forward pass each costs tens of microseconds
 (cold caches), so on a small model they added a fifth to the forwards' time. Here they are
-three calls, and scipy's complete linkage between them.
+one call (``clusters``), complete linkage included (``complete_linkage``: scipy's algorithm
+and tie rules, tested against its linkage matrix).
 
 Each axis's bilinear upsampling ``U`` (out, in), ``align_corners=False``, has at most two
 non-zeros per row, given as a *stencil*: ``idx`` (n, 2) int64 and ``w`` (n, 2) float64 with
@@ -254,3 +255,99 @@ def _sift_to_root(heap, pos):  # pragma: no cover - compiled
         else:
             break
     heap[pos] = item
+
+
+@_compiled()
+def _condensed(n, i, j):  # pragma: no cover - compiled
+    """Index of (i, j), i != j, in scipy's condensed order of an (n, n) matrix."""
+    if i > j:
+        i, j = j, i
+    return n * i - (i * (i + 1)) // 2 + (j - i - 1)
+
+
+@_compiled()
+def complete_linkage(y, n):  # pragma: no cover - compiled
+    """``scipy.cluster.hierarchy.linkage(y, method="complete")`` of a finite condensed matrix
+    ``y`` (n (n - 1) / 2,) float64: Z (n - 1, 4) float64, rows ``[child, child, height, size]``.
+
+    The nearest-neighbour chain (Murtagh 1983; Müllner, arXiv:1109.2378) with scipy's
+    conventions, so that tied distances give the same tree: the chain starts at the lowest
+    active cluster; a cluster's nearest neighbour is the chain's previous element unless
+    another is strictly nearer, and otherwise the lowest index among the nearest; a merge of
+    x < y keeps y's slot and the complete-linkage distance ``max(d(i, x), d(i, y))``; the
+    merges are then sorted stably by height and their children renumbered (leaves 0..n-1,
+    the i-th merge n + i).
+    """
+    D = y.copy()
+    size = np.ones(n, np.int64)
+    chain = np.empty(n, np.int64)
+    length = 0
+    Z = np.empty((n - 1, 4))
+    x, nb = 0, 0
+    for k in range(n - 1):
+        if length == 0:
+            for i in range(n):
+                if size[i] > 0:
+                    chain[0] = i
+                    break
+            length = 1
+        while True:
+            x = chain[length - 1]
+            best = np.inf
+            if length > 1:
+                nb = chain[length - 2]
+                best = D[_condensed(n, x, nb)]
+            for i in range(n):
+                if size[i] > 0 and i != x:
+                    d = D[_condensed(n, x, i)]
+                    if d < best:
+                        best, nb = d, i
+            if length > 1 and nb == chain[length - 2]:
+                break
+            chain[length] = nb
+            length += 1
+        length -= 2
+        a, b = min(x, nb), max(x, nb)
+        Z[k, 0], Z[k, 1], Z[k, 2], Z[k, 3] = a, b, best, size[a] + size[b]
+        size[b] += size[a]
+        size[a] = 0
+        for i in range(n):
+            if size[i] > 0 and i != b:
+                ib = _condensed(n, i, b)
+                D[ib] = max(D[_condensed(n, i, a)], D[ib])
+    Z = Z[np.argsort(Z[:, 2], kind="mergesort")]
+    # renumber: each merge's children are the current roots of its two slots' leaves
+    parent = np.arange(2 * n - 1)
+    for k in range(n - 1):
+        ra, rb = int(Z[k, 0]), int(Z[k, 1])
+        while parent[ra] != ra:
+            ra = parent[ra]
+        while parent[rb] != rb:
+            rb = parent[rb]
+        parent[ra] = parent[rb] = n + k
+        Z[k, 0], Z[k, 1] = min(ra, rb), max(ra, rb)
+    return Z
+
+
+@_compiled()
+def linkage_labels(y, n, distance_threshold):  # pragma: no cover - compiled
+    """Labels (n,) int64 of complete linkage on the condensed ``y``, cut at the threshold as
+    scikit-learn cuts it (``complete_linkage`` then ``cut_tree``)."""
+    if n == 1:
+        return np.zeros(1, np.int64)
+    return cut_tree(complete_linkage(y, n), n, distance_threshold)
+
+
+@_compiled(fastmath=_FAST)
+def clusters(act, gh, gw, ehi, ehw, ewi, eww, rhd, rhs, rwd, rws, uhi, uhw, uwi, uww, distance_threshold):  # pragma: no cover - compiled
+    """Steps 3-6 and 8 in one call: ``cosine_distances``, ``linkage_labels``, ``merged_masks``.
+
+    Returns labels (C,), masks (K, H, W) float32, ``1 / (K sum_j M_j)`` (H * W,) float32 and
+    whether every feature was finite (if not, the rest is empty)."""
+    y, rng, finite = cosine_distances(act, gh, gw, ehi, ehw, ewi, eww, rhd, rhs, rwd, rws)
+    if not finite:
+        return np.zeros(0, np.int64), np.zeros((0, uhi.shape[0], uwi.shape[0]), np.float32), np.zeros(0, np.float32), False
+    C = act.shape[1]
+    labels = linkage_labels(y, C, distance_threshold)
+    M, inv = merged_masks(act, gh, gw, labels, labels.max() + 1, rng, ehi, ehw, ewi, eww, uhi, uhw, uwi, uww)
+    return labels, M, inv, True

@@ -125,9 +125,11 @@ def complete_linkage_labels(dist: np.ndarray, distance_threshold: float) -> np.n
 
     It is the same computation: scikit-learn builds the tree with scipy's complete linkage
     on the condensed upper triangle, counts the merges at distance >= t and cuts the tree by
-    undoing the last merges, numbering the clusters in heap order. Done here without the
-    estimator's and ``scipy.cluster.hierarchy.linkage``'s per-call checks (about 0.7 ms, half
-    of ViT-CX's own work on a small model); tested label for label against scikit-learn.
+    undoing the last merges, numbering the clusters in heap order. Done here in compiled code
+    (``_vit_cx_kernels.complete_linkage`` and ``cut_tree``, scipy's and scikit-learn's
+    algorithms with their tie rules) without the estimator's per-call checks (about 0.7 ms,
+    half of ViT-CX's own work on a small model); tested against scipy's linkage matrix and
+    scikit-learn's labels.
     """
     dist = np.asarray(dist, dtype=np.float64)
     n = dist.shape[0]
@@ -137,41 +139,7 @@ def complete_linkage_labels(dist: np.ndarray, distance_threshold: float) -> np.n
     y = dist[i, j]
     if not np.isfinite(y).all():
         raise InputError("the distance matrix has NaN or infinite entries")
-    return _cut_complete_linkage(y, n, distance_threshold)
-
-
-def _cut_complete_linkage(y: np.ndarray, n: int, distance_threshold: float) -> np.ndarray:
-    """``complete_linkage_labels`` of a condensed matrix ``y`` (float64): (n,) int64."""
-    if n == 1:
-        return np.zeros(1, dtype=np.int64)
-    return _kernels().cut_tree(_linkage_complete(y, n), n, float(distance_threshold))
-
-
-def _linkage_complete(y: np.ndarray, n: int) -> np.ndarray:
-    """``scipy.cluster.hierarchy.linkage(y, method="complete")`` of a finite condensed matrix
-    (float64, contiguous): the nearest-neighbour-chain routine that ``linkage`` itself calls
-    for this method, or ``linkage`` where scipy no longer has that routine."""
-    nn_chain = _nn_chain()
-    if nn_chain is not None:
-        try:
-            return nn_chain(y, n, _COMPLETE)
-        except TypeError:  # another signature: fall back to the public function
-            pass
-    from scipy.cluster.hierarchy import linkage
-
-    return linkage(y, method="complete")
-
-
-@functools.cache
-def _nn_chain():
-    try:
-        from scipy.cluster._hierarchy import nn_chain
-    except ImportError:
-        return None
-    return nn_chain
-
-
-_COMPLETE = 1  # scipy.cluster.hierarchy._LINKAGE_METHODS["complete"]
+    return _kernels().linkage_labels(np.ascontiguousarray(y), n, float(distance_threshold))
 
 
 def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold: float) -> tuple[np.ndarray, torch.Tensor]:
@@ -199,8 +167,8 @@ def cluster_masks(feat: torch.Tensor, size: tuple[int, int], distance_threshold:
       (constants drop out of a min-max), its extremes again among ``E g_k E^T``.
 
     ``U`` has two non-zeros a row and ``R`` is bidiagonal, so all of it is a few passes over
-    the (gh, gw) maps, in float64, compiled (``_vit_cx_kernels``); the clustering is
-    ``complete_linkage_labels``'.
+    the (gh, gw) maps, in float64, in one compiled call (``_vit_cx_kernels.clusters``); the
+    clustering is ``complete_linkage_labels``'.
     """
     C, gh, gw = feat.shape
     labels, M, _ = _clusters(feat.detach().reshape(C, gh * gw).T, gh, gw, size, distance_threshold)
@@ -220,14 +188,12 @@ def _clusters(
     else:
         a = act.to(device="cpu", dtype=torch.float64, memory_format=torch.contiguous_format).numpy()
     ah, aw = _axis(H, gh), _axis(W, gw)
-    y, rng, finite = kernels.cosine_distances(a, gh, gw, ah.ext_idx, ah.ext_w, aw.ext_idx, aw.ext_w, ah.d, ah.s, aw.d, aw.s)
+    labels, M, inv, finite = kernels.clusters(
+        a, gh, gw, ah.ext_idx, ah.ext_w, aw.ext_idx, aw.ext_w, ah.d, ah.s, aw.d, aw.s,
+        ah.full_idx, ah.full_w, aw.full_idx, aw.full_w, float(distance_threshold),
+    )  # fmt: skip
     if not finite:
         raise InputError("the feature maps are not finite: the model's features are NaN or infinite")
-    labels = _cut_complete_linkage(y, a.shape[1], distance_threshold)
-    M, inv = kernels.merged_masks(
-        a, gh, gw, labels, int(labels.max()) + 1, rng,
-        ah.ext_idx, ah.ext_w, aw.ext_idx, aw.ext_w, ah.full_idx, ah.full_w, aw.full_idx, aw.full_w,
-    )  # fmt: skip
     return labels, torch.from_numpy(M), torch.from_numpy(inv)
 
 
