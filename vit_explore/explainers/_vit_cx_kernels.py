@@ -3,7 +3,7 @@
 Pure functions over small float32 / float64 arrays (computing in float64), compiled by numba.
 The machine code is cached on disk, beside this file or in numba's user cache; where neither
 is writable it is compiled anew in each process. The first call in a fresh environment
-compiles for about three seconds. ViT-CX's own work around its 2K + 1 forward passes was a
+compiles for about seven seconds (once). ViT-CX's own work around its 2K + 1 forward passes was a
 few dozen tiny PyTorch operations; right after a forward pass each costs tens of microseconds
 (cold caches), so on a small model they added a fifth to the forwards' time. Here they are
 one call (``clusters``), complete linkage included (``complete_linkage``: scipy's algorithm
@@ -51,14 +51,14 @@ def cosine_distances(act, gh, gw, ehi, ehw, ewi, eww, rhd, rhs, rwd, rws):  # pr
     """Condensed ``1 - cos`` between the min-max-scaled upsampled feature maps.
 
     Args:
-        act: (P, C) float64 patch-token features, P = gh * gw in row-major grid order.
+        act: (P, C) float32 or float64 patch-token features, P = gh * gw in row-major grid order.
         ehi, ehw / ewi, eww: stencils of the rows of ``U_h`` / ``U_w`` where an upsampled
             map's extremes lie (rh, 2) / (rw, 2).
         rhd, rhs / rwd, rws: the bidiagonal Cholesky factors of ``U_h^T U_h`` / ``U_w^T U_w``.
 
     Returns:
-        y (C (C - 1) / 2,) in scipy's condensed order (0 where a map is constant: the
-        reference's NaN cosine -> 0), the ranges ``hi - lo`` (C,) of the upsampled maps, and
+        y (C (C - 1) / 2,) in scipy's condensed order (a constant map is at cosine 0,
+        distance 1, from every map: the reference's NaN cosine -> 0), the ranges ``hi - lo`` (C,) of the upsampled maps, and
         whether every feature was finite.
     """
     P, C = act.shape
@@ -128,7 +128,7 @@ def merged_masks(act, gh, gw, labels, K, rng, ehi, ehw, ewi, eww, uhi, uhw, uwi,
     """Merged masks and the pixel weights' common factor (steps 6 and 8).
 
     Args:
-        act: (P, C) float64 features; labels (C,) int64 cluster of each channel (0..K-1);
+        act: (P, C) float32 or float64 features; labels (C,) int64 cluster of each channel (0..K-1);
             rng (C,) the ranges from ``cosine_distances``.
         ehi, ehw / ewi, eww: extreme-row stencils; uhi, uhw (H, 2) / uwi, uww (W, 2): the
             full upsampling stencils.
