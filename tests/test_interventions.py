@@ -374,7 +374,7 @@ def test_cached_noise_is_seeded_noise_and_bounded():
     assert not torch.equal(vi.cached_noise((3, 3, 8, 8), 6, 0.2, like), a)
     for k in range(10):
         vi.cached_noise((k + 1, 3, 4, 4), 0, 0.1, like)
-    assert len(vi._NOISE) <= vi._NOISE_ENTRIES
+    assert len(vi._NOISE) <= vi._NOISE.entries
 
 
 @pytest.mark.parametrize("mode", ["zero", "blur", "drop"])

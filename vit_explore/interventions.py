@@ -17,7 +17,6 @@ import math
 import numbers
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._recent import RecentTensors
 from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits
 from .capture.adapters import ViTInfo, grid_for, inspect_vit
 from .capture.state import model_fingerprint, scan
@@ -393,8 +393,7 @@ def seeded_noise(shape: Sequence[int], seed: int, sigma: float, like: torch.Tens
     return torch.empty(tuple(shape)).normal_(0.0, float(sigma), generator=g).to(device=like.device, dtype=like.dtype)
 
 
-_NOISE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_NOISE_ENTRIES, _NOISE_MAX_BYTES = 4, 32 * 2**20
+_NOISE = RecentTensors(entries=4, max_bytes=32 * 2**20)
 
 
 def cached_noise(shape: Sequence[int], seed: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
@@ -403,17 +402,10 @@ def cached_noise(shape: Sequence[int], seed: int, sigma: float, like: torch.Tens
     on the image). Read-only: callers must not write to the result. Draws over 32 MB are not kept.
     """
     key = (tuple(int(n) for n in shape), int(seed), float(sigma), like.dtype, like.device)
-    with _CACHE_LOCK:
-        hit = _NOISE.get(key)
-        if hit is not None:
-            _NOISE.move_to_end(key)
-            return hit
-    eps = seeded_noise(shape, seed, sigma, like)
-    if eps.numel() * eps.element_size() <= _NOISE_MAX_BYTES:
-        with _CACHE_LOCK:
-            _NOISE[key] = eps
-            while len(_NOISE) > _NOISE_ENTRIES:
-                _NOISE.popitem(last=False)
+    eps = _NOISE.get(key)
+    if eps is None:
+        eps = seeded_noise(shape, seed, sigma, like)
+        _NOISE.put(key, eps)
     return eps
 
 

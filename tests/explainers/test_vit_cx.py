@@ -203,8 +203,8 @@ def test_scratch_inputs_are_never_shared():
     for n in range(10):
         with V._scratch((n + 5,), like):
             pass
-    assert len(V._SCRATCH) <= V._SCRATCH_ENTRIES
-    big = V._SCRATCH_MAX_BYTES // 4 + 1
+    assert len(V._SCRATCH) <= V._SCRATCH.entries
+    big = V._SCRATCH.max_bytes // 4 + 1
     with V._scratch((big,), like) as e:
         ptr = e.data_ptr()
     assert all(t.data_ptr() != ptr for t in V._SCRATCH.values())  # too large to keep

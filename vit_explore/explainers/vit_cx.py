@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._recent import RecentTensors
 from ..capture.ablation import forward_logits, forward_recording
 from ..capture.adapters import ViTInfo, layout_for
 from ..capture.state import submodules
@@ -205,9 +204,7 @@ def _kernels():
     return _vit_cx_kernels
 
 
-_SCRATCH: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_SCRATCH_LOCK = threading.Lock()
-_SCRATCH_ENTRIES, _SCRATCH_MAX_BYTES = 4, 64 * 2**20
+_SCRATCH = RecentTensors(entries=4, max_bytes=64 * 2**20)
 
 
 @contextlib.contextmanager
@@ -222,18 +219,13 @@ def _scratch(shape: Sequence[int], like: torch.Tensor) -> Iterator[torch.Tensor]
         yield like.new_empty(shape)
         return
     key = (tuple(shape), like.dtype)
-    with _SCRATCH_LOCK:
-        buf = _SCRATCH.pop(key, None)
+    buf = _SCRATCH.pop(key)
     if buf is None:
         buf = like.new_empty(shape)
     try:
         yield buf
     finally:
-        if buf.numel() * buf.element_size() <= _SCRATCH_MAX_BYTES:
-            with _SCRATCH_LOCK:
-                _SCRATCH[key] = buf
-                while len(_SCRATCH) > _SCRATCH_ENTRIES:
-                    _SCRATCH.popitem(last=False)
+        _SCRATCH.put(key, buf)
 
 
 @register_explainer(
