@@ -727,8 +727,7 @@ def intervene(
             raise CaptureError(
                 "the model changed (parameters or hooks) since intervene() ran; call vx.causal_score(...) instead"
             )
-        idx = torch.zeros(1, dtype=torch.long) if img_idx is None else img_idx
-        return _causal(model, s, regions_of(), idx, tgt, base_probs, seed=seed, sigma=sigma,
+        return _causal(model, s, regions_of(), index_of(), tgt, base_probs, seed=seed, sigma=sigma,
                        batch_size=batch_size, probs_xk=probs_if_noise)
 
     return Intervention(
