@@ -228,7 +228,6 @@ def cut_tree(Z, n, distance_threshold):  # pragma: no cover - compiled
             _sift_to_root(heap, pos)
     stack = np.empty(n + 1, np.int64)
     for k in range(size):
-        top = 0
         stack[0] = -heap[k]
         top = 1
         while top > 0:
@@ -333,12 +332,10 @@ def complete_linkage(y, n):  # pragma: no cover - compiled
 def linkage_labels(y, n, distance_threshold):  # pragma: no cover - compiled
     """Labels (n,) int64 of complete linkage on the condensed ``y``, cut at the threshold as
     scikit-learn cuts it (``complete_linkage`` then ``cut_tree``)."""
-    if n == 1:
-        return np.zeros(1, np.int64)
     return cut_tree(complete_linkage(y, n), n, distance_threshold)
 
 
-@_compiled(fastmath=_FAST)
+@_compiled()
 def clusters(act, gh, gw, ehi, ehw, ewi, eww, rhd, rhs, rwd, rws, uhi, uhw, uwi, uww, distance_threshold):  # pragma: no cover - compiled
     """Steps 3-6 and 8 in one call: ``cosine_distances``, ``linkage_labels``, ``merged_masks``.
 
