@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import checked_output
 from ..errors import InputError, UnsupportedModelError
 from .adapters import inspect_vit
 from .state import eval_mode
@@ -54,7 +55,7 @@ def forward_logits(
             out = model(x)
         else:
             out = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    return out.clone()
+    return checked_output(out, x).clone()
 
 
 def forward_recording(
@@ -83,7 +84,7 @@ def forward_recording(
     missing = [n for n in modules if n not in got]
     if missing:
         raise InputError(f"module(s) {', '.join(missing)} did not run in the forward pass")
-    return logits.clone(), {n: t.clone() for n, t in got.items()}
+    return checked_output(logits, x).clone(), {n: t.clone() for n, t in got.items()}
 
 
 # --------------------------------------------------------------------------- token dropping
