@@ -19,7 +19,8 @@ from torch import nn
 
 from .errors import InputError, NonFiniteOutputError, UnsupportedModelError, suggest
 
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+SEED_MAX = 2**63 - 1
+MAX_PASSES = 1_000_000  # a count of forward passes (masks, integration steps) beyond this cannot finish  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 def _show(v: Any) -> str:
@@ -74,6 +75,29 @@ def check_seed(name: str, v: Any) -> int:
 
 def check_optional_int(name: str, v: Any, lo: int | None = None, hi: int | None = None) -> int | None:
     return None if v is None else check_int(name, v, lo, hi)
+
+
+def as_tensor(name: str, v: Any) -> torch.Tensor:
+    """``v`` (a tensor, array, number or nested list of numbers / bools) as a CPU tensor."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu()
+    try:
+        import numpy as np
+
+        arr = np.asarray(v)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"dtype {arr.dtype}")
+        return torch.as_tensor(arr)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as e:
+        raise InputError(f"{name} must be numbers or bools (a tensor, an array or a list), got "
+                         f"{type(v).__name__} {_show(v)} ({e})") from None
+
+
+def as_list(name: str, v: Any) -> list[Any]:
+    """``v`` (a list, tuple, range, array or tensor) as a list; other values are refused."""
+    if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
+        raise InputError(f"{name} must be a list of ints, got {type(v).__name__} {_show(v)}")
+    return list(v)
 
 
 # --------------------------------------------------------------------------- by annotation

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_bool, check_float, check_int, check_seed
+from ._checks import as_tensor, check_bool, check_float, check_int, check_seed
 from ._recent import RecentTensors
 from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits
 from .capture.adapters import ViTInfo, grid_for, inspect_vit
@@ -243,7 +243,7 @@ def _check_args(
     check_bool("keep", keep)
     check_seed("seed", seed)
     check_float("sigma", sigma, 0.0, open_lo=True)
-    check_float("blur_sigma", blur_sigma, 0.0, open_lo=True)
+    check_float("blur_sigma", blur_sigma, 0.0, 1e6, open_lo=True)
     check_int("blur_size", blur_size, 1, fix="a positive odd number of pixels, e.g. 11")
     if batch_size is not None:
         check_int("batch_size", batch_size, 1, fix="or None for one pass")
@@ -255,10 +255,8 @@ def _check_mode(mode: str) -> None:
         raise InputError(f"unknown mode {mode!r}{suggest(str(mode), MODES)} (modes: {', '.join(MODES)})")
 
 
-def _as_tensor(p: Any) -> torch.Tensor:
-    if isinstance(p, torch.Tensor):
-        return p.detach().cpu()
-    return torch.as_tensor(np.asarray(p))
+def _as_tensor(p: Any, name: str = "patches") -> torch.Tensor:
+    return as_tensor(name, p)
 
 
 def _index_out_of_range(index: int, grid: tuple[int, int]) -> InputError:
@@ -911,7 +909,7 @@ def counterfactual(
 
         score_maps = explain(model, s.x, method=order_by, target=tgts).patch_map
     else:
-        score_maps = _as_tensor(order_by).to(torch.float32)
+        score_maps = _as_tensor(order_by, "order_by").to(torch.float32)
         if tuple(score_maps.shape) not in ((gh, gw), (B, gh, gw)):
             raise InputError(
                 f"order_by map must have shape {(gh, gw)} or {(B, gh, gw)}, got {tuple(score_maps.shape)}"

@@ -33,11 +33,13 @@ def resolve_target(target: TargetLike, logits: torch.Tensor) -> torch.Tensor:
     if isinstance(target, bool):
         raise InputError(f"target must be a class index, got the bool {target}")
     if isinstance(target, numbers.Integral):
+        if not 0 <= int(target) < C:
+            raise InputError(f"target {int(target)} is out of range: the model has {C} classes (0..{C - 1})")
         t = torch.full((B,), int(target), dtype=torch.long, device=logits.device)
     else:
         try:
             arr = torch.as_tensor(np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target))
-        except (TypeError, ValueError, RuntimeError) as e:
+        except (TypeError, ValueError, RuntimeError, OverflowError) as e:
             raise InputError(f"target must be None, a class index or one index per image, got {target!r} ({e})") from None
         if arr.ndim == 0:
             arr = arr.reshape(1).expand(B)

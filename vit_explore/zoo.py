@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_bool, check_int
 from ._files import atomic_path
 from .errors import InputError, UnsupportedModelError, WeightsError, suggest
 
@@ -50,6 +51,11 @@ def load_model(
             "pass an nn.Module directly to the explainers instead"
         )
     text = os.fspath(name_or_path)
+    check_bool("pretrained", pretrained)
+    if arch is not None and not isinstance(arch, str):
+        raise InputError(f"arch must be a timm model name (a str), got {type(arch).__name__}")
+    if num_classes is not None:
+        check_int("num_classes", num_classes, 1)
     if text in EMBEDDED_MODELS:
         return _load_embedded(text, pretrained=pretrained)
     path = Path(text).expanduser()

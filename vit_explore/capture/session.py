@@ -168,6 +168,8 @@ def capture(
     Returns:
         A ``Trace``. The model is left exactly as it was found, also when the pass raises.
     """
+    if not isinstance(needs, Needs):
+        raise InputError(f"needs must be a vx.Needs(...), got {type(needs).__name__}; e.g. Needs(attn=True)")
     info = info or inspect_vit(model)
     x = check_tensor(info, x, model)
     num_layers = info.num_layers
