@@ -7,13 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_model
 from .capture.adapters import inspect_vit
 from .capture.session import Needs, capture
 from .errors import UnsupportedModelError
 from .explainers._registry import ExplainerResult, get_explainer
 from .explanation import Explanation
 from .inputs import ImageLike, as_batch, check_tensor
-from .targets import TargetLike, resolve_target
+from .targets import TargetLike, class_index, resolve_target
 
 
 def explain(
@@ -30,7 +31,8 @@ def explain(
         x: a preprocessed (B, 3, H, W) float tensor, or a PIL image / (H, W, 3) uint8 array
             (or a list of them), then preprocessed with the model's own data config.
         method: a key of ``list_methods()``.
-        target: None (top-1 per image), an int, or one int per image.
+        target: None (top-1 per image), an int, or one int per image; a class name (or one per
+            image) where the model has class names.
         **params: method parameters (see each method's docstring).
 
     Returns:
@@ -39,8 +41,10 @@ def explain(
     Example:
         >>> ex = explain(model, x, method="rollout", start_layer=1)  # doctest: +SKIP
     """
+    check_model(model)
     spec = get_explainer(method)
     bound = spec.bind(params)
+    target = class_index(model, target)
     try:
         info = inspect_vit(model)
     except UnsupportedModelError as e:
@@ -85,5 +89,6 @@ def attention_maps(
     """
     from .explainers.raw_attention import attention_stack
 
+    check_model(model)
     trace = capture(model, as_batch(model, x), Needs(attn=True))
     return attention_stack(trace, query)

@@ -38,10 +38,22 @@ def _device(name: str | None):
     return dev
 
 
-def _load(name: str, device):
+def _load(name: str, device, arch: str | None = None):
     from .zoo import load_model
 
-    return load_model(name).to(device)
+    return load_model(name, arch=arch).to(device)
+
+
+def _writable_folder(path: Path) -> Path:
+    """Create ``path`` and prove a file can be written in it (before a long run), or fail now."""
+    import tempfile
+
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".vx-probe-", delete=True) as fh:
+        fh.write(b"\0" * 65536)  # a full disk or a quota fails here, not after the run
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
 
 
 def _csv_list(text: str | None) -> list[str]:
@@ -97,8 +109,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 raise CliError(f"unknown method {m!r}{suggest(m, known)}; available: {', '.join(known)}")
         metrics = evaluation.DEFAULT_METRICS if args.metrics is None else tuple(_csv_list(args.metrics))
         baselines = _csv_list(args.baselines) if args.baselines != "none" else []
+        if rank == 0:
+            _writable_folder(Path(args.out))
         torch.manual_seed(args.seed)
-        model = _load(args.model, dev)
+        model = _load(args.model, dev, args.arch)
         ds = evaluation.make_dataset(args.dataset, model, args.limit, voc_root=args.voc_root)
         min_prob = args.min_prob if args.min_prob is not None else (0.85 if args.dataset == "voc" else None)
         res = evaluation.run_benchmark(
@@ -189,11 +203,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     vx.get_explainer(args.method)  # fails early with a suggestion
     params = _params(args.param)
     dev = _device(args.device)
-    model = _load(args.model, dev)
+    out = _writable_folder(Path(args.output))
+    model = _load(args.model, dev, args.arch)
     target = _target(args.target, model)
     cfg = data_config(model)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     bar = None
     if len(files) > 1 and not args.no_progress:
         from tqdm.auto import tqdm
@@ -268,6 +281,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+_ARCH_HELP = ("timm architecture of a bare checkpoint (.pth/.pt/.bin/.ckpt or .safetensors without "
+              "vit_explore metadata), e.g. vit_small_patch16_224")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .evaluation import DATASETS, METRICS
@@ -284,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", required=True, choices=DATASETS)
     b.add_argument("--voc-root", metavar="DIR", help="folder holding VOCdevkit/VOC2012 (for --dataset voc)")
     b.add_argument("--model", required=True, help="toy-shapes, toy-shapes-spurious, a timm name or a checkpoint")
+    b.add_argument("--arch", default=None, help=_ARCH_HELP)
     b.add_argument("--methods", default="all", help="comma-separated method keys, or 'all' (default)")
     b.add_argument("--limit", type=_positive, default=None, help="number of images (shapes default 100)")
     b.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -305,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(overlay) and <name>_<method>.npy (raw (gh, gw) patch map) to OUT.")
     e.add_argument("input", metavar="IMAGE_OR_FOLDER")
     e.add_argument("--model", required=True)
+    e.add_argument("--arch", default=None, help=_ARCH_HELP)
     e.add_argument("--method", required=True)
     e.add_argument("--target", default=None, help="class index or name (default: top-1)")
     e.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
@@ -329,14 +348,39 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    old = _terminate_as_interrupt()
     try:
         return int(args.fn(args) or 0)
     except (CliError, VitExploreError) as exc:
         print(f"vit-explore {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only folder, a file where a folder should be, a full disk
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"vit-explore {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if old is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, old)
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (main thread only), so the ``finally`` blocks run and
+    no hidden temporary file is left behind by a killed write; returns the old handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ class InputError(VitExploreError, ValueError):
     """An image, target or parameter of the wrong shape, size or value."""
 
 
+class NonFiniteOutputError(InputError):
+    """The model returned NaN or infinite logits (NaN weights, an overflowing input)."""
+
+
 class WeightsError(VitExploreError, FileNotFoundError):
     """A checkpoint that is missing or cannot be read."""
 

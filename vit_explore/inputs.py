@@ -15,6 +15,9 @@ ImageLike = Any  # torch.Tensor | PIL.Image.Image | np.ndarray | a list of those
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    from ._checks import check_model
+
+    check_model(model)  # weights on the meta device: a clear error, not empty results
     for p in model.parameters():
         return p.device, p.dtype
     return torch.device("cpu"), torch.float32
@@ -71,6 +74,8 @@ def preprocess(model: nn.Module, image: ImageLike) -> torch.Tensor:
             im = Image.fromarray(im[..., :3])
         if not isinstance(im, Image.Image):
             raise InputError(f"image {i}: expected a PIL image or a uint8 array, got {type(im).__name__}")
+        if im.width == 0 or im.height == 0:
+            raise InputError(f"image {i} is empty ({im.width}x{im.height} pixels); give an image with pixels")
         out.append(transform(im.convert("RGB")))
     device, _ = _model_device_dtype(model)
     return torch.stack(out).to(device)
@@ -107,6 +112,8 @@ def check_tensor(info, x: torch.Tensor, model: nn.Module, finite: bool = True) -
     B, C, H, W = x.shape
     if B == 0:
         raise InputError("the batch is empty")
+    if H == 0 or W == 0:
+        raise InputError(f"the images are empty ({H}x{W} pixels)")
     if C != info.in_chans:
         raise InputError(f"the model takes {info.in_chans} channels but the input has {C} (shape {tuple(x.shape)})")
     if info.img_size is not None and (H, W) != info.img_size:

@@ -13,6 +13,7 @@ The head and token ablations (``ablate_heads``, ``block_tokens``) live in
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import threading
@@ -26,13 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import as_tensor, check_bool, check_float, check_int, check_seed
 from ._recent import RecentTensors
 from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits
 from .capture.adapters import ViTInfo, grid_for, inspect_vit
-from .capture.state import model_fingerprint, scan
+from .capture.state import scan as _scan_model
 from .errors import CaptureError, InputError, suggest
 from .inputs import check_finite, check_tensor
-from .targets import TargetLike, resolve_target
+from .targets import TargetLike, class_index, resolve_target
 
 __all__ = [
     "MODES",
@@ -232,15 +234,29 @@ def _setup(model: nn.Module, x: torch.Tensor, fp: tuple | None = None) -> _Setup
     return setup
 
 
+def _check_args(
+    model: nn.Module, target: TargetLike, *, keep: Any = False, seed: Any = 0, sigma: Any = 0.1,
+    blur_sigma: Any = 5.0, blur_size: Any = 11, batch_size: Any = None,
+) -> TargetLike:
+    """The shared keyword arguments of the public functions, checked (``_checks``); returns
+    ``target`` with class names replaced by indices."""
+    check_bool("keep", keep)
+    check_seed("seed", seed)
+    check_float("sigma", sigma, 0.0, open_lo=True)
+    check_float("blur_sigma", blur_sigma, 0.0, 1e6, open_lo=True)
+    check_int("blur_size", blur_size, 1, fix="a positive odd number of pixels, e.g. 11")
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1, fix="or None for one pass")
+    return class_index(model, target)
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}{suggest(str(mode), MODES)} (modes: {', '.join(MODES)})")
 
 
-def _as_tensor(p: Any) -> torch.Tensor:
-    if isinstance(p, torch.Tensor):
-        return p.detach().cpu()
-    return torch.as_tensor(np.asarray(p))
+def _as_tensor(p: Any, name: str = "patches") -> torch.Tensor:
+    return as_tensor(name, p)
 
 
 def _index_out_of_range(index: int, grid: tuple[int, int]) -> InputError:
@@ -317,6 +333,11 @@ def _parse_patches(patches: PatchesLike, s: _Setup) -> tuple[torch.Tensor, torch
             raise InputError(
                 "the intervention list is empty; give patch indices, a bool grid, or a list of patch sets "
                 "(for 'no patches', pass a bool grid of all False)"
+            )
+        if all(isinstance(p, (bool, np.bool_)) for p in patches):
+            raise InputError(
+                f"patches is a flat list of {len(patches)} bools; give a bool grid of shape {grid} "
+                "(torch.tensor(...).reshape(gh, gw)) or a list of patch indices"
             )
         if all(isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in patches):
             one = _one_set(list(patches), grid, hw, ps)
@@ -490,6 +511,32 @@ def base_logits(
     ``fp``: ``model_fingerprint(model)`` if the caller already has it.
     """
     return _base_for(model, x, _image_token(x), model_fingerprint(model) if fp is None else fp, batch_size)
+
+
+def scan(model: nn.Module) -> tuple[list[nn.Module], tuple]:
+    """``capture.state.scan`` plus a content probe of every parameter and buffer.
+
+    The version counters in ``scan``'s fingerprint miss a write through ``.data``
+    (``head.weight.data.mul_(-1)``: ``.data`` is a view with its own counter), so the key also
+    holds, per tensor, the sum of up to 256 evenly spaced elements: an edit through ``.data``
+    that changes any of them (a scaling, a fill, a copy of other weights, added noise) drops
+    the cached forward. An edit of single elements between the probed ones is not seen; edits
+    through the parameter itself always are (its version counter)."""
+    mods, fp = _scan_model(model)
+    probes = []
+    with torch.no_grad():
+        for m in mods:
+            for t in itertools.chain(m._parameters.values(), m._buffers.values()):
+                if t is not None and t.numel() and not t.is_meta:
+                    flat = t.detach().reshape(-1)
+                    probes.append(flat[:: max(1, flat.numel() // 256)].sum(dtype=torch.float64))
+    probe = tuple(torch.stack(probes).cpu().tolist()) if probes else ()
+    return mods, (*fp, probe)
+
+
+def model_fingerprint(model: nn.Module) -> tuple:
+    """The fingerprint half of ``scan(model)`` (this module's, with the content probe)."""
+    return scan(model)[1]
 
 
 def _base_for(model: nn.Module, x: torch.Tensor, token: int, fp: tuple, batch_size: int | None = None) -> torch.Tensor:
@@ -676,6 +723,9 @@ def intervene(
     _check_mode(mode)
     if not isinstance(model, nn.Module):
         inspect_vit(model)  # raises the error that says what is expected
+    target = _check_args(model, target, keep=keep, seed=seed, sigma=sigma, blur_sigma=blur_sigma,
+                         blur_size=blur_size, batch_size=batch_size)
+    check_int("topk", topk, 1, fix="how many top classes to report, e.g. 5")
     mods, fp = scan(model)
     s = _setup(model, x, fp)
     B = s.x.shape[0]
@@ -788,6 +838,7 @@ def causal_score(
     Returns:
         (K,) one score per patch set.
     """
+    target = _check_args(model, target, keep=keep, seed=seed, sigma=sigma, batch_size=batch_size)
     s = _setup(model, x)
     regions, img_idx = _parse_patches(patches, s)
     if keep:
@@ -840,15 +891,16 @@ def counterfactual(
         A ``Counterfactual`` for one image; for a batch of B > 1, a list of B of them.
     """
     _check_mode(mode)
+    target = _check_args(model, target, seed=seed, sigma=sigma, blur_sigma=blur_sigma, blur_size=blur_size,
+                         batch_size=batch_size)
+    check_bool("prune", prune)
     s = _setup(model, x)
     B = s.x.shape[0]
     gh, gw = s.grid
     P = gh * gw
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    max_patches = P if max_patches is None else int(max_patches)
-    if not 1 <= max_patches <= P:
-        raise InputError(f"max_patches must be in 1..{P}, got {max_patches}")
+    max_patches = P if max_patches is None else check_int("max_patches", max_patches, 1, P, fix="or None")
     base = base_logits(model, s.x)
     tgts = resolve_target(target, base).tolist()
     base_probs = base.softmax(-1)
@@ -857,12 +909,14 @@ def counterfactual(
 
         score_maps = explain(model, s.x, method=order_by, target=tgts).patch_map
     else:
-        score_maps = _as_tensor(order_by).to(torch.float32)
+        score_maps = _as_tensor(order_by, "order_by").to(torch.float32)
         if tuple(score_maps.shape) not in ((gh, gw), (B, gh, gw)):
             raise InputError(
                 f"order_by map must have shape {(gh, gw)} or {(B, gh, gw)}, got {tuple(score_maps.shape)}"
             )
         score_maps = score_maps.expand(B, gh, gw)
+        if not bool(torch.isfinite(score_maps).all()):
+            raise InputError("the order_by map has NaN or infinite values, so it orders no patches; give a finite map")
     orders = torch.sort(score_maps.reshape(B, -1).detach().cpu().float(), dim=1, descending=True, stable=True).indices
     kw = {"seed": seed, "sigma": sigma, "blur_size": blur_size, "blur_sigma": blur_sigma, "with_base": False}
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_bool, check_int
 from ._files import atomic_path
 from .errors import InputError, UnsupportedModelError, WeightsError, suggest
 
@@ -50,6 +51,11 @@ def load_model(
             "pass an nn.Module directly to the explainers instead"
         )
     text = os.fspath(name_or_path)
+    check_bool("pretrained", pretrained)
+    if arch is not None and not isinstance(arch, str):
+        raise InputError(f"arch must be a timm model name (a str), got {type(arch).__name__}")
+    if num_classes is not None:
+        check_int("num_classes", num_classes, 1)
     if text in EMBEDDED_MODELS:
         return _load_embedded(text, pretrained=pretrained)
     path = Path(text).expanduser()
@@ -122,18 +128,32 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw.get("format") != META_FORMAT:
         return {}
     try:
-        return {
+        meta = {
             "arch": raw["arch"],
             "model_kwargs": json.loads(raw["model_kwargs"]),
             "class_names": json.loads(raw["class_names"]),
             "data_config": json.loads(raw["data_config"]),
             "extra": json.loads(raw.get("extra", "{}")),
         }
-    except (KeyError, json.JSONDecodeError) as exc:
+        kw, names = meta["model_kwargs"], meta["class_names"]
+        if not isinstance(kw, dict) or not all(isinstance(k, str) for k in kw):
+            raise ValueError("model_kwargs is not a JSON object")
+        reserved = sorted(set(kw) & _RESERVED_KWARGS)
+        if reserved:
+            raise ValueError(f"model_kwargs sets {', '.join(reserved)}, which the loader decides")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("class_names is not a list of strings")
+        if not isinstance(meta["data_config"], dict):
+            raise ValueError("data_config is not a JSON object")  # noqa: TRY004 - reported as WeightsError
+        return meta
+    except (KeyError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise WeightsError(
             f"{path}: the vit_explore metadata is damaged ({exc}); re-export the file with "
             "vit_explore.zoo.save_model, or pass arch= to load the bare weights"
         ) from exc
+
+
+_RESERVED_KWARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path"})
 
 
 def load_checkpoint(
@@ -194,7 +214,9 @@ def _looks_like_path(text: str, path: Path) -> bool:
 
 def _existing(path: Path) -> Path:
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        what = ("is a folder, not a file" if path.is_dir() else
+                "is not a regular file (a FIFO, socket or device); give the checkpoint file itself"
+                if path.exists() else "does not exist")
         raise WeightsError(f"checkpoint {str(path)!r} {what}; check the path (relative to {os.getcwd()})")
     return path
 

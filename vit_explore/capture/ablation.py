@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import as_list, as_tensor, checked_output
 from ..errors import InputError, UnsupportedModelError
 from .adapters import inspect_vit
 from .state import eval_mode
@@ -54,7 +55,7 @@ def forward_logits(
             out = model(x)
         else:
             out = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-    return out.clone()
+    return checked_output(out, x).clone()
 
 
 def forward_recording(
@@ -83,7 +84,7 @@ def forward_recording(
     missing = [n for n in modules if n not in got]
     if missing:
         raise InputError(f"module(s) {', '.join(missing)} did not run in the forward pass")
-    return logits.clone(), {n: t.clone() for n, t in got.items()}
+    return checked_output(logits, x).clone(), {n: t.clone() for n, t in got.items()}
 
 
 # --------------------------------------------------------------------------- token dropping
@@ -176,7 +177,7 @@ def ablate_heads(model: nn.Module, heads: Mapping[int, Sequence[int] | int]) -> 
             raise InputError(f"layer {layer!r} is out of range: the model has {L} blocks (0..{L - 1})")
         attn = info.attns[int(layer) % L]
         H = int(attn.num_heads)
-        hs_list = [hs] if isinstance(hs, (int, np.integer)) else list(hs)
+        hs_list = [hs] if isinstance(hs, (int, np.integer)) else as_list(f"heads[{layer}]", hs)
         for h in hs_list:
             if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not -H <= int(h) < H:
                 raise InputError(f"head {h!r} of layer {layer} is out of range: the block has {H} heads (0..{H - 1})")
@@ -229,14 +230,13 @@ def block_tokens(
     """
     info = inspect_vit(model)
     L = info.num_layers
-    sel = range(L) if layers is None else list(layers)
+    sel = range(L) if layers is None else as_list("layers", layers)
     for i in sel:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -L <= int(i) < L:
             raise InputError(f"layer {i!r} is out of range: the model has {L} blocks (0..{L - 1})")
     sel = sorted({int(i) % L for i in sel})
     T = info.num_prefix
-    spec = torch.as_tensor(np.asarray(tokens_or_patches.detach().cpu() if isinstance(tokens_or_patches, torch.Tensor)
-                                      else tokens_or_patches))
+    spec = as_tensor("tokens_or_patches", tokens_or_patches)
     if spec.dtype == torch.bool and spec.ndim == 2:
         grid_mask = spec
 

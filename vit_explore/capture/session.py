@@ -8,6 +8,7 @@ See methods.md §1.2 for the design.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -15,6 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .._checks import checked_output
 from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
@@ -166,6 +168,8 @@ def capture(
     Returns:
         A ``Trace``. The model is left exactly as it was found, also when the pass raises.
     """
+    if not isinstance(needs, Needs):
+        raise InputError(f"needs must be a vx.Needs(...), got {type(needs).__name__}; e.g. Needs(attn=True)")
     info = info or inspect_vit(model)
     x = check_tensor(info, x, model)
     num_layers = info.num_layers
@@ -186,6 +190,13 @@ def capture(
     handles: list[torch.utils.hooks.RemovableHandle] = []
     # parameters are frozen only for a pass that differentiates (so the backward skips them)
     state = SavedState(model, info.attns, grads=needs.needs_grad)
+    # a differentiating pass works inside the caller's torch.no_grad() / inference_mode(): the
+    # whole pass, target score and backward included, runs with autograd on, and the caller's
+    # mode is back when capture returns (the context managers restore it)
+    mode = contextlib.ExitStack()
+    if needs.needs_grad:
+        mode.enter_context(torch.inference_mode(False))
+        mode.enter_context(torch.enable_grad())
     try:
         state.freeze()
         for i in layers:
@@ -213,10 +224,12 @@ def capture(
 
         need_grad = needs.needs_grad
         xin = x.detach()
+        if need_grad and xin.is_inference():  # made under the caller's inference_mode
+            xin = xin.clone()
         if need_grad and (needs.input_grad or gfb is None):
             xin = xin.clone().requires_grad_(True)
         with torch.set_grad_enabled(need_grad):
-            logits = model(xin)
+            logits = checked_output(model(xin), x)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise CaptureError(
                 f"expected the model to return logits (B, num_classes), got "
@@ -294,6 +307,7 @@ def capture(
         for h in handles:
             h.remove()
         state.restore()
+        mode.close()
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module:

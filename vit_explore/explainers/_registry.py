@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from .._checks import check_annotated, param_hints
 from ..capture.layout import TokenLayout
 from ..capture.session import Needs
 from ..errors import InputError, UnknownMethodError, suggest
@@ -78,10 +80,19 @@ class ExplainerSpec:
             raise InputError(
                 f"method {self.name!r} has no parameter {k!r}{suggest(k, self.defaults)} (parameters: {valid})"
             )
+        hints = _hints(self.fn)
+        for k, v in params.items():  # types (and seeds' range) from fn's annotations
+            if k in hints:
+                check_annotated(k, v, hints[k])
         return {**self.defaults, **params}
 
     def needs_for(self, params: Mapping[str, Any]) -> Needs:
         return self.needs(params) if callable(self.needs) else self.needs
+
+
+@functools.cache
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    return param_hints(fn)
 
 
 _REGISTRY: dict[str, ExplainerSpec] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..capture.session import Needs, Trace
 from ._fusion import add_identity, check_start_layer, row_normalize
 from ._registry import register_explainer
@@ -45,6 +46,7 @@ def attention_flow(trace: Trace, *, start_layer: int = 0, workers: int = 1) -> t
     a = torch.stack([trace.attn_at(i) for i in range(start, trace.num_layers)], dim=1)  # (B, L', H, N, N)
     a_hat = row_normalize(add_identity(a.double().mean(dim=2))).cpu().numpy()
     weights = layout.readout_weights(torch.float64).numpy()
+    check_int("workers", workers, 1, 256, fix="processes, e.g. 1 or os.cpu_count()")
     flows = np.stack([layered_max_flow(a_hat[b], weights, workers=workers) for b in range(a_hat.shape[0])])
     flows = flows / flows.sum(axis=1, keepdims=True)
     return layout.patch_columns(torch.from_numpy(flows).to(device=a.device, dtype=torch.float32))

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .._checks import checked_output
 from ..capture.adapters import ViTInfo, layout_for
 from ..capture.rules import lrp_rules
 from ..errors import CaptureError
@@ -56,15 +57,17 @@ def attn_lrp(
         patch (signed); ``extras["pixel_map"]`` (B, H, W) = ``sum_c x * grad`` (signed; LXT
         normalises it by its largest magnitude for display).
     """
-    with lrp_rules(model, info, variant=variant, gamma_linear=gamma_linear, gamma_conv=gamma_conv, enabled=rules):
+    # autograd on for the pass even inside the caller's no_grad() / inference_mode() (restored after)
+    with torch.inference_mode(False), torch.enable_grad(), lrp_rules(
+        model, info, variant=variant, gamma_linear=gamma_linear, gamma_conv=gamma_conv, enabled=rules
+    ):
         xin = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(xin)
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                raise CaptureError("expected the model to return logits (B, num_classes)")
-            tgt = resolve_target(target, logits)
-            y = logits.gather(1, tgt[:, None]).sum()
-            (grad,) = torch.autograd.grad(y, xin)
+        logits = checked_output(model(xin), x)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise CaptureError("expected the model to return logits (B, num_classes)")
+        tgt = resolve_target(target, logits)
+        y = logits.gather(1, tgt[:, None]).sum()
+        (grad,) = torch.autograd.grad(y, xin)
     pixel = (xin.detach() * grad).sum(dim=1)
     _B, _, H, W = x.shape
     layout = layout_for(info, H, W)

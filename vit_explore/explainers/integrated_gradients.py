@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import MAX_PASSES, check_int
 from ..capture.adapters import ViTInfo
 from ..capture.session import Needs, capture
 from ..errors import InputError
@@ -91,8 +92,7 @@ def integrated_gradients(
         ``ExplainerResult``: patch map (B, gh, gw) = pixel map summed within each patch;
         extras ``pixel_map`` (B, H, W), ``attributions`` (B, C, H, W), ``delta`` (B,).
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
-        raise InputError(f"steps must be an int >= 2, got {steps!r}")
+    check_int("steps", steps, 2, MAX_PASSES, fix="integration points, e.g. 32")
     if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int) or internal_batch_size < 1:
         raise InputError(f"internal_batch_size must be an int >= 1, got {internal_batch_size!r}")
     alphas, weights = ig_schedule(int(steps), rule)

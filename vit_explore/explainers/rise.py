@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import MAX_PASSES, check_int
 from ..capture.ablation import forward_logits
 from ..capture.adapters import ViTInfo, layout_for
 from ..errors import InputError
@@ -112,6 +113,8 @@ def rise(
     for name, v in (("n_masks", n_masks), ("s", s), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(f"{name} must be a positive int, got {v!r}")
+    check_int("n_masks", n_masks, 1, MAX_PASSES, fix="e.g. 6000")
+    check_int("s", s, 1, min(x.shape[-2:]), fix="grid cells per side, e.g. 8")
     if not 0 < float(p1) <= 1:
         raise InputError(f"p1 must be in (0, 1], got {p1}")
     B, _, H, W = x.shape

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import MAX_PASSES, check_int
 from ..capture.adapters import ViTInfo
 from ..capture.session import Needs, capture
 from ..errors import InputError
@@ -69,7 +70,7 @@ def tam(
     """
     L = info.num_layers
     start = check_start_layer(start_layer, L)
-    steps = _positive_int("steps", steps, 2)
+    steps = check_int("steps", steps, 2, MAX_PASSES, fix="integration points, e.g. 20")
     chunk = _positive_int("internal_batch_size", internal_batch_size, 1)
     if target_score not in ("logit", "prob"):
         raise InputError(f"target_score must be 'logit' or 'prob', got {target_score!r}")

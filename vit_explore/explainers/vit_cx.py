@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_float
 from .._recent import RecentTensors
 from ..capture.ablation import forward_logits, forward_recording
 from ..capture.adapters import ViTInfo, layout_for
@@ -271,6 +272,7 @@ def vit_cx(
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     if not 0 < float(distance_threshold) <= 2:
         raise InputError(f"distance_threshold must be in (0, 2], got {distance_threshold}")
+    check_float("sigma", sigma, 0.0, open_lo=True, fix="a noise standard deviation such as 0.1")
     L = info.num_layers
     name = f"blocks.{L - 1}.norm1"
     mods = submodules(model)  # one walk of the model for both passes

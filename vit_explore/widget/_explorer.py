@@ -42,6 +42,7 @@ from ..explainers import get_explainer, list_methods
 from ..explanation import Explanation
 from ..inputs import ImageLike, as_batch, check_tensor, data_config
 from . import _serialize as ser
+from . import _state
 
 STATIC = Path(__file__).resolve().parent / "static"
 MODES = ("noise", "blur", "mean", "zero", "drop")
@@ -79,7 +80,9 @@ def _bundle(name: str, fallback: str) -> Path | str:
 class _Worker:
     """One daemon thread running jobs by slot; a new job replaces the pending job of its slot."""
 
-    def __init__(self, on_state: Callable[[bool, str], None]):
+    def __init__(self, on_state: Callable[[bool, str], None],
+                 on_error: Callable[[str, BaseException], None] | None = None):
+        self._on_error = on_error
         self._cv = threading.Condition()
         self._pending: dict[str, tuple[str, Callable[[], None]]] = {}
         self._running: str | None = None
@@ -107,15 +110,30 @@ class _Worker:
                 slot = next(iter(self._pending))
                 label, fn = self._pending.pop(slot)
                 self._running = slot
-            if label:
-                self._on_state(True, label)
-            try:
+            try:  # the loop outlives any job: a failure is reported, the next job runs
+                if label:
+                    self._on_state(True, label)
                 fn()
+            except Exception as e:  # noqa: BLE001
+                self._report(slot, label, e)
             finally:
                 with self._cv:
                     idle = not self._pending
+                    if idle:
+                        self._running = None
+                        self._cv.notify_all()
                 if idle:
-                    self._on_state(False, "")
+                    try:
+                        self._on_state(False, "")
+                    except Exception as e:  # noqa: BLE001
+                        self._report(slot, label, e)
+
+    def _report(self, slot: str, label: str, exc: BaseException) -> None:
+        try:
+            if self._on_error is not None:
+                self._on_error(label or slot, exc)
+        except Exception:  # noqa: BLE001, S110 - the reporter itself failed: nothing more to do
+            pass
 
     def idle(self) -> bool:
         with self._cv:
@@ -247,7 +265,7 @@ class Explorer(anywidget.AnyWidget):
         """Tracebacks of failed jobs (the widget shows a one-line message)."""
         for m, p in (params or {}).items():
             self._params[m] = get_explainer(m).bind(dict(p))
-        self._worker = _Worker(self._set_busy)
+        self._worker = _Worker(self._set_busy, lambda what, e: self._fail(what, e))
 
         first = self._ensure_image(0)  # one forward: top-k, grid, layers and heads
         layout = first["layout"]
@@ -327,7 +345,7 @@ class Explorer(anywidget.AnyWidget):
             raise InputError(f"target must be a class index in 0..{self._num_classes - 1}, got {v!r}")
         return int(v)
 
-    @t.validate("method")
+    @_state.validator("method")
     def _valid_method(self, proposal: Any) -> str:
         m = proposal["value"]
         if m not in self.methods:
@@ -338,7 +356,7 @@ class Explorer(anywidget.AnyWidget):
             )
         return m
 
-    @t.validate("class_names")
+    @_state.validator("class_names")
     def _valid_class_names(self, proposal: Any) -> list[str]:
         v = [str(n) for n in proposal["value"]]
         if len(v) != self._num_classes:
@@ -351,21 +369,21 @@ class Explorer(anywidget.AnyWidget):
         if self._images.get(self.image_index) is not None:
             self.topk = self._topk_payload(self._images[self.image_index]["probs"])
 
-    @t.validate("layer")
+    @_state.validator("layer")
     def _valid_layer(self, proposal: Any) -> int:
         v = proposal["value"]
         if not 0 <= v < self.num_layers:
             raise InputError(f"layer must be in 0..{self.num_layers - 1}, got {v}")
         return v
 
-    @t.validate("head")
+    @_state.validator("head")
     def _valid_head(self, proposal: Any) -> int:
         v = proposal["value"]
         if not -1 <= v < self.num_heads:
             raise InputError(f"head must be -1 (mean of heads) or in 0..{self.num_heads - 1}, got {v}")
         return v
 
-    @t.validate("query")
+    @_state.validator("query")
     def _valid_query(self, proposal: Any) -> int:
         v = proposal["value"]
         P = self.grid[0] * self.grid[1]
@@ -373,18 +391,18 @@ class Explorer(anywidget.AnyWidget):
             raise InputError(f"query must be -1 (CLS row) or a patch index in 0..{P - 1}, got {v}")
         return v
 
-    @t.validate("target")
+    @_state.validator("target")
     def _valid_target(self, proposal: Any) -> int:
         return self._check_target(proposal["value"])
 
-    @t.validate("image_index")
+    @_state.validator("image_index")
     def _valid_image(self, proposal: Any) -> int:
         v = proposal["value"]
         if not 0 <= v < self.num_images:
             raise InputError(f"image_index must be in 0..{self.num_images - 1}, got {v}")
         return v
 
-    @t.validate("brushed")
+    @_state.validator("brushed")
     def _valid_brushed(self, proposal: Any) -> list[int]:
         v = proposal["value"]
         P = self.grid[0] * self.grid[1]
@@ -393,14 +411,14 @@ class Explorer(anywidget.AnyWidget):
             raise InputError(f"brushed patches must be row-major indices in 0..{P - 1}, got {bad[:5]}")
         return sorted({int(p) for p in v})
 
-    @t.validate("mode")
+    @_state.validator("mode")
     def _valid_mode(self, proposal: Any) -> str:
         v = proposal["value"]
         if v not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {v!r}{suggest(v, MODES)}")
         return v
 
-    @t.validate("compare_methods")
+    @_state.validator("compare_methods")
     def _valid_compare_methods(self, proposal: Any) -> list[str]:
         out: list[str] = []
         for m in proposal["value"]:
@@ -414,7 +432,7 @@ class Explorer(anywidget.AnyWidget):
                 out.append(m)
         return out
 
-    @t.validate("cx_mask")
+    @_state.validator("cx_mask")
     def _valid_cx_mask(self, proposal: Any) -> int:
         v = proposal["value"]
         K = int(self.cx_masks.get("K", 0)) if self.cx_masks else 0
@@ -425,14 +443,14 @@ class Explorer(anywidget.AnyWidget):
             )
         return v
 
-    @t.validate("opacity")
+    @_state.validator("opacity")
     def _valid_opacity(self, proposal: Any) -> float:
         v = float(proposal["value"])
         if not 0.0 <= v <= 1.0:
             raise InputError(f"opacity must be in [0, 1], got {v}")
         return v
 
-    @t.validate("colormap")
+    @_state.validator("colormap")
     def _valid_colormap(self, proposal: Any) -> str:
         v = proposal["value"]
         allowed = ("auto", "viridis", "magma", "inferno", "cividis", "gray", "rdbu", "puor")
@@ -913,21 +931,36 @@ class Explorer(anywidget.AnyWidget):
     def _on_brush(self, change: dict) -> None:
         self._schedule_intervention()
 
+    def set_state(self, sync_data: dict) -> None:
+        """Apply a state update from the front end through the one validation layer
+        (``_state``): only view traits, each validated; any invalid value rolls the whole
+        update back, the front end is sent the kept values and the widget shows the error."""
+        try:
+            _state.check_update(sync_data)
+            super().set_state(sync_data)
+        except t.TraitError as e:
+            keys = [k for k in sync_data if k in self.keys] if isinstance(sync_data, Mapping) else []
+            self._fail("a front-end update", e)
+            if keys and self.comm is not None:
+                self.send_state(keys)  # the front end echoed its values: resend the kept ones
+            raise
+
     def _on_msg(self, widget: Any, content: dict, buffers: list) -> None:
-        kind = content.get("kind") if isinstance(content, dict) else None
+        try:
+            msg = _state.parse_message(content, self.num_images, self.num_layers)
+        except InputError as e:
+            self._fail("a front-end message", e)
+            return
+        kind = msg["kind"]
         if kind == "attn_request":
-            i = int(content.get("image_index", 0))
-            first = int(content.get("first_layer", 0))
-            layers = content.get("layers")
-            if not 0 <= i < self.num_images:
-                return
+            i, first, layers = msg["image_index"], msg["first_layer"], msg["layers"]
             self._worker.submit(f"attn:{i}", "", lambda: self._send_attention(i, first, layers))
         elif kind == "counterfactual":
             self.find_counterfactual()
         elif kind == "curves":
             self.compute_curves()
         elif kind == "ping":  # an empty round trip (bench/bench_explorer.py's baseline)
-            self.send({"kind": "pong", "id": content.get("id")})
+            self.send({"kind": "pong", "id": msg["id"]})
 
     def _send_attention(self, i: int, first: int, layers: Sequence[int] | None = None) -> int:
         """Send image ``i``'s attention, block ``first`` first; returns the bytes sent."""
@@ -1071,7 +1104,9 @@ class Explorer(anywidget.AnyWidget):
         data = {"state": ser.jsonable_state(state), "attn": attn, "maps": maps}
 
         def script_json(obj: Any) -> str:
-            return json.dumps(obj).replace("</", "<\\/").replace("<!--", "<\\!--")
+            # JSON's own escapes for <, > and &: no "</script>" or "<!--" can end or bend the
+            # script element, and JSON.parse reads them back unchanged
+            return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
         page = _HTML.format(
             title=html.escape(self.title or "vit_explore Explorer"),
