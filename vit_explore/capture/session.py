@@ -15,12 +15,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
+from ..errors import CaptureError, InputError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
 from .layout import TokenLayout
 from .state import SavedState
+from .tap import ScoreTap
 
 Score = Literal["logit", "prob", "log_prob"]
 
@@ -32,7 +33,9 @@ class Needs:
     Attributes:
         attn: attention probabilities ``A`` (B, H, N, N) of the blocks in ``layers``.
         attn_grad: ``dy/dA`` for the same blocks (y = target score, summed over the batch).
-        scores: pre-softmax scores ``S = (q*scale) k^T`` (B, H, N, N) for the same blocks.
+        scores: pre-softmax scores (B, H, N, N) for the same blocks: the tensor the module's
+            own ``softmax`` received (``tap.ScoreTap``), so with every bias, mask and rotary
+            embedding of its family (``S = (q*scale) k^T`` for timm's ``Attention``).
         activations: outputs of modules, by name (``"blocks.11.norm1"``), (B, N, C).
         activation_grads: gradients of the target score w.r.t. those outputs.
         input_grad: gradient w.r.t. the input tensor (B, 3, H, W).
@@ -97,7 +100,7 @@ class Trace:
         layout: token layout of this input.
         attn: L entries (B, H, N, N), None for blocks not recorded.
         attn_grad: same layout as ``attn``, ``dy/dA``.
-        scores: same layout, pre-softmax scores.
+        scores: same layout, pre-softmax scores as the softmax saw them (``softmax(S) = A``).
         activations: name -> (B, N, C) module outputs.
         activation_grads: name -> gradient of the target score.
         input: the (B, 3, H, W) tensor that was fed.
@@ -180,7 +183,8 @@ def capture(
 
     record_attn = needs.attn or needs.attn_grad
     attn_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
-    qkv_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    score_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    taps: list[ScoreTap] = []
     act_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.activations}
     in_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.inputs}
     handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -195,12 +199,7 @@ def capture(
             if record_attn:
                 handles.append(attn.attn_drop.register_forward_hook(_store_output(attn_store[i])))
             if needs.scores:
-                if not isinstance(getattr(attn, "qkv", None), nn.Linear):
-                    raise UnsupportedModelError(
-                        f"block {i}: pre-softmax scores (AG-CAM) need a fused qkv Linear, but "
-                        f"{type(attn).__name__} has none; use chefer_generic or attn_grad_cam instead"
-                    )
-                handles.append(attn.qkv.register_forward_hook(_store_output(qkv_store[i], detach=True)))
+                taps.append(ScoreTap(attn, score_store[i], detach=True))
         if needs.detach_attn_input:
             for attn in info.attns:
                 handles.append(attn.register_forward_pre_hook(_detach_first_arg))
@@ -223,11 +222,17 @@ def capture(
                 f"{type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}"
             )
         for i in layers:
-            got = len(attn_store[i]) if record_attn else len(qkv_store[i]) if needs.scores else 1
+            got = len(attn_store[i]) if record_attn else 1
             if got != 1:
                 raise CaptureError(
                     f"block {i}: expected its attention to be computed once through attn_drop, saw {got} "
                     f"calls; {type(info.attns[i]).__name__} may not follow timm's unfused attention path."
+                )
+            if needs.scores and len(score_store[i]) != 1:
+                raise CaptureError(
+                    f"block {i}: expected one softmax over (B, H, N, N) scores inside "
+                    f"{type(info.attns[i]).__name__}.forward, saw {len(score_store[i])}; the pre-softmax "
+                    "scores (AG-CAM) cannot be taken from this attention. Use attn_grad_cam or chefer_generic."
                 )
         tgt = resolve_target(target, logits)
 
@@ -264,9 +269,7 @@ def capture(
 
         scores = None
         if needs.scores:
-            scores = tuple(
-                _scores_from_qkv(info.attns[i], qkv_store[i][0]) if i in layers else None for i in range(num_layers)
-            )
+            scores = tuple(score_store[i][0] if i in layers else None for i in range(num_layers))
         _B, _, H, W = x.shape
         layout = layout_for(info, H, W)
         if record_attn:
@@ -291,6 +294,8 @@ def capture(
             inputs={n: v[-1].detach() for n, v in in_store.items() if v},
         )
     finally:
+        for tap in reversed(taps):
+            tap.remove()
         for h in handles:
             h.remove()
         state.restore()
@@ -327,16 +332,6 @@ def _detach_first_arg(module, args):
     if not args:
         return None
     return (args[0].detach().requires_grad_(True), *args[1:])
-
-
-@torch.no_grad()
-def _scores_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
-    """Pre-softmax scores from the ``qkv`` output, computed exactly as timm's unfused path."""
-    B, N, _ = qkv.shape
-    h = attn.num_heads
-    q, k, _v = qkv.reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    return (q * attn.scale) @ k.transpose(-2, -1)
 
 
 def needs_for_layers(needs: Needs, layers: Sequence[int] | None) -> Needs:
