@@ -121,8 +121,10 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
         needed = ("norm1", "attn", "ls1", "norm2", "mlp", "ls2", "drop_path1", "drop_path2")
         if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ != "Block":
             raise UnsupportedModelError(
-                f"{where} is a {type(blk).__name__}; chefer_lrp supports timm's pre-norm Block "
-                "(x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))). Use chefer_generic for other blocks."
+                f"{where} is a {type(blk).__name__} ({_adapters(info)[i].family} attention); chefer_lrp's "
+                "relevance pass is written for timm's pre-norm Block (x + ls1(attn(norm1(x))), then "
+                "x + ls2(mlp(norm2(x)))) with timm's Attention and Mlp. For this block use attn_lrp (LRP rules for "
+                "rotary embeddings, score biases and gated MLPs) or chefer_generic."
             )
         attn, mlp = blk.attn, blk.mlp
         if getattr(attn, "gate", None) is not None or not hasattr(attn, "proj"):
@@ -242,6 +244,37 @@ def _half_grad_hook(mod, args, out):
     return scale_grad(out, 0.5)
 
 
+def _half_grad_pre_hook(mod, args):
+    return (scale_grad(args[0], 0.5), *args[1:])
+
+
+def _gate_factors(mlp: nn.Module) -> list[nn.Module]:
+    """Modules whose outputs are the two factors of a gated MLP's product (SwiGLU: ``fc1_g``,
+    ``fc1_x``; GluMlp: ``fc1``, whose output holds both halves); [] for timm's plain Mlp."""
+    if isinstance(getattr(mlp, "fc1_g", None), nn.Module) and isinstance(getattr(mlp, "fc1_x", None), nn.Module):
+        return [mlp.fc1_g, mlp.fc1_x]
+    if hasattr(mlp, "chunk_dim") and hasattr(mlp, "gate_last"):
+        return [mlp.fc1]
+    return []
+
+
+def _adapters(info: ViTInfo):
+    from .adapters import adapter_for
+
+    return info.adapters or tuple(adapter_for(a) for a in info.attns)
+
+
+def _check_norms(model: nn.Module) -> None:
+    """Every normalisation layer must be an ``nn.LayerNorm`` (the identity rule is written for it)."""
+    for name, mod in model.named_modules():
+        kind = type(mod).__name__
+        if "Norm" in kind and not isinstance(mod, (nn.LayerNorm, nn.Identity)):
+            raise UnsupportedModelError(
+                f"{name} is a {kind}; attn_lrp's identity rule is written for LayerNorm only, so the relevance "
+                "would not be AttnLRP's. Use chefer_generic or saliency instead."
+            )
+
+
 @contextmanager
 def lrp_rules(
     model: nn.Module,
@@ -254,11 +287,15 @@ def lrp_rules(
 ) -> Iterator[nn.Module]:
     """Make ``input x gradient`` of ``model`` compute AttnLRP / CP-LRP, for this block only.
 
-    Rules (methods.md §11): LayerNorm (every ``nn.LayerNorm``) -> identity rule (stop-grad
-    through sigma); ``blocks.*.mlp.act`` -> identity rule (gradient ``f(x)/x``); attention:
+    Rules (methods.md §11): LayerNorm (every ``nn.LayerNorm``; any other norm layer raises)
+    -> identity rule (stop-grad through sigma); ``blocks.*.mlp.act`` -> identity rule
+    (gradient ``f(x)/x``); gated MLPs (SwiGLU ``act(fc1_g) * fc1_x``, GluMlp) -> uniform rule
+    for the product (the gradient at both factors halved); layer scale, rotary embeddings
+    and additive score biases are linear maps / constants: plain gradient; attention:
     ``"cp"`` detaches the probabilities ``A`` (relevance only through ``v``), ``"attnlrp"``
-    halves the gradient at ``A`` and at the ``qkv`` output (q, k gradients / 4, v / 2:
-    the uniform rule through both matmuls); ``gamma_linear`` / ``gamma_conv`` > 0 put the
+    halves the gradient at ``A`` and at the ``qkv`` output, or at ``proj``'s input where the
+    family does not call its ``qkv`` module (q, k gradients / 4, v / 2: the uniform rule
+    through both matmuls); ``gamma_linear`` / ``gamma_conv`` > 0 put the
     LRP-gamma rule on every ``nn.Linear`` / ``nn.Conv2d`` (0: epsilon = plain gradient x input).
     Attention runs on timm's unfused path for the call. With ``enabled=False`` nothing is
     hooked (plain gradient x input), but the model is still put in eval mode with frozen
@@ -276,6 +313,7 @@ def lrp_rules(
     try:
         state.freeze()
         if enabled:
+            _check_norms(model)
             for name, mod in model.named_modules():
                 if isinstance(mod, nn.LayerNorm):
                     handles.append(mod.register_forward_hook(_layer_norm_hook))
@@ -284,18 +322,38 @@ def lrp_rules(
                 elif isinstance(mod, nn.Conv2d) and gamma_conv > 0:
                     handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_conv), _conv_op(mod))))
             for i, blk in enumerate(model.blocks):
-                act = getattr(getattr(blk, "mlp", None), "act", None)
+                mlp = getattr(blk, "mlp", None)
+                act = getattr(mlp, "act", None)
                 if act is None:
-                    raise UnsupportedModelError(f"blocks.{i} has no mlp.act; attn_lrp expects timm's Mlp")
+                    raise UnsupportedModelError(
+                        f"blocks.{i}.mlp is a {type(mlp).__name__} without .act; attn_lrp supports timm's Mlp, "
+                        "GluMlp and SwiGLU. Use chefer_generic or saliency instead."
+                    )
                 handles.append(act.register_forward_hook(_identity_act_hook))
-            for attn in info.attns:
+                # gated MLPs: act(g) * u takes the uniform rule (each factor half the relevance);
+                # registered after any gamma hook, so it scales the gamma-ruled gradient
+                for factor in _gate_factors(mlp):
+                    handles.append(factor.register_forward_hook(_half_grad_hook))
+            for i, (attn, adapter) in enumerate(zip(info.attns, _adapters(info))):
+                if adapter.gated(attn):
+                    raise UnsupportedModelError(
+                        f"blocks.{i}.attn multiplies its output by a sigmoid gate (attn.gate); attn_lrp has no "
+                        "rule for that product here. Use chefer_generic, attn_grad_cam or saliency instead."
+                    )
                 attn.fused_attn = False
                 if variant == "cp":
                     handles.append(attn.attn_drop.register_forward_hook(_detach_hook))
                 else:
                     handles.append(attn.attn_drop.register_forward_hook(_half_grad_hook))
-                    # registered after any gamma hook on qkv, so it scales the gamma-ruled gradient
-                    handles.append(attn.qkv.register_forward_hook(_half_grad_hook))
+                    if adapter.qkv_called(attn):
+                        # registered after any gamma hook on qkv, so it scales the gamma-ruled gradient
+                        handles.append(attn.qkv.register_forward_hook(_half_grad_hook))
+                    else:
+                        # qkv is not a called module (EVA/BEiT's F.linear, separate q/k/v projections):
+                        # halving the gradient at proj's input halves v's and, with the halving at A,
+                        # quarters q's and k's (every map in between is linear: attn.norm takes the
+                        # LayerNorm rule, the rotary embedding and score biases are linear / constant)
+                        handles.append(attn.proj.register_forward_pre_hook(_half_grad_pre_hook))
         yield model
     finally:
         for h in handles:
