@@ -9,6 +9,8 @@ import torch.nn.functional as F
 # name -> (timm architecture, create_model kwargs); depth 2, small inputs, random weights
 FAMILIES = {
     "eva02": ("eva02_tiny_patch14_224", {"img_size": 42}),  # EvaAttention, q/v bias via F.linear, GluMlp (SwiGLU)
+    # SwiGLU (fc1_g, fc1_x) with a LayerNorm inside the MLP (scale_mlp)
+    "eva02_base": ("eva02_base_patch14_224", {"img_size": 42, "embed_dim": 64, "num_heads": 4}),
     "rope": ("vit_small_patch16_rope_224", {"img_size": 48, "embed_dim": 64, "num_heads": 4}),  # AttentionRope
     "rope_ape": ("vit_small_patch16_rope_ape_224", {"img_size": 48, "embed_dim": 64, "num_heads": 4}),
     "dinov3": ("vit_small_patch16_dinov3", {"img_size": 48, "embed_dim": 64, "num_heads": 4}),  # registers, RoPE
@@ -57,6 +59,30 @@ def _rotate64(x, emb, half):
         rot[..., 0::2] = -x[..., 1::2]
         rot[..., 1::2] = x[..., 0::2]
     return x * cos + rot * sin
+
+
+def rope_matrices64(emb, half):
+    """The rotation (P, D, D) of each patch token as a matrix, from ``_rotate64`` on the basis."""
+    D = emb.shape[-1] // 2
+    eye = torch.eye(D, dtype=torch.float64)[:, None, :]  # (D_in, 1, D)
+    return _rotate64(eye, emb, half).permute(1, 0, 2)  # (P, D_in, D_out)
+
+
+def bias64(attn, kwargs, N):
+    """The additive score bias (H, N, N) of a relative-position family in float64, or None."""
+    out = None
+    table = getattr(attn, "relative_position_bias_table", None)
+    if table is not None:  # BEiT: gather the table by the relative position index
+        idx = attn.relative_position_index.reshape(-1)
+        out = table.double()[idx].reshape(N, N, -1).permute(2, 0, 1)
+    rel = getattr(attn, "rel_pos", None)
+    if rel is not None:
+        out = rel.get_bias().double()[0] if out is None else out + rel.get_bias().double()[0]
+    for key in ("shared_rel_pos_bias", "shared_rel_pos"):
+        if kwargs.get(key) is not None:
+            t = kwargs[key].double().reshape(-1, N, N)
+            out = t if out is None else out + t
+    return out
 
 
 def scores64(attn, x, kwargs):

@@ -9,13 +9,12 @@ import vit_explore as vx
 from vit_explore.capture import Needs, capture, inspect_vit
 from vit_explore.capture.attn_relbias import RelativeBiasAttention
 from vit_explore.capture.attn_rotary import RotaryAttention
-from vit_explore.errors import UnsupportedModelError
 
 from ..conftest import model_state
 from ..families import FAMILIES, family_input, family_model, model64, run64
 
 ADAPTER = {
-    "eva02": RotaryAttention, "rope": RotaryAttention, "rope_ape": RotaryAttention, "dinov3": RotaryAttention,
+    "eva02": RotaryAttention, "eva02_base": RotaryAttention, "rope": RotaryAttention, "rope_ape": RotaryAttention, "dinov3": RotaryAttention,
     "beit": RelativeBiasAttention, "beitv2": RelativeBiasAttention,
     "relpos": RelativeBiasAttention, "srelpos": RelativeBiasAttention,
 }
@@ -98,9 +97,3 @@ def test_score_tap_is_left_after_an_error_inside_attention(fam):
         h.remove()
     tr = capture(m, x, Needs(scores=True, layers=(1,)))  # and the model still captures normally
     assert tr.scores_at(1).shape[-1] == tr.layout.num_tokens
-
-
-def test_chefer_lrp_names_the_family_and_what_applies(fam):
-    _, m, x = fam
-    with pytest.raises(UnsupportedModelError, match="attn_lrp .* or chefer_generic"):
-        vx.explain(m, x, "chefer_lrp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from torch import nn
 
 
@@ -25,6 +26,8 @@ class AttentionAdapter:
     family = "generic"
     score_terms = "(q·scale) kᵀ"
     takes_attn_mask = False
+    #: the scores are ``(q·scale) kᵀ + B`` with a bias B that is not a mask (relative positions)
+    score_bias = False
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:  # pragma: no cover - overridden
@@ -34,6 +37,12 @@ class AttentionAdapter:
     def qkv_called(attn: nn.Module) -> bool:
         """True when the module calls its ``qkv`` Linear (a forward hook on it fires)."""
         return isinstance(getattr(attn, "qkv", None), nn.Linear) and getattr(attn, "q_bias", None) is None
+
+    @staticmethod
+    def rope_map(attn: nn.Module, rope: torch.Tensor | None) -> torch.Tensor | None:
+        """The rotary embedding as a linear map of each patch token's q and k: (..., P, D, D)
+        with ``q_rot[p] = q[p] @ M[p]``; None when the family has none."""
+        return None
 
     @staticmethod
     def gated(attn: nn.Module) -> bool:

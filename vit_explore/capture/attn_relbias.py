@@ -17,6 +17,7 @@ class RelativeBiasAttention(AttentionAdapter):
     family = "relative position bias (BEiT / relpos)"
     score_terms = "(q·scale) kᵀ + relative position bias"
     takes_attn_mask = False
+    score_bias = True
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:

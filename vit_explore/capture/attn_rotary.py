@@ -10,6 +10,9 @@ called (``qkv_called`` is False), so nothing may rely on a hook there.
 
 from __future__ import annotations
 
+import sys
+
+import torch
 from torch import nn
 
 from .attn_base import AttentionAdapter, forward_params
@@ -23,3 +26,17 @@ class RotaryAttention(AttentionAdapter):
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:
         return "rope" in forward_params(attn)
+
+    @staticmethod
+    def rope_map(attn: nn.Module, rope: torch.Tensor | None) -> torch.Tensor | None:
+        """(..., P, D, D) with ``apply_rot_embed_cat(q)[p] = q[p] @ M[p]``: the function the module's
+        forward calls (looked up in its own module), applied to the D basis vectors."""
+        if rope is None:
+            return None
+        fn = getattr(sys.modules[type(attn).__module__], "apply_rot_embed_cat", None)
+        if fn is None:
+            from timm.layers import apply_rot_embed_cat as fn
+        D = rope.shape[-1] // 2
+        basis = torch.eye(D, dtype=rope.dtype, device=rope.device).reshape(D, *([1] * (rope.ndim - 1)), D)
+        out = fn(basis, rope, half=bool(getattr(attn, "rotate_half", False)))  # (D_in, ..., P, D_out)
+        return out.movedim(0, -2)

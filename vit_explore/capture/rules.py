@@ -2,10 +2,8 @@
 
 Two pieces, both touching ``nn.Module`` internals (hence here, in ``capture/``):
 
-* ``lrp_view(model, info)``: the weights and module names Chefer's LRP (methods.md §4.3)
-  reads. The relevance pass itself (``explainers/chefer_lrp.py``) is a pure function of a
-  captured ``Trace`` (module inputs and outputs, recorded via ``Needs.inputs`` /
-  ``Needs.activations``) and this view.
+* ``lrp_view(model, info)`` (in ``lrp_view.py``, re-exported here): the weights and module
+  names Chefer's LRP (methods.md §4.3) reads.
 * ``lrp_rules(model, info, ...)``: a context manager for AttnLRP / CP-LRP (methods.md §11)
   as modified gradients (LRP = gradient x input). It registers per-module forward hooks
   whose returned outputs have exactly the value of the original output but a modified
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -26,141 +23,12 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
 from .adapters import ViTInfo
-from .layout import Readout
-from .session import Needs
+from .lrp_view import LRPBlock, LRPView, lrp_view
 from .state import SavedState
 
+__all__ = ["LRPBlock", "LRPView", "lrp_rules", "lrp_view", "same_value", "scale_grad"]
+
 Variant = Literal["cp", "attnlrp"]
-
-
-# ----------------------------------------------------------------------------- Chefer LRP view
-@dataclass(frozen=True)
-class LRPBlock:
-    """Weights of one pre-norm timm ``Block`` for the relevance pass (biases are ignored by
-    the alpha=1/beta=0 rule; ``biases`` (by layer name) only serve to recover ``x W^T`` from
-    the recorded outputs). ``ls1``/``ls2`` are LayerScale gammas (C,) or None."""
-
-    prefix: str
-    num_heads: int
-    qkv: torch.Tensor
-    proj: torch.Tensor
-    fc1: torch.Tensor
-    fc2: torch.Tensor
-    ls1: torch.Tensor | None
-    ls2: torch.Tensor | None
-    biases: dict[str, torch.Tensor | None]
-
-
-@dataclass(frozen=True)
-class LRPView:
-    """Everything Chefer's relevance pass reads from the model itself.
-
-    Attributes:
-        blocks: one entry per block.
-        head: classifier weight (K, C); head_dist: the distillation head's, or None.
-        readout: pooling rule (``TokenLayout.readout``).
-        num_prefix: prefix tokens.
-    """
-
-    blocks: tuple[LRPBlock, ...]
-    head: torch.Tensor
-    head_dist: torch.Tensor | None
-    readout: Readout
-    num_prefix: int
-
-    def needs(self, start_layer: int = 0) -> Needs:
-        """The capture needs of the relevance pass from block ``start_layer`` up."""
-        ins: list[str] = ["head"]
-        acts: list[str] = ["norm", "head"]
-        if self.head_dist is not None:
-            ins.append("head_dist")
-            acts.append("head_dist")
-        for b in self.blocks[start_layer:]:
-            p = b.prefix
-            ins += [p, f"{p}.attn.qkv", f"{p}.attn.proj", f"{p}.norm2", f"{p}.mlp.fc1", f"{p}.mlp.fc2"]
-            ins += [f"{p}.ls1", f"{p}.ls2"]
-            acts += [f"{p}.attn.qkv", f"{p}.attn.q_norm", f"{p}.attn.k_norm", f"{p}.ls1", f"{p}.ls2", f"{p}.mlp.fc1"]
-        return Needs(
-            attn=True,
-            attn_grad=True,
-            inputs=tuple(ins),
-            activations=tuple(acts),
-            layers=tuple(range(start_layer, len(self.blocks))),
-            grad_from_block=start_layer,
-        )
-
-
-def _linear_weight(mod: object, where: str) -> torch.Tensor:
-    if not isinstance(mod, nn.Linear):
-        raise UnsupportedModelError(
-            f"{where} is a {type(mod).__name__}, expected torch.nn.Linear; chefer_lrp follows timm's "
-            "standard Block/Mlp/Attention layout"
-        )
-    return mod.weight.detach()
-
-
-def _gamma(mod: object, where: str) -> torch.Tensor | None:
-    if isinstance(mod, nn.Identity):
-        return None
-    g = getattr(mod, "gamma", None)
-    if not isinstance(g, torch.Tensor):
-        raise UnsupportedModelError(f"{where} is a {type(mod).__name__}, expected timm LayerScale or Identity")
-    return g.detach()
-
-
-def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
-    """Read the weights Chefer's LRP needs, checking the model has timm's standard layout.
-
-    Raises:
-        UnsupportedModelError: blocks other than timm's pre-norm ``Block`` (e.g. ResPostBlock,
-            parallel blocks), gated MLPs (SwiGLU/GLU), gated attention, a non-Linear head.
-    """
-    blocks = []
-    for i, blk in enumerate(model.blocks):
-        where = f"blocks.{i}"
-        needed = ("norm1", "attn", "ls1", "norm2", "mlp", "ls2", "drop_path1", "drop_path2")
-        if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ != "Block":
-            raise UnsupportedModelError(
-                f"{where} is a {type(blk).__name__} ({_adapters(info)[i].family} attention); chefer_lrp's "
-                "relevance pass is written for timm's pre-norm Block (x + ls1(attn(norm1(x))), then "
-                "x + ls2(mlp(norm2(x)))) with timm's Attention and Mlp. For this block use attn_lrp (LRP rules for "
-                "rotary embeddings, score biases and gated MLPs) or chefer_generic."
-            )
-        attn, mlp = blk.attn, blk.mlp
-        if getattr(attn, "gate", None) is not None or not hasattr(attn, "proj"):
-            raise UnsupportedModelError(f"{where}.attn is gated or has no proj; chefer_lrp does not support it")
-        if hasattr(mlp, "fc1_g") or not hasattr(mlp, "fc1") or not hasattr(mlp, "fc2"):
-            raise UnsupportedModelError(
-                f"{where}.mlp is a {type(mlp).__name__}; chefer_lrp supports timm's Mlp (fc1, act, fc2), not gated MLPs"
-            )
-        fc1 = _linear_weight(mlp.fc1, f"{where}.mlp.fc1")
-        fc2 = _linear_weight(mlp.fc2, f"{where}.mlp.fc2")
-        if fc1.shape[0] != fc2.shape[1]:
-            raise UnsupportedModelError(f"{where}.mlp: fc1 has {fc1.shape[0]} outputs but fc2 {fc2.shape[1]} inputs")
-        blocks.append(
-            LRPBlock(
-                prefix=where,
-                num_heads=int(attn.num_heads),
-                qkv=_linear_weight(attn.qkv, f"{where}.attn.qkv"),
-                proj=_linear_weight(attn.proj, f"{where}.attn.proj"),
-                fc1=fc1,
-                fc2=fc2,
-                ls1=_gamma(blk.ls1, f"{where}.ls1"),
-                ls2=_gamma(blk.ls2, f"{where}.ls2"),
-                biases={
-                    n: None if m.bias is None else m.bias.detach()
-                    for n, m in (("qkv", attn.qkv), ("proj", attn.proj), ("fc1", mlp.fc1), ("fc2", mlp.fc2))
-                },
-            )
-        )
-    head_dist = getattr(model, "head_dist", None) if info.readout == "cls_dist" else None
-    return LRPView(
-        blocks=tuple(blocks),
-        head=_linear_weight(model.head, "head"),
-        head_dist=_linear_weight(head_dist, "head_dist") if head_dist is not None else None,
-        readout=info.readout,
-        num_prefix=info.num_prefix,
-    )
 
 
 # ----------------------------------------------------------------------------- AttnLRP rules

@@ -47,6 +47,8 @@ class Needs:
             (cheaper when only late gradients are needed, e.g. TAM).
         inputs: modules, by name, whose (first positional) input is recorded, detached,
             into ``Trace.inputs`` (relevance propagation needs the input of every layer).
+        rope: the rotary embedding of the blocks in ``layers`` as linear maps of q and k
+            (``Trace.rope``, from the ``rope`` tensor the model passed to each attention).
     """
 
     attn: bool = False
@@ -59,6 +61,7 @@ class Needs:
     layers: tuple[int, ...] | None = None
     grad_from_block: int | None = None
     inputs: tuple[str, ...] = ()
+    rope: bool = False
 
     @property
     def needs_grad(self) -> bool:
@@ -87,6 +90,7 @@ class Needs:
             layers=layers,
             grad_from_block=gfb,
             inputs=tuple(dict.fromkeys(self.inputs + other.inputs)),
+            rope=self.rope or other.rope,
         )
 
 
@@ -106,6 +110,9 @@ class Trace:
         input: the (B, 3, H, W) tensor that was fed.
         input_grad: its gradient, if asked.
         inputs: name -> the (detached) first positional input of that module (``Needs.inputs``).
+        rope: L entries, the rotary embedding as a map (..., P, D, D) of each patch token's q and
+            k after ``q_norm``/``k_norm`` (``q_rot[p] = q[p] @ M[p]``; prefix tokens are not
+            rotated), or None (no rotary embedding, or not recorded).
     """
 
     logits: torch.Tensor
@@ -120,6 +127,7 @@ class Trace:
     input_grad: torch.Tensor | None = None
     score: Score = "logit"
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    rope: tuple[torch.Tensor | None, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -185,6 +193,7 @@ def capture(
     attn_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     score_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     taps: list[ScoreTap] = []
+    rope_store: dict[int, list[torch.Tensor | None]] = {i: [] for i in layers}
     act_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.activations}
     in_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.inputs}
     handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -200,6 +209,8 @@ def capture(
                 handles.append(attn.attn_drop.register_forward_hook(_store_output(attn_store[i])))
             if needs.scores:
                 taps.append(ScoreTap(attn, score_store[i], detach=True))
+            if needs.rope:
+                handles.append(attn.register_forward_pre_hook(_store_kwarg("rope", rope_store[i]), with_kwargs=True))
         if needs.detach_attn_input:
             for attn in info.attns:
                 handles.append(attn.register_forward_pre_hook(_detach_first_arg))
@@ -270,6 +281,14 @@ def capture(
         scores = None
         if needs.scores:
             scores = tuple(score_store[i][0] if i in layers else None for i in range(num_layers))
+        rope = None
+        if needs.rope:
+            adapters = info.adapters or ()
+            rope = tuple(
+                adapters[i].rope_map(info.attns[i], rope_store[i][-1]) if i in layers and rope_store[i] and adapters
+                else None
+                for i in range(num_layers)
+            )
         _B, _, H, W = x.shape
         layout = layout_for(info, H, W)
         if record_attn:
@@ -292,6 +311,7 @@ def capture(
             input_grad=grads.get("input:None") if needs.input_grad else None,
             score=score,
             inputs={n: v[-1].detach() for n, v in in_store.items() if v},
+            rope=rope,
         )
     finally:
         for tap in reversed(taps):
@@ -324,6 +344,14 @@ def _store_input(store: list):
     def hook(module, args, output):
         if args:
             store.append(args[0].detach())
+
+    return hook
+
+
+def _store_kwarg(name: str, store: list):
+    def hook(module, args, kwargs):
+        t = kwargs.get(name)
+        store.append(t.detach() if isinstance(t, torch.Tensor) else None)
 
     return hook
 
