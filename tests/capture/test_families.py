@@ -97,3 +97,38 @@ def test_score_tap_is_left_after_an_error_inside_attention(fam):
         h.remove()
     tr = capture(m, x, Needs(scores=True, layers=(1,)))  # and the model still captures normally
     assert tr.scores_at(1).shape[-1] == tr.layout.num_tokens
+
+
+def test_block_tokens_masks_the_scores_of_every_family(fam):
+    """Inside ``block_tokens`` no query attends to the blocked tokens: the attention equals the
+    float64 softmax of the restated scores with -inf in those columns, and the model is left as found."""
+    from vit_explore.capture.ablation import block_tokens
+
+    from ..families import scores64
+
+    _, m, x = fam
+    T = m.num_prefix_tokens
+    blocked = [T, T + 3]  # two patch tokens
+    m.blocks[0].attn.fused_attn = True
+    before = model_state(m)
+    kwargs = {}
+    hs = [blk.attn.register_forward_pre_hook(lambda mod, a, kw, i=i: kwargs.update({i: (a[0], kw)}),
+                                             with_kwargs=True) for i, blk in enumerate(m.blocks)]
+    try:
+        with block_tokens(m, blocked):
+            tr = capture(m, x, Needs(attn=True))
+            plain_blocked = m(x)
+    finally:
+        for h in hs:
+            h.remove()
+    assert model_state(m) == before
+    for i, blk in enumerate(m.blocks):
+        xin, kw = kwargs[i]
+        s = scores64(blk.attn, xin, {k: v for k, v in kw.items() if k != "attn_mask"})
+        s[..., blocked] = float("-inf")
+        A = tr.attn_at(i)
+        assert float(A[..., blocked].abs().max()) == 0.0
+        torch.testing.assert_close(A.double(), s.softmax(-1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(plain_blocked, tr.logits, rtol=1e-5, atol=1e-5)  # fused path where it exists
+    free = capture(m, x, Needs(attn=True, layers=(0,)))  # and outside the block nothing is masked
+    assert float(free.attn_at(0)[..., blocked].min()) > 0

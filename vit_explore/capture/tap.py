@@ -11,6 +11,8 @@ and mask included, without restating any of the model's arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,13 +24,16 @@ _SOFTMAX = {torch.Tensor.softmax, torch.softmax, F.softmax, torch.Tensor.log_sof
 
 
 class _Mode(TorchFunctionMode):
-    def __init__(self, store: list[torch.Tensor], detach: bool) -> None:
+    def __init__(self, store: list[torch.Tensor], detach: bool, edit: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
         super().__init__()
         self.store = store
         self.detach = detach
+        self.edit = edit
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _SOFTMAX and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+            if self.edit is not None:
+                args = (self.edit(args[0]), *args[1:])
             self.store.append(args[0].detach() if self.detach else args[0])
         return func(*args, **(kwargs or {}))
 
@@ -40,13 +45,18 @@ class ScoreTap:
         module: an attention module (its own forward only; submodules run inside it).
         store: list the scores (B, H, N, N) are appended to.
         detach: store detached tensors (True) or the tensors of the autograd graph.
+        edit: if given, the softmax receives ``edit(scores)`` instead (e.g. an additive mask
+            for a family whose forward takes none); the edited scores are stored.
 
     Use ``handles()`` for the two hooks, and call ``close()`` in ``finally`` (it leaves the
     mode if the forward raised between the two hooks).
     """
 
-    def __init__(self, module: nn.Module, store: list[torch.Tensor], detach: bool = True) -> None:
-        self.mode = _Mode(store, detach)
+    def __init__(
+        self, module: nn.Module, store: list[torch.Tensor], detach: bool = True,
+        edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.mode = _Mode(store, detach, edit)
         self.inside = False
         self._handles = [
             module.register_forward_pre_hook(self._enter),
