@@ -14,7 +14,9 @@ enter them on one ``contextlib.ExitStack``). Like the rest of
   ``attn.proj``, i.e. after the per-head ``softmax(QK^T) V`` and after timm's optional
   ``attn.norm``), per layer.
 * ``block_tokens``: no query may attend to the chosen tokens (an additive ``-inf`` column
-  mask given to timm's ``Attention`` as ``attn_mask``; works on the fused and unfused paths).
+  mask given to the attention as ``attn_mask`` (timm ``Attention``, rotary attention; fused and
+  unfused paths), or, for families whose forward takes no mask (BEiT, relpos), added to the
+  scores their own softmax receives, on the unfused path for the block).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from torch import nn
 from .._checks import as_list, as_tensor, checked_output
 from ..errors import InputError, UnsupportedModelError
 from .adapters import inspect_vit
-from .state import eval_mode
+from .attn_base import forward_params
+from .state import SavedState, eval_mode
+from .tap import ScoreTap
 
 __all__ = [
     "ablate_heads",
@@ -290,11 +294,43 @@ def block_tokens(
             bias = old + bias
         return args, {**kwargs, "attn_mask": bias}
 
+    def edit(scores: torch.Tensor) -> torch.Tensor:  # families whose forward takes no attn_mask
+        N = scores.shape[-1]
+        key = (N, scores.dtype, scores.device)
+        if key not in cache:
+            cols = columns(N)
+            if bool(cols.all()):
+                raise InputError("every token would be blocked; leave at least one token visible")
+            bias = torch.zeros(1, 1, N, N, dtype=scores.dtype)
+            bias[..., cols] = float("-inf")
+            cache[key] = bias.to(scores.device)
+        return scores + cache[key]
+
     handles = []
+    taps: list[ScoreTap] = []
+    takes_mask = {i: "attn_mask" in forward_params(info.attns[i]) for i in sel}
+    masked_by_tap = [info.attns[i] for i in sel if not takes_mask[i]]
+    state = SavedState(model, masked_by_tap, grads=False) if masked_by_tap else None
     try:
         for i in sel:
-            handles.append(info.attns[i].register_forward_pre_hook(hook, with_kwargs=True))
+            attn = info.attns[i]
+            if takes_mask[i]:
+                handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+            else:  # the -inf columns go into the scores its own softmax receives (unfused path)
+                attn.fused_attn = False
+                taps.append(ScoreTap(attn, _Discard(), detach=True, edit=edit))
         yield
     finally:
+        for tap in reversed(taps):
+            tap.remove()
         for h in handles:
             h.remove()
+        if state is not None:
+            state.restore()
+
+
+class _Discard(list):
+    """A list that keeps nothing (``ScoreTap`` used only to edit the scores)."""
+
+    def append(self, item) -> None:
+        pass

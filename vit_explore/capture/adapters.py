@@ -10,7 +10,22 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .attn_base import AttentionAdapter, GenericAttention
+from .attn_relbias import RelativeBiasAttention
+from .attn_rotary import RotaryAttention
+from .attn_timm import TimmAttention
 from .layout import Readout, TokenLayout
+
+#: adapters tried in order; the first whose ``matches`` accepts the module is used
+ADAPTERS: tuple[type[AttentionAdapter], ...] = (RotaryAttention, RelativeBiasAttention, TimmAttention)
+
+
+def adapter_for(attn: nn.Module) -> type[AttentionAdapter]:
+    """The adapter of one attention module, chosen by its structure (``GenericAttention`` if none)."""
+    for a in ADAPTERS:
+        if a.matches(attn):
+            return a
+    return GenericAttention
 
 _ATTN_ATTRS = ("qkv", "attn_drop", "num_heads", "scale", "fused_attn")
 
@@ -28,6 +43,7 @@ class ViTInfo:
         img_size: the fixed input size, or None when the model takes any size.
         in_chans: input channels of the patch embedding.
         num_classes: classifier outputs.
+        adapters: the attention adapter of every block (``adapter_for``), L entries.
     """
 
     attns: tuple[nn.Module, ...]
@@ -39,6 +55,7 @@ class ViTInfo:
     dynamic_pad: bool
     in_chans: int
     num_classes: int
+    adapters: tuple[type[AttentionAdapter], ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -122,6 +139,7 @@ def inspect_vit(model: object) -> ViTInfo:
         dynamic_pad=bool(getattr(pe, "dynamic_img_pad", False)),
         in_chans=in_chans,
         num_classes=num_classes,
+        adapters=tuple(adapter_for(a) for a in attns),
     )
 
 

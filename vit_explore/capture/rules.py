@@ -2,10 +2,8 @@
 
 Two pieces, both touching ``nn.Module`` internals (hence here, in ``capture/``):
 
-* ``lrp_view(model, info)``: the weights and module names Chefer's LRP (methods.md §4.3)
-  reads. The relevance pass itself (``explainers/chefer_lrp.py``) is a pure function of a
-  captured ``Trace`` (module inputs and outputs, recorded via ``Needs.inputs`` /
-  ``Needs.activations``) and this view.
+* ``lrp_view(model, info)`` (in ``lrp_view.py``, re-exported here): the weights and module
+  names Chefer's LRP (methods.md §4.3) reads.
 * ``lrp_rules(model, info, ...)``: a context manager for AttnLRP / CP-LRP (methods.md §11)
   as modified gradients (LRP = gradient x input). It registers per-module forward hooks
   whose returned outputs have exactly the value of the original output but a modified
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -26,139 +23,12 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
 from .adapters import ViTInfo
-from .layout import Readout
-from .session import Needs
+from .lrp_view import LRPBlock, LRPView, lrp_view
 from .state import SavedState
 
+__all__ = ["LRPBlock", "LRPView", "lrp_rules", "lrp_view", "same_value", "scale_grad"]
+
 Variant = Literal["cp", "attnlrp"]
-
-
-# ----------------------------------------------------------------------------- Chefer LRP view
-@dataclass(frozen=True)
-class LRPBlock:
-    """Weights of one pre-norm timm ``Block`` for the relevance pass (biases are ignored by
-    the alpha=1/beta=0 rule; ``biases`` (by layer name) only serve to recover ``x W^T`` from
-    the recorded outputs). ``ls1``/``ls2`` are LayerScale gammas (C,) or None."""
-
-    prefix: str
-    num_heads: int
-    qkv: torch.Tensor
-    proj: torch.Tensor
-    fc1: torch.Tensor
-    fc2: torch.Tensor
-    ls1: torch.Tensor | None
-    ls2: torch.Tensor | None
-    biases: dict[str, torch.Tensor | None]
-
-
-@dataclass(frozen=True)
-class LRPView:
-    """Everything Chefer's relevance pass reads from the model itself.
-
-    Attributes:
-        blocks: one entry per block.
-        head: classifier weight (K, C); head_dist: the distillation head's, or None.
-        readout: pooling rule (``TokenLayout.readout``).
-        num_prefix: prefix tokens.
-    """
-
-    blocks: tuple[LRPBlock, ...]
-    head: torch.Tensor
-    head_dist: torch.Tensor | None
-    readout: Readout
-    num_prefix: int
-
-    def needs(self, start_layer: int = 0) -> Needs:
-        """The capture needs of the relevance pass from block ``start_layer`` up."""
-        ins: list[str] = ["head"]
-        acts: list[str] = ["norm", "head"]
-        if self.head_dist is not None:
-            ins.append("head_dist")
-            acts.append("head_dist")
-        for b in self.blocks[start_layer:]:
-            p = b.prefix
-            ins += [p, f"{p}.attn.qkv", f"{p}.attn.proj", f"{p}.norm2", f"{p}.mlp.fc1", f"{p}.mlp.fc2"]
-            ins += [f"{p}.ls1", f"{p}.ls2"]
-            acts += [f"{p}.attn.qkv", f"{p}.attn.q_norm", f"{p}.attn.k_norm", f"{p}.ls1", f"{p}.ls2", f"{p}.mlp.fc1"]
-        return Needs(
-            attn=True,
-            attn_grad=True,
-            inputs=tuple(ins),
-            activations=tuple(acts),
-            layers=tuple(range(start_layer, len(self.blocks))),
-            grad_from_block=start_layer,
-        )
-
-
-def _linear_weight(mod: object, where: str) -> torch.Tensor:
-    if not isinstance(mod, nn.Linear):
-        raise UnsupportedModelError(
-            f"{where} is a {type(mod).__name__}, expected torch.nn.Linear; chefer_lrp follows timm's "
-            "standard Block/Mlp/Attention layout"
-        )
-    return mod.weight.detach()
-
-
-def _gamma(mod: object, where: str) -> torch.Tensor | None:
-    if isinstance(mod, nn.Identity):
-        return None
-    g = getattr(mod, "gamma", None)
-    if not isinstance(g, torch.Tensor):
-        raise UnsupportedModelError(f"{where} is a {type(mod).__name__}, expected timm LayerScale or Identity")
-    return g.detach()
-
-
-def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
-    """Read the weights Chefer's LRP needs, checking the model has timm's standard layout.
-
-    Raises:
-        UnsupportedModelError: blocks other than timm's pre-norm ``Block`` (e.g. ResPostBlock,
-            parallel blocks), gated MLPs (SwiGLU/GLU), gated attention, a non-Linear head.
-    """
-    blocks = []
-    for i, blk in enumerate(model.blocks):
-        where = f"blocks.{i}"
-        needed = ("norm1", "attn", "ls1", "norm2", "mlp", "ls2", "drop_path1", "drop_path2")
-        if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ != "Block":
-            raise UnsupportedModelError(
-                f"{where} is a {type(blk).__name__}; chefer_lrp supports timm's pre-norm Block "
-                "(x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))). Use chefer_generic for other blocks."
-            )
-        attn, mlp = blk.attn, blk.mlp
-        if getattr(attn, "gate", None) is not None or not hasattr(attn, "proj"):
-            raise UnsupportedModelError(f"{where}.attn is gated or has no proj; chefer_lrp does not support it")
-        if hasattr(mlp, "fc1_g") or not hasattr(mlp, "fc1") or not hasattr(mlp, "fc2"):
-            raise UnsupportedModelError(
-                f"{where}.mlp is a {type(mlp).__name__}; chefer_lrp supports timm's Mlp (fc1, act, fc2), not gated MLPs"
-            )
-        fc1 = _linear_weight(mlp.fc1, f"{where}.mlp.fc1")
-        fc2 = _linear_weight(mlp.fc2, f"{where}.mlp.fc2")
-        if fc1.shape[0] != fc2.shape[1]:
-            raise UnsupportedModelError(f"{where}.mlp: fc1 has {fc1.shape[0]} outputs but fc2 {fc2.shape[1]} inputs")
-        blocks.append(
-            LRPBlock(
-                prefix=where,
-                num_heads=int(attn.num_heads),
-                qkv=_linear_weight(attn.qkv, f"{where}.attn.qkv"),
-                proj=_linear_weight(attn.proj, f"{where}.attn.proj"),
-                fc1=fc1,
-                fc2=fc2,
-                ls1=_gamma(blk.ls1, f"{where}.ls1"),
-                ls2=_gamma(blk.ls2, f"{where}.ls2"),
-                biases={
-                    n: None if m.bias is None else m.bias.detach()
-                    for n, m in (("qkv", attn.qkv), ("proj", attn.proj), ("fc1", mlp.fc1), ("fc2", mlp.fc2))
-                },
-            )
-        )
-    head_dist = getattr(model, "head_dist", None) if info.readout == "cls_dist" else None
-    return LRPView(
-        blocks=tuple(blocks),
-        head=_linear_weight(model.head, "head"),
-        head_dist=_linear_weight(head_dist, "head_dist") if head_dist is not None else None,
-        readout=info.readout,
-        num_prefix=info.num_prefix,
-    )
 
 
 # ----------------------------------------------------------------------------- AttnLRP rules
@@ -242,6 +112,37 @@ def _half_grad_hook(mod, args, out):
     return scale_grad(out, 0.5)
 
 
+def _half_grad_pre_hook(mod, args):
+    return (scale_grad(args[0], 0.5), *args[1:])
+
+
+def _gate_factors(mlp: nn.Module) -> list[nn.Module]:
+    """Modules whose outputs are the two factors of a gated MLP's product (SwiGLU: ``fc1_g``,
+    ``fc1_x``; GluMlp: ``fc1``, whose output holds both halves); [] for timm's plain Mlp."""
+    if isinstance(getattr(mlp, "fc1_g", None), nn.Module) and isinstance(getattr(mlp, "fc1_x", None), nn.Module):
+        return [mlp.fc1_g, mlp.fc1_x]
+    if hasattr(mlp, "chunk_dim") and hasattr(mlp, "gate_last"):
+        return [mlp.fc1]
+    return []
+
+
+def _adapters(info: ViTInfo):
+    from .adapters import adapter_for
+
+    return info.adapters or tuple(adapter_for(a) for a in info.attns)
+
+
+def _check_norms(model: nn.Module) -> None:
+    """Every normalisation layer must be an ``nn.LayerNorm`` (the identity rule is written for it)."""
+    for name, mod in model.named_modules():
+        kind = type(mod).__name__
+        if "Norm" in kind and not isinstance(mod, (nn.LayerNorm, nn.Identity)):
+            raise UnsupportedModelError(
+                f"{name} is a {kind}; attn_lrp's identity rule is written for LayerNorm only, so the relevance "
+                "would not be AttnLRP's. Use chefer_generic or saliency instead."
+            )
+
+
 @contextmanager
 def lrp_rules(
     model: nn.Module,
@@ -254,11 +155,15 @@ def lrp_rules(
 ) -> Iterator[nn.Module]:
     """Make ``input x gradient`` of ``model`` compute AttnLRP / CP-LRP, for this block only.
 
-    Rules (methods.md §11): LayerNorm (every ``nn.LayerNorm``) -> identity rule (stop-grad
-    through sigma); ``blocks.*.mlp.act`` -> identity rule (gradient ``f(x)/x``); attention:
+    Rules (methods.md §11): LayerNorm (every ``nn.LayerNorm``; any other norm layer raises)
+    -> identity rule (stop-grad through sigma); ``blocks.*.mlp.act`` -> identity rule
+    (gradient ``f(x)/x``); gated MLPs (SwiGLU ``act(fc1_g) * fc1_x``, GluMlp) -> uniform rule
+    for the product (the gradient at both factors halved); layer scale, rotary embeddings
+    and additive score biases are linear maps / constants: plain gradient; attention:
     ``"cp"`` detaches the probabilities ``A`` (relevance only through ``v``), ``"attnlrp"``
-    halves the gradient at ``A`` and at the ``qkv`` output (q, k gradients / 4, v / 2:
-    the uniform rule through both matmuls); ``gamma_linear`` / ``gamma_conv`` > 0 put the
+    halves the gradient at ``A`` and at the ``qkv`` output, or at ``proj``'s input where the
+    family does not call its ``qkv`` module (q, k gradients / 4, v / 2: the uniform rule
+    through both matmuls); ``gamma_linear`` / ``gamma_conv`` > 0 put the
     LRP-gamma rule on every ``nn.Linear`` / ``nn.Conv2d`` (0: epsilon = plain gradient x input).
     Attention runs on timm's unfused path for the call. With ``enabled=False`` nothing is
     hooked (plain gradient x input), but the model is still put in eval mode with frozen
@@ -276,6 +181,7 @@ def lrp_rules(
     try:
         state.freeze()
         if enabled:
+            _check_norms(model)
             for name, mod in model.named_modules():
                 if isinstance(mod, nn.LayerNorm):
                     handles.append(mod.register_forward_hook(_layer_norm_hook))
@@ -284,18 +190,38 @@ def lrp_rules(
                 elif isinstance(mod, nn.Conv2d) and gamma_conv > 0:
                     handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_conv), _conv_op(mod))))
             for i, blk in enumerate(model.blocks):
-                act = getattr(getattr(blk, "mlp", None), "act", None)
+                mlp = getattr(blk, "mlp", None)
+                act = getattr(mlp, "act", None)
                 if act is None:
-                    raise UnsupportedModelError(f"blocks.{i} has no mlp.act; attn_lrp expects timm's Mlp")
+                    raise UnsupportedModelError(
+                        f"blocks.{i}.mlp is a {type(mlp).__name__} without .act; attn_lrp supports timm's Mlp, "
+                        "GluMlp and SwiGLU. Use chefer_generic or saliency instead."
+                    )
                 handles.append(act.register_forward_hook(_identity_act_hook))
-            for attn in info.attns:
+                # gated MLPs: act(g) * u takes the uniform rule (each factor half the relevance);
+                # registered after any gamma hook, so it scales the gamma-ruled gradient
+                for factor in _gate_factors(mlp):
+                    handles.append(factor.register_forward_hook(_half_grad_hook))
+            for i, (attn, adapter) in enumerate(zip(info.attns, _adapters(info))):
+                if adapter.gated(attn):
+                    raise UnsupportedModelError(
+                        f"blocks.{i}.attn multiplies its output by a sigmoid gate (attn.gate); attn_lrp has no "
+                        "rule for that product here. Use chefer_generic, attn_grad_cam or saliency instead."
+                    )
                 attn.fused_attn = False
                 if variant == "cp":
                     handles.append(attn.attn_drop.register_forward_hook(_detach_hook))
                 else:
                     handles.append(attn.attn_drop.register_forward_hook(_half_grad_hook))
-                    # registered after any gamma hook on qkv, so it scales the gamma-ruled gradient
-                    handles.append(attn.qkv.register_forward_hook(_half_grad_hook))
+                    if adapter.qkv_called(attn):
+                        # registered after any gamma hook on qkv, so it scales the gamma-ruled gradient
+                        handles.append(attn.qkv.register_forward_hook(_half_grad_hook))
+                    else:
+                        # qkv is not a called module (EVA/BEiT's F.linear, separate q/k/v projections):
+                        # halving the gradient at proj's input halves v's and, with the halving at A,
+                        # quarters q's and k's (every map in between is linear: attn.norm takes the
+                        # LayerNorm rule, the rotary embedding and score biases are linear / constant)
+                        handles.append(attn.proj.register_forward_pre_hook(_half_grad_pre_hook))
         yield model
     finally:
         for h in handles:

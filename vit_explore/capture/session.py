@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from .._checks import checked_output
-from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
+from ..errors import CaptureError, InputError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
 from .layout import TokenLayout
 from .state import SavedState
+from .tap import ScoreTap
 
 Score = Literal["logit", "prob", "log_prob"]
 
@@ -34,7 +35,9 @@ class Needs:
     Attributes:
         attn: attention probabilities ``A`` (B, H, N, N) of the blocks in ``layers``.
         attn_grad: ``dy/dA`` for the same blocks (y = target score, summed over the batch).
-        scores: pre-softmax scores ``S = (q*scale) k^T`` (B, H, N, N) for the same blocks.
+        scores: pre-softmax scores (B, H, N, N) for the same blocks: the tensor the module's
+            own ``softmax`` received (``tap.ScoreTap``), so with every bias, mask and rotary
+            embedding of its family (``S = (q*scale) k^T`` for timm's ``Attention``).
         activations: outputs of modules, by name (``"blocks.11.norm1"``), (B, N, C).
         activation_grads: gradients of the target score w.r.t. those outputs.
         input_grad: gradient w.r.t. the input tensor (B, 3, H, W).
@@ -46,6 +49,8 @@ class Needs:
             (cheaper when only late gradients are needed, e.g. TAM).
         inputs: modules, by name, whose (first positional) input is recorded, detached,
             into ``Trace.inputs`` (relevance propagation needs the input of every layer).
+        rope: the rotary embedding of the blocks in ``layers`` as linear maps of q and k
+            (``Trace.rope``, from the ``rope`` tensor the model passed to each attention).
     """
 
     attn: bool = False
@@ -58,6 +63,7 @@ class Needs:
     layers: tuple[int, ...] | None = None
     grad_from_block: int | None = None
     inputs: tuple[str, ...] = ()
+    rope: bool = False
 
     @property
     def needs_grad(self) -> bool:
@@ -86,6 +92,7 @@ class Needs:
             layers=layers,
             grad_from_block=gfb,
             inputs=tuple(dict.fromkeys(self.inputs + other.inputs)),
+            rope=self.rope or other.rope,
         )
 
 
@@ -99,12 +106,15 @@ class Trace:
         layout: token layout of this input.
         attn: L entries (B, H, N, N), None for blocks not recorded.
         attn_grad: same layout as ``attn``, ``dy/dA``.
-        scores: same layout, pre-softmax scores.
+        scores: same layout, pre-softmax scores as the softmax saw them (``softmax(S) = A``).
         activations: name -> (B, N, C) module outputs.
         activation_grads: name -> gradient of the target score.
         input: the (B, 3, H, W) tensor that was fed.
         input_grad: its gradient, if asked.
         inputs: name -> the (detached) first positional input of that module (``Needs.inputs``).
+        rope: L entries, the rotary embedding as a map (..., P, D, D) of each patch token's q and
+            k after ``q_norm``/``k_norm`` (``q_rot[p] = q[p] @ M[p]``; prefix tokens are not
+            rotated), or None (no rotary embedding, or not recorded).
     """
 
     logits: torch.Tensor
@@ -119,6 +129,7 @@ class Trace:
     input_grad: torch.Tensor | None = None
     score: Score = "logit"
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    rope: tuple[torch.Tensor | None, ...] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -184,7 +195,9 @@ def capture(
 
     record_attn = needs.attn or needs.attn_grad
     attn_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
-    qkv_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    score_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    taps: list[ScoreTap] = []
+    rope_store: dict[int, list[torch.Tensor | None]] = {i: [] for i in layers}
     act_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.activations}
     in_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.inputs}
     handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -206,12 +219,9 @@ def capture(
             if record_attn:
                 handles.append(attn.attn_drop.register_forward_hook(_store_output(attn_store[i])))
             if needs.scores:
-                if not isinstance(getattr(attn, "qkv", None), nn.Linear):
-                    raise UnsupportedModelError(
-                        f"block {i}: pre-softmax scores (AG-CAM) need a fused qkv Linear, but "
-                        f"{type(attn).__name__} has none; use chefer_generic or attn_grad_cam instead"
-                    )
-                handles.append(attn.qkv.register_forward_hook(_store_output(qkv_store[i], detach=True)))
+                taps.append(ScoreTap(attn, score_store[i], detach=True))
+            if needs.rope:
+                handles.append(attn.register_forward_pre_hook(_store_kwarg("rope", rope_store[i]), with_kwargs=True))
         if needs.detach_attn_input:
             for attn in info.attns:
                 handles.append(attn.register_forward_pre_hook(_detach_first_arg))
@@ -236,11 +246,17 @@ def capture(
                 f"{type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}"
             )
         for i in layers:
-            got = len(attn_store[i]) if record_attn else len(qkv_store[i]) if needs.scores else 1
+            got = len(attn_store[i]) if record_attn else 1
             if got != 1:
                 raise CaptureError(
                     f"block {i}: expected its attention to be computed once through attn_drop, saw {got} "
                     f"calls; {type(info.attns[i]).__name__} may not follow timm's unfused attention path."
+                )
+            if needs.scores and len(score_store[i]) != 1:
+                raise CaptureError(
+                    f"block {i}: expected one softmax over (B, H, N, N) scores inside "
+                    f"{type(info.attns[i]).__name__}.forward, saw {len(score_store[i])}; the pre-softmax "
+                    "scores (AG-CAM) cannot be taken from this attention. Use attn_grad_cam or chefer_generic."
                 )
         tgt = resolve_target(target, logits)
 
@@ -277,8 +293,14 @@ def capture(
 
         scores = None
         if needs.scores:
-            scores = tuple(
-                _scores_from_qkv(info.attns[i], qkv_store[i][0]) if i in layers else None for i in range(num_layers)
+            scores = tuple(score_store[i][0] if i in layers else None for i in range(num_layers))
+        rope = None
+        if needs.rope:
+            adapters = info.adapters or ()
+            rope = tuple(
+                adapters[i].rope_map(info.attns[i], rope_store[i][-1]) if i in layers and rope_store[i] and adapters
+                else None
+                for i in range(num_layers)
             )
         _B, _, H, W = x.shape
         layout = layout_for(info, H, W)
@@ -302,8 +324,11 @@ def capture(
             input_grad=grads.get("input:None") if needs.input_grad else None,
             score=score,
             inputs={n: v[-1].detach() for n, v in in_store.items() if v},
+            rope=rope,
         )
     finally:
+        for tap in reversed(taps):
+            tap.remove()
         for h in handles:
             h.remove()
         state.restore()
@@ -337,20 +362,18 @@ def _store_input(store: list):
     return hook
 
 
+def _store_kwarg(name: str, store: list):
+    def hook(module, args, kwargs):
+        t = kwargs.get(name)
+        store.append(t.detach() if isinstance(t, torch.Tensor) else None)
+
+    return hook
+
+
 def _detach_first_arg(module, args):
     if not args:
         return None
     return (args[0].detach().requires_grad_(True), *args[1:])
-
-
-@torch.no_grad()
-def _scores_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> torch.Tensor:
-    """Pre-softmax scores from the ``qkv`` output, computed exactly as timm's unfused path."""
-    B, N, _ = qkv.shape
-    h = attn.num_heads
-    q, k, _v = qkv.reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    return (q * attn.scale) @ k.transpose(-2, -1)
 
 
 def needs_for_layers(needs: Needs, layers: Sequence[int] | None) -> Needs:

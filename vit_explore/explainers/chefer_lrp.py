@@ -145,12 +145,68 @@ def _token_rows(r: torch.Tensor) -> torch.Tensor | None:
     return rows if len(rows) * 2 <= r.shape[1] else None
 
 
+def rotary_rule(x: torch.Tensor, r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Alpha=1/beta=0 rule of the rotary embedding, a linear map per token: ``y[p] = x[p] @ M[p]``.
+
+    x, r: (B, H, P, D); m: (..., P, D, D) (``Trace.rope``). The Linear rule with each token's own
+    weight ``M[p]ᵀ``: ``S = sdiv(R, x+ M+ + x- M-)``, ``R_x = x+ (S M+ᵀ) + x- (S M-ᵀ)``.
+    """
+    mp, mn = m.clamp(min=0), m.clamp(max=0)
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+
+    def apply(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (t.unsqueeze(-2) @ w).squeeze(-2)
+
+    s = sdiv(r, apply(xp, mp) + apply(xn, mn))
+    return xp * apply(s, mp.transpose(-1, -2)) + xn * apply(s, mn.transpose(-1, -2))
+
+
+def product_rule(g: torch.Tensor, u: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's rule for a product of two tensors (its einsum "simple" rule, each share
+    halved, as it does for ``A v`` and ``q kᵀ``), here element-wise ``h = g ⊙ u``:
+    ``S = sdiv(R, h)``, ``R_g = g (S u) / 2``, ``R_u = u (S g) / 2``."""
+    s = sdiv(r, g * u)
+    return g * (s * u) / 2, u * (s * g) / 2
+
+
+def _mlp_relevance(trace: Trace, blk: LRPBlock, r: torch.Tensor, tok) -> torch.Tensor:
+    """Relevance at the MLP's input from the relevance ``r`` at fc2's input (``mlp.norm`` and
+    the activation take the identity rule; a gated MLP's product takes ``product_rule``)."""
+    p, acts, ins, bs = blk.prefix, trace.activations, trace.inputs, blk.biases
+    if blk.mlp_kind == "mlp":  # GELU: identity
+        return linear_rule(tok(ins[f"{p}.mlp.fc1"]), r, blk.fc1, _xw(tok(acts[f"{p}.mlp.fc1"]), bs["fc1"]))
+    g = tok(acts[f"{p}.mlp.act"])  # act(gate)
+    if blk.mlp_kind == "swiglu":  # act(fc1_g(x)) * fc1_x(x), x used twice: Clone
+        r_g, r_u = product_rule(g, tok(acts[f"{p}.mlp.fc1_x"]), r)
+        x = tok(ins[f"{p}.mlp.fc1_g"])
+        r1 = linear_rule(x, r_g, blk.fc1, _xw(tok(acts[f"{p}.mlp.fc1_g"]), bs["fc1"]))
+        r2 = linear_rule(x, r_u, blk.fc1_x, _xw(tok(acts[f"{p}.mlp.fc1_x"]), bs["fc1_x"]))
+        return clone_rule(x, r1, r2)
+    h1 = tok(acts[f"{p}.mlp.fc1"])  # GluMlp: fc1's output holds both halves
+    x1, x2 = h1.chunk(2, dim=-1)
+    if blk.gate_last:  # x1 * act(x2)
+        r_g, r_u = product_rule(g, x1, r)
+        r_fc1 = torch.cat([r_u, r_g], dim=-1)
+    else:  # act(x1) * x2
+        r_g, r_u = product_rule(g, x2, r)
+        r_fc1 = torch.cat([r_g, r_u], dim=-1)
+    return linear_rule(tok(ins[f"{p}.mlp.fc1"]), r_fc1, blk.fc1, _xw(h1, bs["fc1"]))
+
+
+def _rotate(x: torch.Tensor, m: torch.Tensor | None, skip: int) -> torch.Tensor:
+    """q or k (B, H, N, D) rotated by ``Trace.rope`` on the tokens after the first ``skip``."""
+    if m is None:
+        return x
+    return torch.cat([x[:, :, :skip], (x[:, :, skip:].unsqueeze(-2) @ m).squeeze(-2)], dim=2)
+
+
 def _block_relevance(
-    trace: Trace, blk: LRPBlock, r: torch.Tensor, attn: torch.Tensor, last: bool
+    trace: Trace, blk: LRPBlock, r: torch.Tensor, attn: torch.Tensor, last: bool, layer: int | None = None
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Relevance through one block: returns (relevance of the block input or None if
-    ``last``, the halved attention relevance R_A (B, H, N, N))."""
+    """Relevance through one block ``layer`` (None: read from ``blk.prefix``): returns (relevance
+    of the block input or None if ``last``, the halved attention relevance R_A (B, H, N, N))."""
     p = blk.prefix
+    layer = int(p.rsplit(".", 1)[-1]) if layer is None else layer
     acts, ins = trace.activations, trace.inputs
     rows, n_tok = _token_rows(r), r.shape[1]
 
@@ -164,36 +220,58 @@ def _block_relevance(
         out[:, rows] = t
         return out
 
+    def scaled(t: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:  # layer scale, as the block applies it
+        return t if g is None else t * g
+
     x_in, x_mid = tok(ins[p]), tok(ins[f"{p}.norm2"])
-    # x_out = x_mid + mlp branch
-    r_res, r_mlp = add_rule(x_mid, tok(acts[f"{p}.ls2"]), tok(r))
-    r_mlp = scale_rule(tok(ins[f"{p}.ls2"]), r_mlp, blk.ls2)
     bs = blk.biases
-    r_mlp = linear_rule(tok(ins[f"{p}.mlp.fc2"]), r_mlp, blk.fc2, _xw(tok(ins[f"{p}.ls2"]), bs["fc2"]))
-    # GELU, mlp.norm, norm2: identity
-    r_mlp = linear_rule(tok(ins[f"{p}.mlp.fc1"]), r_mlp, blk.fc1, _xw(tok(acts[f"{p}.mlp.fc1"]), bs["fc1"]))
+    # x_out = x_mid + ls2(mlp(norm2(x_mid)))
+    mlp_out = tok(acts[f"{p}.mlp"])
+    r_res, r_mlp = add_rule(x_mid, scaled(mlp_out, blk.ls2), tok(r))
+    r_mlp = scale_rule(mlp_out, r_mlp, blk.ls2)
+    r_mlp = linear_rule(tok(ins[f"{p}.mlp.fc2"]), r_mlp, blk.fc2, _xw(mlp_out, bs["fc2"]))
+    r_mlp = _mlp_relevance(trace, blk, r_mlp, tok)  # norm2: identity
     r_mid = clone_rule(x_mid, r_res, r_mlp)
-    # x_mid = x_in + attention branch
-    r_res, r_att = add_rule(x_in, tok(acts[f"{p}.ls1"]), r_mid)
-    r_att = scale_rule(tok(ins[f"{p}.ls1"]), r_att, blk.ls1)
-    r_att = linear_rule(tok(ins[f"{p}.attn.proj"]), r_att, blk.proj, _xw(tok(ins[f"{p}.ls1"]), bs["proj"]))
+    # x_mid = x_in + ls1(attn(norm1(x_in)))
+    attn_out = tok(acts[f"{p}.attn"])
+    r_res, r_att = add_rule(x_in, scaled(attn_out, blk.ls1), r_mid)
+    r_att = scale_rule(attn_out, r_att, blk.ls1)
+    r_att = linear_rule(tok(ins[f"{p}.attn.proj"]), r_att, blk.proj, _xw(attn_out, bs["proj"]))
     r_att = full(r_att)  # attn.norm: identity
     B, N, _ = r_att.shape
     h = blk.num_heads
-    qkv = acts[f"{p}.attn.qkv"].reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4)
-    v = qkv[2]
+    x_attn = ins[f"{p}.attn"]
+    if blk.qkv_called:
+        qkv_out = acts[f"{p}.attn.qkv"]
+        qkv_xw = _xw(qkv_out, bs["qkv"])
+    else:  # the module's own F.linear(x, qkv.weight, cat(q_bias, k_bias, v_bias))
+        qkv_xw = F.linear(x_attn, blk.qkv)
+        qkv_out = qkv_xw if bs["qkv"] is None else qkv_xw + bs["qkv"]
+    q0, k0, v = qkv_out.reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4)
     r_att = r_att.reshape(B, N, h, -1).transpose(1, 2)  # b n (h d) -> b h n d
     s = sdiv(r_att, attn @ v)
     r_a = attn * (s @ v.transpose(-1, -2)) / 2
     if last:
         return None, r_a
     r_v = v * (attn.transpose(-1, -2) @ s) / 2
-    q, k = acts[f"{p}.attn.q_norm"], acts[f"{p}.attn.k_norm"]  # softmax, attn_drop: identity
-    s = sdiv(r_a, q @ k.transpose(-1, -2))  # the unscaled q k^T, as the reference's einsum
+    if blk.qk_norm_modules:  # q_norm / k_norm: identity; softmax, attn_drop: identity
+        q0, k0 = acts[f"{p}.attn.q_norm"], acts[f"{p}.attn.k_norm"]
+    m = trace.rope[layer] if blk.rope and trace.rope is not None else None
+    q, k = _rotate(q0, m, blk.rope_prefix), _rotate(k0, m, blk.rope_prefix)
+    z = q @ k.transpose(-1, -2)  # the unscaled q k^T, as the reference's einsum
+    r_z = r_a
+    if blk.score_bias:  # scores = z * scale + B: the Add rule, B's share is absorbed
+        zs = z * blk.scale
+        r_z, _ = add_rule(zs, trace.scores_at(layer) - zs, r_a)
+    s = sdiv(r_z, z)
     r_q = q * (s @ k) / 2
     r_k = k * (s.transpose(-1, -2) @ q) / 2
+    if m is not None:  # back through the rotation of the patch tokens (the prefix is not rotated)
+        T = blk.rope_prefix
+        r_q = torch.cat([r_q[:, :, :T], rotary_rule(q0[:, :, T:], r_q[:, :, T:], m)], dim=2)
+        r_k = torch.cat([r_k[:, :, :T], rotary_rule(k0[:, :, T:], r_k[:, :, T:], m)], dim=2)
     r_qkv = torch.stack([r_q, r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(B, N, -1)
-    r_att = linear_rule(ins[f"{p}.attn.qkv"], r_qkv, blk.qkv, _xw(acts[f"{p}.attn.qkv"], bs["qkv"]))  # norm1: identity
+    r_att = linear_rule(x_attn, r_qkv, blk.qkv, qkv_xw)  # q_norm / k_norm, norm1: identity
     return clone_rule(ins[p], full(r_res), r_att), r_a
 
 
@@ -219,7 +297,7 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
     layout = trace.layout
     vec = None
     for i in range(L - 1, start_layer - 1, -1):
-        r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer)
+        r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer, layer=i)
         a_bar = (trace.attn_grad_at(i) * r_a).clamp(min=0).mean(dim=1)  # (B, N, N)
         if vec is None:
             vec = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)

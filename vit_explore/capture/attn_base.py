@@ -1,0 +1,70 @@
+"""What every attention adapter says about its module (the base of ``attn_*.py``).
+
+An adapter is chosen by the module's structure (the parameters of its ``forward`` and its
+attributes), never by the model's name. All adapters give the same trace (``session.capture``):
+the probabilities at the output of ``attn_drop`` (B, H, N, N), the scores at the input of the
+one ``softmax`` the forward calls (``tap.ScoreTap``), their gradients, and the module's input.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+
+class AttentionAdapter:
+    """One attention implementation.
+
+    Attributes:
+        family: short name used in messages (``"timm Attention"``, ``"rotary"``, ...).
+        score_terms: what the softmax sees, in words (for docs and errors).
+        takes_attn_mask: ``forward`` accepts an additive ``attn_mask`` keyword.
+    """
+
+    family = "generic"
+    score_terms = "(q·scale) kᵀ"
+    takes_attn_mask = False
+    #: the scores are ``(q·scale) kᵀ + B`` with a bias B that is not a mask (relative positions)
+    score_bias = False
+
+    @classmethod
+    def matches(cls, attn: nn.Module) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @staticmethod
+    def qkv_called(attn: nn.Module) -> bool:
+        """True when the module calls its ``qkv`` Linear (a forward hook on it fires)."""
+        return isinstance(getattr(attn, "qkv", None), nn.Linear) and getattr(attn, "q_bias", None) is None
+
+    @staticmethod
+    def rope_map(attn: nn.Module, rope: torch.Tensor | None) -> torch.Tensor | None:
+        """The rotary embedding as a linear map of each patch token's q and k: (..., P, D, D)
+        with ``q_rot[p] = q[p] @ M[p]``; None when the family has none."""
+        return None
+
+    @staticmethod
+    def gated(attn: nn.Module) -> bool:
+        """True when the attention output is multiplied by a sigmoid gate before ``proj``."""
+        return getattr(attn, "gate", None) is not None
+
+
+def forward_params(module: nn.Module) -> tuple[str, ...]:
+    """Names of the parameters of ``type(module).forward`` (without ``self``)."""
+    try:
+        sig = inspect.signature(type(module).forward)
+    except (TypeError, ValueError):
+        return ()
+    return tuple(n for n in sig.parameters if n != "self")
+
+
+class GenericAttention(AttentionAdapter):
+    """Any other module with timm's unfused-path attributes (``qkv``, ``attn_drop``,
+    ``fused_attn``): the trace still comes from ``attn_drop`` and the one ``softmax``."""
+
+    family = "timm-style attention"
+
+    @classmethod
+    def matches(cls, attn: nn.Module) -> bool:
+        return True

@@ -1,0 +1,268 @@
+"""What Chefer's relevance pass (methods.md §4.3) reads from a ViT: weights, module names, and
+the structure of each block (layer scale, attention family, MLP kind).
+
+The relevance pass itself (``explainers/chefer_lrp.py``) is a pure function of a captured
+``Trace`` (module inputs and outputs, recorded via ``Needs.inputs`` / ``Needs.activations``,
+plus the scores and rotary maps where the family has them) and this view.
+
+Supported blocks: pre-norm ``x + ls1(attn(norm1(x)))``, ``x + ls2(mlp(norm2(x)))`` as in timm's
+``Block`` (ViT, BEiT), ``EvaBlock`` and ``RelPosBlock`` (layer scale as ``LayerScale`` modules or
+``gamma_1``/``gamma_2`` parameters); attention of the timm, rotary and relative-bias adapters;
+MLPs ``Mlp``, ``GluMlp`` (SwiGLU packed) and ``SwiGLU``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .adapters import ViTInfo, adapter_for
+from .attn_base import GenericAttention
+from .layout import Readout
+from .session import Needs
+
+MlpKind = Literal["mlp", "glu", "swiglu"]
+_PRE_NORM_BLOCKS = ("Block", "EvaBlock", "RelPosBlock")
+
+
+@dataclass(frozen=True)
+class LRPBlock:
+    """Weights of one pre-norm block for the relevance pass (biases are ignored by the
+    alpha=1/beta=0 rule; ``biases`` (by layer name) only serve to recover ``x W^T`` from the
+    recorded outputs).
+
+    Attributes:
+        qkv: (3·A, C) weight of q, k, v (``cat(q_proj, k_proj, v_proj)`` where separate).
+        fc1: ``Mlp``: fc1 (Hd, C); ``GluMlp``: fc1 (2·Hd, C) holding both halves; ``SwiGLU``: fc1_g.
+        fc1_x: ``SwiGLU``'s value branch, else None.
+        ls1, ls2: layer-scale gammas (C,) or None.
+        mlp_kind: ``"mlp"``, ``"glu"`` or ``"swiglu"``; gate_last: ``GluMlp``'s ``h = x1 * act(x2)``.
+        qkv_called: the ``qkv`` Linear runs as a module (its output is recorded); else q, k, v
+            are ``F.linear(x, qkv, biases["qkv"])`` of the attention's recorded input, as the module computes them.
+        rope: the family rotates q and k (maps in ``Trace.rope``); rope_prefix: tokens it skips.
+        score_bias: the scores are ``(q·scale) kᵀ + B`` (relative positions); scale: ``attn.scale``.
+        qk_norm_modules: the attention has ``q_norm`` / ``k_norm`` modules (recorded); else
+            q and k are read from the qkv output (BEiT).
+        ls_modules: layer scale as ``ls1`` / ``ls2`` modules (their outputs are recorded too).
+    """
+
+    prefix: str
+    num_heads: int
+    qkv: torch.Tensor
+    proj: torch.Tensor
+    fc1: torch.Tensor
+    fc2: torch.Tensor
+    ls1: torch.Tensor | None
+    ls2: torch.Tensor | None
+    biases: dict[str, torch.Tensor | None]
+    mlp_kind: MlpKind = "mlp"
+    fc1_x: torch.Tensor | None = None
+    gate_last: bool = False
+    qkv_called: bool = True
+    rope: bool = False
+    rope_prefix: int = 0
+    score_bias: bool = False
+    scale: float = 1.0
+    qk_norm_modules: bool = True
+    ls_modules: bool = True
+
+
+@dataclass(frozen=True)
+class LRPView:
+    """Everything Chefer's relevance pass reads from the model itself.
+
+    Attributes:
+        blocks: one entry per block.
+        head: classifier weight (K, C); head_dist: the distillation head's, or None.
+        readout: pooling rule (``TokenLayout.readout``).
+        num_prefix: prefix tokens.
+    """
+
+    blocks: tuple[LRPBlock, ...]
+    head: torch.Tensor
+    head_dist: torch.Tensor | None
+    readout: Readout
+    num_prefix: int
+
+    def needs(self, start_layer: int = 0) -> Needs:
+        """The capture needs of the relevance pass from block ``start_layer`` up."""
+        ins: list[str] = ["head"]
+        acts: list[str] = ["norm", "head"]
+        if self.head_dist is not None:
+            ins.append("head_dist")
+            acts.append("head_dist")
+        blocks = self.blocks[start_layer:]
+        for b in blocks:
+            p = b.prefix
+            ins += [p, f"{p}.attn", f"{p}.attn.proj", f"{p}.norm2", f"{p}.mlp.fc2"]
+            acts += [f"{p}.attn", f"{p}.mlp"]
+            if b.qk_norm_modules:
+                acts += [f"{p}.attn.q_norm", f"{p}.attn.k_norm"]
+            if b.ls_modules:
+                acts += [f"{p}.ls1", f"{p}.ls2"]
+            if b.qkv_called:
+                acts.append(f"{p}.attn.qkv")
+            if b.mlp_kind == "swiglu":
+                ins.append(f"{p}.mlp.fc1_g")
+                acts += [f"{p}.mlp.fc1_g", f"{p}.mlp.fc1_x"]
+            else:
+                ins.append(f"{p}.mlp.fc1")
+                acts.append(f"{p}.mlp.fc1")
+            if b.mlp_kind != "mlp":
+                acts += [f"{p}.mlp.act", f"{p}.mlp.drop1"]
+        return Needs(
+            attn=True,
+            attn_grad=True,
+            scores=any(b.score_bias for b in blocks),
+            rope=any(b.rope for b in blocks),
+            inputs=tuple(ins),
+            activations=tuple(acts),
+            layers=tuple(range(start_layer, len(self.blocks))),
+            grad_from_block=start_layer,
+        )
+
+
+def _linear_weight(mod: object, where: str) -> torch.Tensor:
+    if not isinstance(mod, nn.Linear):
+        raise UnsupportedModelError(
+            f"{where} is a {type(mod).__name__}, expected torch.nn.Linear; chefer_lrp follows timm's "
+            "standard Block/Mlp/Attention layout"
+        )
+    return mod.weight.detach()
+
+
+def _bias(mod: nn.Module) -> torch.Tensor | None:
+    return None if getattr(mod, "bias", None) is None else mod.bias.detach()
+
+
+def _layer_scale(blk: nn.Module, i: int, where: str) -> torch.Tensor | None:
+    mod = getattr(blk, f"ls{i}", None)
+    if mod is not None:
+        if isinstance(mod, nn.Identity):
+            return None
+        g = getattr(mod, "gamma", None)
+        if not isinstance(g, torch.Tensor):
+            raise UnsupportedModelError(f"{where}.ls{i} is a {type(mod).__name__}, expected timm LayerScale or Identity")
+        return g.detach()
+    g = getattr(blk, f"gamma_{i}", None)  # EvaBlock / BEiT Block: a parameter
+    return None if g is None else g.detach()
+
+
+def _qkv(attn: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of q, k, v stacked as the module computes them."""
+    if getattr(attn, "qkv", None) is not None:
+        w = _linear_weight(attn.qkv, f"{where}.qkv")
+        if getattr(attn, "q_bias", None) is not None:  # EVA / BEiT: cat(q_bias, k_bias = 0, v_bias)
+            k_bias = getattr(attn, "k_bias", None)
+            k_bias = torch.zeros_like(attn.q_bias) if k_bias is None else k_bias
+            return w, torch.cat([attn.q_bias, k_bias, attn.v_bias]).detach()
+        return w, _bias(attn.qkv)
+    projs = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
+    ws = [_linear_weight(m, f"{where}.{n}") for m, n in zip(projs, ("q_proj", "k_proj", "v_proj"))]
+    if all(m.bias is None for m in projs):
+        return torch.cat(ws), None
+    return torch.cat(ws), torch.cat([m.bias.detach() if m.bias is not None else w.new_zeros(w.shape[0])
+                                     for m, w in zip(projs, ws)])
+
+
+def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
+    """Read the weights Chefer's LRP needs, checking each block has a supported layout.
+
+    Raises:
+        UnsupportedModelError: post-norm or parallel blocks, gated attention, grouped k/v
+            heads, an attention family without a relevance rule, other MLPs, a non-Linear head.
+    """
+    adapters = info.adapters or tuple(adapter_for(a) for a in info.attns)
+    blocks = []
+    for i, blk in enumerate(model.blocks):
+        where = f"blocks.{i}"
+        adapter = adapters[i]
+        needed = ("norm1", "attn", "norm2", "mlp", "drop_path1", "drop_path2")
+        if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ not in _PRE_NORM_BLOCKS:
+            raise UnsupportedModelError(
+                f"{where} is a {type(blk).__name__} ({adapter.family} attention); chefer_lrp's relevance pass is "
+                "written for pre-norm blocks (x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))): timm's pre-norm "
+                f"Block, EvaBlock and RelPosBlock. For this block use attn_lrp or chefer_generic."
+            )
+        attn, mlp = blk.attn, blk.mlp
+        if adapter is GenericAttention and not isinstance(getattr(attn, "qkv", None), nn.Linear):
+            raise UnsupportedModelError(
+                f"{where}.attn is a {type(attn).__name__}, an attention without a known relevance rule; "
+                "use chefer_generic instead"
+            )
+        if adapter.gated(attn) or not hasattr(attn, "proj"):
+            raise UnsupportedModelError(
+                f"{where}.attn multiplies its output by a sigmoid gate or has no proj; chefer_lrp has no rule "
+                "for it. Use chefer_generic instead."
+            )
+        if int(getattr(attn, "num_kv_groups", 1) or 1) > 1:
+            raise UnsupportedModelError(f"{where}.attn shares k/v heads (grouped-query); use chefer_generic instead")
+        fc2 = _linear_weight(getattr(mlp, "fc2", None), f"{where}.mlp.fc2")
+        fc1_x = None
+        gate_last = False
+        if hasattr(mlp, "fc1_g") and hasattr(mlp, "fc1_x"):
+            kind: MlpKind = "swiglu"
+            fc1 = _linear_weight(mlp.fc1_g, f"{where}.mlp.fc1_g")
+            fc1_x = _linear_weight(mlp.fc1_x, f"{where}.mlp.fc1_x")
+            width = fc1.shape[0]
+        elif hasattr(mlp, "chunk_dim") and hasattr(mlp, "gate_last"):
+            if mlp.chunk_dim != -1:
+                raise UnsupportedModelError(f"{where}.mlp is a GluMlp chunked along dim {mlp.chunk_dim}, expected -1")
+            kind = "glu"
+            fc1 = _linear_weight(mlp.fc1, f"{where}.mlp.fc1")
+            gate_last = bool(mlp.gate_last)
+            width = fc1.shape[0] // 2
+        elif hasattr(mlp, "fc1") and hasattr(mlp, "act") and not hasattr(mlp, "gate"):
+            kind = "mlp"
+            fc1 = _linear_weight(mlp.fc1, f"{where}.mlp.fc1")
+            width = fc1.shape[0]
+        else:
+            raise UnsupportedModelError(
+                f"{where}.mlp is a {type(mlp).__name__}; chefer_lrp supports timm's Mlp, GluMlp and SwiGLU. "
+                "Use chefer_generic instead."
+            )
+        if width != fc2.shape[1]:
+            raise UnsupportedModelError(f"{where}.mlp: the hidden layer has {width} units but fc2 {fc2.shape[1]} inputs")
+        qkv_w, qkv_b = _qkv(attn, f"{where}.attn")
+        biases = {"qkv": qkv_b, "proj": _bias(attn.proj), "fc2": _bias(mlp.fc2)}
+        if kind == "swiglu":
+            biases.update(fc1=_bias(mlp.fc1_g), fc1_x=_bias(mlp.fc1_x))
+        else:
+            biases["fc1"] = _bias(mlp.fc1)
+        blocks.append(
+            LRPBlock(
+                prefix=where,
+                num_heads=int(attn.num_heads),
+                qkv=qkv_w,
+                proj=_linear_weight(attn.proj, f"{where}.attn.proj"),
+                fc1=fc1,
+                fc2=fc2,
+                ls1=_layer_scale(blk, 1, where),
+                ls2=_layer_scale(blk, 2, where),
+                biases=biases,
+                mlp_kind=kind,
+                fc1_x=fc1_x,
+                gate_last=gate_last,
+                qkv_called=adapter.qkv_called(attn),
+                rope=adapter.rope_map is not GenericAttention.rope_map,
+                rope_prefix=int(getattr(attn, "num_prefix_tokens", 0) or 0),
+                score_bias=adapter.score_bias,
+                scale=float(attn.scale),
+                qk_norm_modules=isinstance(getattr(attn, "q_norm", None), nn.Module)
+                and isinstance(getattr(attn, "k_norm", None), nn.Module),
+                ls_modules=isinstance(getattr(blk, "ls1", None), nn.Module)
+                and isinstance(getattr(blk, "ls2", None), nn.Module),
+            )
+        )
+    head_dist = getattr(model, "head_dist", None) if info.readout == "cls_dist" else None
+    return LRPView(
+        blocks=tuple(blocks),
+        head=_linear_weight(model.head, "head"),
+        head_dist=_linear_weight(head_dist, "head_dist") if head_dist is not None else None,
+        readout=info.readout,
+        num_prefix=info.num_prefix,
+    )
