@@ -234,6 +234,22 @@ def check_mask_strip(page, kc) -> None:
     assert "-0.000" not in page.locator("[data-testid=vx-masks]").inner_text()
 
 
+def check_narrow(page) -> None:
+    """A narrow cell: the canvas shrinks to fit and the side panel goes below it, nothing overflows."""
+    page.set_viewport_size({"width": 640, "height": 800})
+    page.wait_for_timeout(600)
+    root = page.locator("[data-testid=vx-root]")
+    rb = root.bounding_box()
+    cb = page.locator("[data-testid=vx-canvas]").bounding_box()
+    sb = page.locator("[data-testid=vx-classes]").bounding_box()
+    wide = root.evaluate("""e => { const r = e.getBoundingClientRect().right;
+        return Array.from(e.querySelectorAll('*')).filter(c => c.getBoundingClientRect().right > r + 1 && c.getClientRects().length)
+                    .map(c => `${c.tagName}.${c.className} ${Math.round(c.getBoundingClientRect().right - r)}px`).slice(0, 8); }""")
+    assert not wide, (rb, wide)
+    assert cb["x"] + cb["width"] <= rb["x"] + rb["width"] and sb["y"] >= cb["y"] + cb["height"], (rb, cb, sb)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+
 def test_explorer_first_use_at_1280(tmp_path):
     server = JupyterServer("lab")
     server.start()
@@ -255,6 +271,7 @@ def test_explorer_first_use_at_1280(tmp_path):
                 check_counterfactual_message(page, kc)
                 check_png_export(page, kc, tmp_path)
                 check_mask_strip(page, kc)
+                check_narrow(page)
             finally:
                 kc.stop_channels()
             assert not [e for e in errors if "vx" in e or "widget" in e.lower()], errors
