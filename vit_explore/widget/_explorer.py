@@ -153,7 +153,9 @@ class Explorer(anywidget.AnyWidget):
     ``target``, ``image_index``, ``brushed`` (row-major patch indices), ``mode``, ``keep``,
     ``compare`` (show the grid of ``compare_methods`` side by side), ``recompute`` (rerun the
     current method on the intervened image after each stroke), ``cx_mask`` (the ViT-CX mask
-    overlaid, -1 none) and ``explanation`` (the current ``Explanation``).
+    overlaid, -1 none), ``pinned`` (whether ``target`` stays for every image; False: each
+    image's own top-1, and setting it False returns to that) and ``explanation`` (the current
+    ``Explanation``). ``counterfactual`` holds what the last counterfactual search found.
     ``compute_curves()`` runs the deletion/insertion curves of the current map.
     """
 
