@@ -323,6 +323,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
+    if os.name == "posix":  # become the server, so that stopping this process stops Jupyter
+        sys.stdout.flush()
+        os.execv(cmd[0], cmd)
     return subprocess.call(cmd)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,7 @@ def test_printed_url_opens_the_tour_quietly_and_running_it_keeps_the_checkout_cl
         [sys.executable, "-m", "vit_explore.cli", "lab", "--notebook", str(repo / "notebooks" / "01_tour.ipynb"),
          "--no-browser", f"--port={port}", "--ip=127.0.0.1", "--ServerApp.port_retries=0",
          "--LabApp.expose_app_in_browser=True"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repo)
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=repo, start_new_session=True)
     try:
         url = None
         end = time.monotonic() + 120
@@ -105,12 +106,12 @@ def test_printed_url_opens_the_tour_quietly_and_running_it_keeps_the_checkout_cl
             page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=60_000)
         assert (repo / "notebooks" / "01_tour.ipynb").stat().st_mtime_ns > saved_before  # it was written
         assert _git(repo, "status", "--porcelain") == ""
-    finally:
-        proc.terminate()
+    finally:  # the server and its kernel, by the process group this test started
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
         shutil.rmtree(base, ignore_errors=True)
