@@ -122,11 +122,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         res.meta["model"] = args.model
         if rank == 0:
-            paths = report.write_all(res, args.out)
+            paths = report.write_all(res, args.out) if args.out else {}
             print(res.format_table())
             extra = f"; cue covers {res.meta['cue_area_share']:.4f} of the pixels" if res.meta.get("cue_area_share") else ""
             print(f"\n{res.meta['n_images']} images ({res.meta['n_skipped']} skipped), {world} process(es){extra}")
-            print("wrote " + ", ".join(str(p) for p in paths.values()))
+            if paths:
+                print("wrote " + ", ".join(str(p) for p in paths.values()))
     finally:
         if mine:
             import torch.distributed as dist
@@ -157,6 +158,57 @@ def overlay(x, heat, mean, std, alpha: float = 0.5):
     img = (x.cpu().float().numpy() * np.asarray(std).reshape(-1, 1, 1) + np.asarray(mean).reshape(-1, 1, 1))
     img = np.clip(img.transpose(1, 2, 0) * 255, 0, 255)
     return np.clip((1 - alpha) * img + alpha * colormap(heat.cpu().numpy()), 0, 255).astype(np.uint8)
+
+
+def crop_box(cfg: dict, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """Where the model's input lies in a ``width`` x ``height`` image, as (left, top, right, bottom)
+    pixels, following the timm eval transform of ``cfg`` (resizes and centre crops); None when the
+    transform does anything else (then there is no exact way back to the image)."""
+    import timm.data
+    from torchvision import transforms as T
+
+    tf = timm.data.create_transform(**cfg, is_training=False)
+    cw, ch = float(width), float(height)  # size of the current image
+    ox = oy = 0.0  # its origin and scale in original pixels
+    sx = sy = 1.0
+    for t in getattr(tf, "transforms", [tf]):
+        if isinstance(t, T.Resize):
+            size = [t.size] if isinstance(t.size, int) else list(t.size)
+            if len(size) == 1:  # the shorter side becomes size (torchvision's rule)
+                short, long = (cw, ch) if cw <= ch else (ch, cw)
+                new_short, new_long = size[0], int(size[0] * long / short)
+                nw, nh = (new_short, new_long) if cw <= ch else (new_long, new_short)
+            else:
+                nh, nw = size
+            sx, sy, cw, ch = sx * cw / nw, sy * ch / nh, float(nw), float(nh)
+        elif isinstance(t, T.CenterCrop):
+            kh, kw = t.size
+            ox += round((cw - kw) / 2.0) * sx  # torchvision rounds the same way
+            oy += round((ch - kh) / 2.0) * sy
+            cw, ch = float(kw), float(kh)
+        elif type(t).__name__ not in ("ToTensor", "MaybeToTensor", "Normalize"):
+            return None
+    return ox, oy, ox + cw * sx, oy + ch * sy
+
+
+def overlay_full(image, heat, box: tuple[float, float, float, float], alpha: float = 0.5):
+    """(H, W, 3) uint8 image + (h, w) map in [0, 1] covering ``box`` of it -> (H, W, 3) uint8 blend
+    at the image's own size; pixels outside the model's crop are left as they are."""
+    import numpy as np
+    import torch
+
+    img = np.asarray(image, dtype=np.float64)
+    H, W = img.shape[:2]
+    x0, y0, x1, y1 = (round(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        return img.astype(np.uint8)
+    up = torch.nn.functional.interpolate(heat[None, None].float().cpu(), size=(y1 - y0, x1 - x0), mode="bilinear",
+                                         align_corners=False)[0, 0].clamp(0, 1).numpy()
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
+    out = img.copy()
+    part = up[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+    out[iy0:iy1, ix0:ix1] = (1 - alpha) * img[iy0:iy1, ix0:ix1] + alpha * colormap(part)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def _images(path: Path) -> list[Path]:
@@ -229,13 +281,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
             heat = ex.heatmap()
             for j, f in enumerate(chunk):
                 stem = f"{f.stem}_{args.method}"
+                box = crop_box(cfg, *ims[j].size)
+                if box is None:  # a transform we cannot map back: the overlay stays at the model's input size
+                    pic = overlay(x[j], heat[j], cfg["mean"], cfg["std"])
+                else:
+                    pic = overlay_full(ims[j], heat[j], box)
                 with atomic_path(out / f"{stem}.png") as tmp:
-                    Image.fromarray(overlay(x[j], heat[j], cfg["mean"], cfg["std"])).save(tmp, format="PNG")
+                    Image.fromarray(pic).save(tmp, format="PNG")
                 with atomic_path(out / f"{stem}.npy") as tmp, open(tmp, "wb") as fh:
                     np.save(fh, ex.patch_map[j].cpu().numpy().astype(np.float32))
-                if bar is None:
-                    t = int(ex.target[j])
-                    print(f"{f.name}: class {t} ({names[t] if t < len(names) else t}) -> {out / (stem + '.png')}")
+                t = int(ex.target[j])
+                line = f"{f.name}: class {t} ({names[t] if t < len(names) else t}) -> {out / (stem + '.png')}"
+                if box is None:
+                    line += f" (at the model's {pic.shape[1]}x{pic.shape[0]} input: its transform has no exact inverse)"
+                (bar.write if bar is not None else print)(line)
             if bar is not None:
                 bar.update(len(chunk))
     finally:
@@ -269,12 +328,17 @@ def cmd_lab(args: argparse.Namespace) -> int:
         )
     if importlib.util.find_spec("jupyterlab") is None:
         raise CliError("JupyterLab is not installed; install it with: pip install 'vit-explore[lab]'")
-    cmd = [sys.executable, "-m", "jupyter", "lab", str(nb), *args.jupyter_args]
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in cmd:
-        cmd.append("--allow-root")  # Jupyter refuses to run as root without it
+    from ._lab import lab_command, write_quiet_settings
+
+    cmd = lab_command(nb, list(args.jupyter_args))
+    if not args.dry_run and write_quiet_settings() is None:
+        print("note: could not write JupyterLab's quiet-start setting; the news pop-up may appear", file=sys.stderr)
     if args.dry_run:
         print(" ".join(cmd))
         return 0
+    if os.name == "posix":  # become the server, so that stopping this process stops Jupyter
+        sys.stdout.flush()
+        os.execv(cmd[0], cmd)
     return subprocess.call(cmd)
 
 
@@ -304,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--arch", default=None, help=_ARCH_HELP)
     b.add_argument("--methods", default="all", help="comma-separated method keys, or 'all' (default)")
     b.add_argument("--limit", type=_positive, default=None, help="number of images (shapes default 100)")
-    b.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    b.add_argument("--out", default=None, metavar="DIR",
+                   help="write results.csv, results.json and report.html there (default: print the table only)")
     b.add_argument("--batch-size", type=_positive, default=16)
     b.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
     b.add_argument("--metrics", default=None, help=f"comma-separated subset of: {', '.join(METRICS)}")
@@ -320,16 +385,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="write overlay PNGs and raw .npy maps for images",
                        description="Explain an image or every image of a folder; writes <name>_<method>.png "
-                                   "(overlay) and <name>_<method>.npy (raw (gh, gw) patch map) to OUT.")
+                                   "(overlay at the image's own size) and <name>_<method>.npy (raw (gh, gw) "
+                                   "patch map) to OUT, and prints each image's class.")
+    from .explainers import list_methods
+    from .zoo import EMBEDDED_MODELS
+
     e.add_argument("input", metavar="IMAGE_OR_FOLDER")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", required=True, metavar="MODEL",
+                   help=f"an embedded model ({', '.join(EMBEDDED_MODELS)}; no download), a timm ViT name "
+                        "(e.g. vit_base_patch16_224, pretrained weights are downloaded) or a .safetensors "
+                        "checkpoint written by vit_explore.zoo.save_model")
     e.add_argument("--arch", default=None, help=_ARCH_HELP)
-    e.add_argument("--method", required=True)
+    e.add_argument("--method", required=True, metavar="METHOD",
+                   help=f"one of: {', '.join(list_methods())}")
     e.add_argument("--target", default=None, help="class index or name (default: top-1)")
     e.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     e.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
     e.add_argument("--batch-size", type=_positive, default=8)
-    e.add_argument("--device", default=None)
+    e.add_argument("--device", default=None, help="where the model runs: cpu (default), cuda, cuda:1, mps")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_explain)
 
@@ -347,7 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import VitExploreError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "lab":  # jupyter's own options (--port=…, --no-browser) pass through
+        args.jupyter_args = [a for a in [*rest, *args.jupyter_args] if a != "--"]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     old = _terminate_as_interrupt()
     try:
         return int(args.fn(args) or 0)

@@ -239,14 +239,26 @@ def _load_embedded(name: str, *, pretrained: bool) -> nn.Module:
     return model.eval()
 
 
+def _suggest_model(name: str) -> str:
+    """``"; did you mean 'a', 'b'?"``: the nearest embedded or timm ViT names first (what this
+    package explains), the nearest other timm names only when no ViT is close."""
+    import difflib
+
+    import timm
+
+    vits = list(EMBEDDED_MODELS) + timm.list_models("vit_*") + timm.list_models("deit*")
+    close = difflib.get_close_matches(name, vits, n=3, cutoff=0.5)
+    close = close or difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def _load_timm(name: str, *, pretrained: bool, num_classes: int | None, **kwargs: Any) -> nn.Module:
     import timm
 
     if not (timm.is_model(name) or name.startswith(("hf-hub:", "hf_hub:", "local-dir:"))):
-        choices = list(EMBEDDED_MODELS) + timm.list_models()
         raise UnsupportedModelError(
             f"{name!r} is neither an embedded model {list(EMBEDDED_MODELS)}, a timm model "
-            f"name nor an existing file{suggest(name, choices)}"
+            f"name nor an existing file{_suggest_model(name)}"
         )
     if num_classes is not None:
         kwargs["num_classes"] = num_classes

@@ -104,3 +104,27 @@ export function colorize(t: ArrayLike<number>, name: string, alpha: number, out?
   }
   return px;
 }
+
+/**
+ * Signed maps: scale each pixel's alpha by its distance from zero (t = 0.5), full at half the
+ * symmetric range, so that a near-zero value shows the image rather than a pale veil and the
+ * map reads as "red = for, blue = against" over the picture. Unsigned maps keep their alpha.
+ */
+export function signedAlpha(t: ArrayLike<number>, px: Uint8ClampedArray): Uint8ClampedArray {
+  for (let i = 0; i < t.length; i++) {
+    const v = t[i];
+    const w = Number.isFinite(v) ? Math.min(1, 2 * Math.abs(2 * v - 1)) : 0;
+    px[i * 4 + 3] = Math.round(px[i * 4 + 3] * w);
+  }
+  return px;
+}
+
+/** CIE L* (D65) of an sRGB colour: the lightness used to check a colormap is perceptually even. */
+export function lightness([r, g, b]: [number, number, number]): number {
+  const lin = (c: number) => {
+    const v = c / 255;
+    return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  };
+  const y = 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  return y > 216 / 24389 ? 116 * Math.cbrt(y) - 16 : (24389 / 27) * y;
+}

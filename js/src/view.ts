@@ -1,6 +1,8 @@
 // One view of the Explorer: DOM, canvas drawing and interaction. All user strings go in as textContent.
 import { applyStroke, cellAt, cellsOnSegment, describeCell, moveCursor, rectCells, sortedCells, type Grid } from "./brush";
-import { colorize, COLORMAPS, DEFAULT_DIVERGING, DEFAULT_SEQUENTIAL, DIVERGING, normalize } from "./colormap";
+import { colorize, COLORMAPS, DEFAULT_DIVERGING, DEFAULT_SEQUENTIAL, DIVERGING, normalize, signedAlpha } from "./colormap";
+import { composeExport } from "./exportpng";
+import { exportName, fmt, signedFmt as signed } from "./format";
 import { applyMask, maskAt, maskOrder, polylinePoints, type Box } from "./charts";
 import { attnRow, bytesOf, decodeMap, type MapPayload } from "./decode";
 import type { CachedMap, Store } from "./store";
@@ -61,6 +63,20 @@ interface CurvesPayload {
   patches?: number;
 }
 
+interface CounterfactualPayload {
+  image_index?: number;
+  found?: boolean;
+  patches?: number[];
+  tried?: number;
+  mode?: string;
+  order_by?: string;
+  target_name?: string;
+  target_before?: number;
+  target_after?: number;
+  new_name?: string | null;
+  new_prob?: number | null;
+}
+
 interface MasksPayload {
   key?: string;
   K?: number;
@@ -114,7 +130,8 @@ function rgbCanvas(im: ImagePayload | null | undefined): HTMLCanvasElement | nul
 
 export const MODES = ["noise", "blur", "mean", "zero", "drop"];
 const ATTN = "raw_attention";
-const CANVAS_CSS = 384;
+const CANVAS_MAX = 384;
+const CANVAS_MIN = 192;
 
 let viewCounter = 0;
 
@@ -132,8 +149,6 @@ function h<K extends keyof HTMLElementTagNameMap>(
   return e;
 }
 
-const fmt = (p: number | undefined | null, d = 3) => (p === undefined || p === null || !Number.isFinite(p) ? "–" : p.toFixed(d));
-const signed = (p: number | undefined | null) => (p === undefined || p === null ? "–" : (p >= 0 ? "+" : "−") + Math.abs(p).toFixed(3));
 
 export interface DebugInfo {
   draws: number;
@@ -165,8 +180,8 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   const spinner = h("span", { class: "vx-spinner", "aria-hidden": "true" });
   const statusText = h("span");
   status.append(spinner, statusText);
-  const helpBtn = h("button", { class: "vx-btn", "aria-expanded": "false", "aria-controls": id("help") }, "?");
-  const pngBtn = h("button", { class: "vx-btn", title: "Save the current view as PNG" }, "PNG");
+  const helpBtn = h("button", { class: "vx-btn", "aria-expanded": "false", "aria-controls": id("help"), "data-testid": "vx-help-btn", title: "Keyboard shortcuts" }, "?");
+  const pngBtn = h("button", { class: "vx-btn", "data-testid": "vx-png", title: "Save what is on screen (image, map, colour scale) as PNG" }, "PNG");
   const compareBtn = h("button", { class: "vx-btn", "aria-pressed": "false", "data-testid": "vx-compare-toggle", title: "Show several methods side by side for this image and class" }, "Compare");
   bar.append(title, prevImg, imgLabel, nextImg, status, h("span", { class: "vx-grow" }), compareBtn, pngBtn, helpBtn);
 
@@ -184,22 +199,31 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   });
   const mapNote = h("div", { class: "vx-mapnote", "data-testid": "vx-mapnote" });
   const readout = h("div", { class: "vx-readout", "data-testid": "vx-readout" }, " ");
-  const legend = h("div", { class: "vx-legend" });
+  const about = h("p", { class: "vx-about vx-muted", "data-testid": "vx-about" });
+  const legend = h("div", { class: "vx-legend", "data-testid": "vx-legend" });
   const legendBar = h("canvas", { class: "vx-legendbar", width: "128", height: "8", "aria-hidden": "true" });
   const legendLo = h("span");
+  const legendMid = h("span", { class: "vx-legendmid" });
   const legendHi = h("span");
-  legend.append(legendLo, legendBar, legendHi);
+  const legendNote = h("span", { class: "vx-legendnote" });
+  const legendScale = h("span", { class: "vx-legendscale" });
+  legendScale.append(legendBar, legendMid);
+  legend.append(legendLo, legendScale, legendHi, legendNote);
   const canvasWrap = h("div", { class: "vx-canvaswrap" });
   canvasWrap.append(canvas, mapNote);
   const masksBox = h("div", { class: "vx-masks", "data-testid": "vx-masks", hidden: "" });
   const masksHead = h("div", { class: "vx-headstitle", id: id("masks") });
   const masksList = h("div", { class: "vx-maskstrip", role: "group", "aria-labelledby": id("masks") });
   masksBox.append(masksHead, masksList);
-  stage.append(canvasWrap, legend, readout, masksBox);
+  stage.append(canvasWrap, legend, readout, about, masksBox);
 
   const side = h("div", { class: "vx-side" });
   const predHead = h("h4", { id: id("pred") }, "Prediction — click a class to explain it");
   const classes = h("div", { class: "vx-classes", role: "radiogroup", "aria-labelledby": id("pred"), "data-testid": "vx-classes" });
+  const pinBar = h("div", { class: "vx-pin", "data-testid": "vx-pin", hidden: "" });
+  const pinText = h("span", { class: "vx-pintext" });
+  const unpinBtn = h("button", { class: "vx-btn", "data-testid": "vx-unpin", title: "Explain each image for its own top-1 class again" }, "back to top-1");
+  pinBar.append(pinText, unpinBtn);
   const brushHead = h("h4", {}, "Brush patches, see what changes");
   const toolBox = h("div", { class: "vx-seg", role: "radiogroup", "aria-label": "Tool" });
   const tools: [string, string][] = [
@@ -236,18 +260,18 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   const curvesHead = h("h4", { id: id("curves") }, "Deletion / insertion");
   const curvesBtn = h("button", { class: "vx-btn", "data-testid": "vx-curves-btn", title: "Delete (or insert) patches from the most relevant down and watch the target's probability" }, "Compute curves");
   const curvesBox = h("div", { class: "vx-curves", "data-testid": "vx-curves", role: "group", "aria-labelledby": id("curves") });
-  side.append(predHead, classes, brushHead, toolBox, modeBox, keepLabel, recomputeLabel, actions, result, imapBox, curvesHead, curvesBtn, curvesBox);
+  side.append(predHead, pinBar, classes, brushHead, toolBox, modeBox, keepLabel, recomputeLabel, actions, result, imapBox, curvesHead, curvesBtn, curvesBox);
   main.append(stage, side);
 
   const controls = h("div", { class: "vx-controls" });
   const mkRange = (key: string, label: string, min: number, max: number, step = 1) => {
-    const wrap = h("div", { class: "vx-field" });
+    const wrap = h("div", { class: "vx-field", "data-testid": `vx-field-${key}` });
     const lab = h("label", { for: id(key) }, label);
     const input = h("input", { type: "range", id: id(key), min: String(min), max: String(max), step: String(step), "data-testid": `vx-${key}` });
     const out = h("output", { for: id(key) });
     wrap.append(lab, input, out);
     controls.append(wrap);
-    return { input, out };
+    return { input, out, wrap };
   };
   // Notebook hosts take arrow keys for themselves (JupyterLab's notebook calls preventDefault while
   // they bubble; Notebook 7 stops them in the capture phase), so a native range input never moves.
@@ -296,10 +320,10 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   const errorClose = h("button", { class: "vx-btn", "aria-label": "Dismiss" }, "×");
   error.append(errorText, errorClose);
   const live = h("div", { class: "vx-sr", "aria-live": "polite", "data-testid": "vx-live" });
-  const help = h("div", { class: "vx-help", id: id("help"), hidden: "" });
+  const help = h("div", { class: "vx-help", id: id("help"), role: "dialog", "aria-label": "Keyboard shortcuts", "data-testid": "vx-help", hidden: "" });
   const keys: [string, string][] = [
-    ["[ / ]", "previous / next layer"],
-    [", / .", "previous / next head (before head 0: the mean)"],
+    ["[ / ]", "previous / next layer (attention)"],
+    [", / .", "previous / next head, before head 0 the mean (attention)"],
     ["arrows", "move the patch cursor (canvas focused)"],
     ["Shift+arrows", "extend a rectangle of marked patches"],
     ["Space", "mark / unmark the patch under the cursor"],
@@ -309,10 +333,11 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   ];
   const dl = h("dl");
   for (const [k, v] of keys) dl.append(h("dt", {}, k), h("dd", {}, v));
-  help.append(dl);
+  help.append(h("strong", {}, "Keyboard"), dl);
 
   const compareBox = h("section", { class: "vx-compare", "data-testid": "vx-compare", "aria-label": "Methods side by side", hidden: "" });
-  root.append(bar, methodsBox, error, main, compareBox, controls, headsHead, heads, help, live);
+  stage.append(controls, headsHead, heads);
+  root.append(bar, help, methodsBox, error, compareBox, main, live);
   el.append(root);
   signal.addEventListener("abort", () => root.remove());
 
@@ -335,7 +360,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   };
 
   const grid = (): [number, number] => (model.get("grid") as [number, number]) ?? [1, 1];
-  const methodInfo = (m: string) => ((model.get("method_info") ?? {})[m] ?? {}) as { class_specific?: boolean; label?: string };
+  const methodInfo = (m: string) => ((model.get("method_info") ?? {})[m] ?? {}) as { class_specific?: boolean; label?: string; about?: string };
   const methods = () => (model.get("methods") as string[]) ?? [];
   const offline = () => !!model.get("offline");
 
@@ -449,6 +474,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     const octx = ov.getContext("2d")!;
     const img = octx.createImageData(gw, gh);
     colorize(n.t, chooseCmap(isSigned), 255, img.data);
+    if (isSigned) signedAlpha(n.t, img.data);
     octx.putImageData(img, 0, 0);
     ctx.globalAlpha = base ? Number(model.get("opacity") ?? 0.6) : 1;
     ctx.imageSmoothingEnabled = !!model.get("smooth");
@@ -456,10 +482,26 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     ctx.globalAlpha = 1;
   }
 
+  /** The canvas's CSS width: as wide as the cell allows, between CANVAS_MIN and CANVAS_MAX. */
+  let canvasCss = CANVAS_MAX;
   function size(): { w: number; h: number } {
     const im = model.get("image") as { height: number; width: number } | null;
     const ar = im && im.width ? im.height / im.width : 1;
-    return { w: CANVAS_CSS, h: Math.round(CANVAS_CSS * ar) };
+    return { w: canvasCss, h: Math.round(canvasCss * ar) };
+  }
+  const fit = () => {
+    const avail = root.clientWidth - 18; // padding and border
+    const w = Math.round(Math.max(CANVAS_MIN, Math.min(CANVAS_MAX, avail > 0 ? avail : CANVAS_MAX)));
+    root.classList.toggle("vx-narrow", avail < CANVAS_MAX + 12 + 260);
+    stage.style.width = `${w}px`;
+    if (w === canvasCss) return;
+    canvasCss = w;
+    draw();
+  };
+  if (typeof ResizeObserver !== "undefined") {
+    const ro = new ResizeObserver(() => fit());
+    ro.observe(root);
+    signal.addEventListener("abort", () => ro.disconnect());
   }
 
   function gridGeom(): Grid {
@@ -495,6 +537,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     }
     const [gh, gw] = grid();
     const m = currentMap();
+    about.textContent = methodInfo(model.get("method") as string).about ?? "";
     const sm = "values" in m ? selectedMask() : null;
     if (sm && imageCanvas) {
       lastMap = m as CachedMap & { label: string };
@@ -513,12 +556,13 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
       const octx = overlay.getContext("2d")!;
       const img = octx.createImageData(gw, gh);
       colorize(n.t, cmap, 255, img.data);
+      if (m.signed) signedAlpha(n.t, img.data);
       octx.putImageData(img, 0, 0);
       ctx.globalAlpha = Number(model.get("opacity") ?? 0.6);
       ctx.imageSmoothingEnabled = !!model.get("smooth");
       ctx.drawImage(overlay, 0, 0, w, hh);
       ctx.globalAlpha = 1;
-      drawLegend(cmap, n.lo, n.hi);
+      drawLegend(cmap, n.lo, n.hi, m.signed);
       canvas.setAttribute("data-map", m.label);
     } else {
       mapNote.textContent = m.note;
@@ -583,7 +627,9 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     debug.lastDrawMs = performance.now() - t0;
   }
 
-  function drawLegend(cmap: string, lo: number, hi: number): void {
+  let legendState = { cmap: "viridis", lo: 0, hi: 0, signed: false };
+  function drawLegend(cmap: string, lo: number, hi: number, isSigned: boolean): void {
+    legendState = { cmap, lo, hi, signed: isSigned };
     const ctx = legendBar.getContext("2d")!;
     const img = ctx.createImageData(128, 1);
     const t = new Float32Array(128).map((_, i) => i / 127);
@@ -591,6 +637,8 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     for (let r = 0; r < 8; r++) ctx.putImageData(img, 0, r);
     legendLo.textContent = lo.toPrecision(3);
     legendHi.textContent = hi.toPrecision(3);
+    legendMid.textContent = isSigned ? "0" : "";
+    legendNote.textContent = isSigned ? "symmetric: blue against, red for the class; 0 shows the image" : "low → high";
   }
 
   function updateReadout(): void {
@@ -645,7 +693,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   }
 
   // ---------- compare grid ----------
-  const TILE = 128;
+  const TILE = 96;
   function drawCompare(): void {
     const on = !!model.get("compare");
     compareBtn.setAttribute("aria-pressed", String(on));
@@ -868,6 +916,15 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     nextImg.disabled = ii >= ni - 1;
     title.textContent = (model.get("title") as string) || "";
     clsBtn.disabled = (model.get("query") as number) < 0;
+    // layer, head, query and the head thumbnails act on raw attention only: shown only there
+    const isAttn = model.get("method") === ATTN;
+    layerR.wrap.hidden = !isAttn;
+    headR.wrap.hidden = !isAttn;
+    clsBtn.hidden = !isAttn;
+    headsHead.hidden = !isAttn;
+    heads.hidden = !isAttn;
+    for (const b of toolBtns) if (b.dataset.tool === "query") b.hidden = !isAttn;
+    if (!isAttn && tool === "query") tool = "brush";
     const off = offline();
     for (const b of [...modeBtns, clearBtn, cfBtn]) b.disabled = off;
     keepBox.disabled = off;
@@ -896,8 +953,13 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     const topk = (model.get("topk") as ClassProb[]) ?? [];
     const tgt = model.get("target") as number;
     const list = topk.some((c) => c.index === tgt) ? topk : [...topk, { index: tgt, name: className(tgt), prob: NaN }];
+    const pinned = !!model.get("pinned");
+    pinBar.hidden = !pinned;
+    pinText.textContent = `Pinned: every image is explained for “${className(tgt)}”.`;
+    predHead.textContent = pinned ? "Prediction — the pinned class is outlined" : "Prediction — explaining the top-1 class; click another to pin it";
     for (const c of list) {
-      const b = h("button", { class: "vx-class", role: "radio", "aria-checked": String(c.index === tgt), "data-class": String(c.index) });
+      const b = h("button", { class: "vx-class", role: "radio", "aria-checked": String(c.index === tgt), "data-class": String(c.index), "data-testid": `vx-class-${c.index}` });
+      if (pinned && c.index === tgt) b.classList.add("vx-pinned");
       const name = h("span", { class: "vx-cname" });
       name.textContent = c.name; // user-supplied: text only
       const barw = h("span", { class: "vx-pbar" });
@@ -910,10 +972,29 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     }
   }
 
+  /** What the last counterfactual search found, while its patches are the ones marked (or it found none). */
+  function counterfactualNote(cur: number[]): HTMLElement | null {
+    const cf = (model.get("counterfactual") as CounterfactualPayload) ?? {};
+    if (cf.image_index === undefined || cf.image_index !== model.get("image_index")) return null;
+    const p = h("p", { class: "vx-cf", "data-testid": "vx-cf", role: "status" });
+    if (!cf.found) {
+      p.classList.add("vx-errtext");
+      p.textContent = `No counterfactual: removing up to ${cf.tried} patches (${cf.order_by} order, ${cf.mode}) never changes the prediction “${cf.target_name}”.`;
+      return p;
+    }
+    const same = !!cf.patches && cf.patches.length === cur.length && cf.patches.every((q, i) => q === cur[i]);
+    if (!same) return null;
+    const n = cf.patches!.length;
+    p.textContent = `Counterfactual: removing these ${n} patch${n === 1 ? "" : "es"} (${cf.mode}) flips the prediction from “${cf.target_name}” (${fmt(cf.target_before)} → ${fmt(cf.target_after)}) to “${cf.new_name}” (${fmt(cf.new_prob)}).`;
+    return p;
+  }
+
   function showIntervention(): void {
     const r = (model.get("intervention") as Intervention) ?? {};
     result.textContent = "";
     const cur = sortedCells(pending);
+    const cfNote = offline() ? null : counterfactualNote(cur);
+    if (cfNote) result.append(cfNote);
     if (offline()) {
       result.append(h("p", { class: "vx-muted" }, "Interventions need a running kernel (this is a static export)."));
       return;
@@ -1006,8 +1087,13 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     draw();
     showIntervention();
   };
+  /** Layer, head and query act on raw attention only; elsewhere they change nothing (and never the method). */
   const toAttention = (patch: Record<string, unknown>) => {
-    if (model.get("method") !== ATTN && methods().includes(ATTN)) patch.method = ATTN;
+    if (model.get("method") !== ATTN) {
+      const label = methodInfo(model.get("method") as string).label ?? model.get("method");
+      live.textContent = `${label} has no layer or head to choose; pick Attention for those.`;
+      return;
+    }
     setState(patch);
   };
   const stepLayer = (d: number) => {
@@ -1055,8 +1141,9 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   });
   on(classes, "click", (e: MouseEvent) => {
     const b = (e.target as HTMLElement).closest("[data-class]") as HTMLElement | null;
-    if (b) setState({ target: Number(b.dataset.class) });
+    if (b) setState({ target: Number(b.dataset.class), pinned: true });
   });
+  on(unpinBtn, "click", () => setState({ pinned: false }));
   on(modeBox, "click", (e: MouseEvent) => {
     const b = (e.target as HTMLElement).closest("[data-mode]") as HTMLElement | null;
     if (b) setState({ mode: b.dataset.mode });
@@ -1081,10 +1168,23 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     helpBtn.setAttribute("aria-expanded", String(!help.hidden));
   });
   on(pngBtn, "click", () => {
+    const method = model.get("method") as string;
+    const cs = !!methodInfo(method).class_specific;
+    const num = (model.get("image_index") as number) + 1;
+    const cname = cs ? className(model.get("target") as number) : null;
+    const out = composeExport(canvas, {
+      title: `${(model.get("title") as string) || "vit-explore"} · image ${num} of ${model.get("num_images")}`,
+      label: canvas.getAttribute("data-map") || (methodInfo(method).label ?? method),
+      legend: lastMap ? legendState : null,
+      fg: themeFg,
+      bg: getComputedStyle(root).getPropertyValue("--vx-bg").trim() || "#fff",
+    });
     const a = document.createElement("a");
-    a.download = `vit-explore-${model.get("method")}-image${model.get("image_index")}.png`;
-    a.href = canvas.toDataURL("image/png");
+    a.download = exportName(num, method, cname);
+    a.href = out.toDataURL("image/png");
+    root.append(a);
     a.click();
+    a.remove();
   });
 
   const local = (e: PointerEvent) => {
@@ -1226,6 +1326,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   });
   listen("change:method", () => {
     syncMethods();
+    syncControls();
     draw();
     drawThumbs();
     drawExtras();
@@ -1272,6 +1373,8 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     drawExtras();
   });
   listen("change:topk", buildClasses);
+  listen("change:pinned", buildClasses);
+  listen("change:counterfactual", showIntervention);
   listen("change:target", () => {
     buildClasses();
     draw();
@@ -1309,6 +1412,7 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   });
 
   readTheme();
+  stage.style.width = `${canvasCss}px`;
   buildImage();
   buildMethods();
   buildClasses();

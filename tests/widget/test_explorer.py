@@ -559,3 +559,49 @@ def test_recompute_on_the_intervened_image(toy, imgs):
     assert w.intervened_map == {}
     w.layer = 1  # off again: scrubbing touches nothing
     assert w.wait(30) and w.stats["explain_intervened:raw_attention"] == 2
+
+
+def test_a_picked_class_is_pinned_across_images_until_unpinned(toy):
+    x = input_for(toy, batch=6, seed=4)
+    tops = [int(v) for v in toy(x).argmax(-1)]
+    i = next(j for j in range(1, 6) if tops[j] != tops[0])
+    w = Explorer(toy, x, methods=["raw_attention", "rollout"])
+    assert w.pinned is False and w.target == tops[0]
+    other = (tops[i] + 1) % len(w.class_names)  # neither image i's top-1 ...
+    other = other if other != tops[0] else (other + 1) % len(w.class_names)
+    w.target = other
+    assert w.pinned is True
+    w.image_index = i
+    assert w.wait(30) and w.target == other  # ... and it stays: pinned
+    w.pinned = False  # "back to top-1": the current image's own class, at once
+    assert w.target == tops[i]
+    w.image_index = 0
+    assert w.wait(30) and w.target == tops[0] and w.pinned is False
+    # a target given to the constructor is a pinned one
+    assert Explorer(toy, x, methods=["raw_attention"], target=other).pinned is True
+
+
+def test_counterfactual_result_says_what_flipped_or_that_nothing_did(toy, imgs):
+    from vit_explore.interventions import counterfactual, intervene
+
+    w = Explorer(toy, imgs, methods=["raw_attention"])
+    w.find_counterfactual(block=True)
+    cf, ref = w.counterfactual, counterfactual(toy, imgs[:1], w.target, mode="noise", order_by="rollout")
+    assert cf["found"] == ref.found and cf["image_index"] == 0 and cf["target"] == w.target
+    if ref.found:
+        assert cf["patches"] == w.brushed == [int(j) for j in torch.nonzero(ref.patches.reshape(-1))]
+        assert cf["new_class"] == ref.new_class and cf["new_name"] == w.class_names[ref.new_class]
+        # the named class really is the top-1 once those patches are removed (the model's own numbers)
+        res = intervene(toy, imgs[:1], cf["patches"], mode="noise", target=w.target)
+        assert int(res.probs[0].argmax()) == cf["new_class"]
+        assert cf["new_prob"] == pytest.approx(float(res.probs[0, cf["new_class"]]), abs=1e-5)
+    else:
+        assert cf["patches"] == [] and cf["tried"] == ref.greedy_size
+    w.image_index = 1
+    assert w.counterfactual == {}  # a new image: no stale message
+
+
+def test_every_method_has_a_one_line_description(toy, imgs):
+    w = Explorer(toy, imgs)
+    for m, info in w.method_info.items():
+        assert 40 < len(info["about"]) < 260 and "\n" not in info["about"], m

@@ -43,6 +43,7 @@ from ..explanation import Explanation
 from ..inputs import ImageLike, as_batch, check_tensor, data_config
 from . import _serialize as ser
 from . import _state
+from ._about import ABOUT
 
 STATIC = Path(__file__).resolve().parent / "static"
 MODES = ("noise", "blur", "mean", "zero", "drop")
@@ -170,7 +171,9 @@ class Explorer(anywidget.AnyWidget):
     ``target``, ``image_index``, ``brushed`` (row-major patch indices), ``mode``, ``keep``,
     ``compare`` (show the grid of ``compare_methods`` side by side), ``recompute`` (rerun the
     current method on the intervened image after each stroke), ``cx_mask`` (the ViT-CX mask
-    overlaid, -1 none) and ``explanation`` (the current ``Explanation``).
+    overlaid, -1 none), ``pinned`` (whether ``target`` stays for every image; False: each
+    image's own top-1, and setting it False returns to that) and ``explanation`` (the current
+    ``Explanation``). ``counterfactual`` holds what the last counterfactual search found.
     ``compute_curves()`` runs the deletion/insertion curves of the current map.
     """
 
@@ -193,6 +196,7 @@ class Explorer(anywidget.AnyWidget):
     head = t.Int(-1).tag(sync=True, echo_update=False)
     query = t.Int(-1).tag(sync=True, echo_update=False)
     target = t.Int(0).tag(sync=True)
+    pinned = t.Bool(False).tag(sync=True)
     image_index = t.Int(0).tag(sync=True)
     opacity = t.Float(0.6).tag(sync=True, echo_update=False)
     colormap = t.Unicode("auto").tag(sync=True)
@@ -219,6 +223,7 @@ class Explorer(anywidget.AnyWidget):
     cx_mask = t.Int(-1).tag(sync=True)
     recompute = t.Bool(False).tag(sync=True)
     intervened_map = t.Dict().tag(sync=True)
+    counterfactual = t.Dict().tag(sync=True)
 
     def __init__(
         self,
@@ -252,7 +257,6 @@ class Explorer(anywidget.AnyWidget):
         self._images: dict[int, dict[str, Any]] = {}
         self._maps: dict[tuple, Explanation] = {}
         self._params: dict[str, dict[str, Any]] = {}
-        self._auto_target = target is None
         self._curves: dict[tuple, dict[str, Any]] = {}
         self._last_input: tuple[tuple, torch.Tensor] | None = None
         self._internal = 0
@@ -276,7 +280,8 @@ class Explorer(anywidget.AnyWidget):
             title=str(title),
             methods=names,
             method_info={
-                m: {"class_specific": bool(get_explainer(m).class_specific), "label": LABELS.get(m, m)} for m in names
+                m: {"class_specific": bool(get_explainer(m).class_specific), "label": LABELS.get(m, m),
+                    "about": ABOUT.get(m, "")} for m in names
             },
             num_layers=first["num_layers"],
             num_heads=first["num_heads"],
@@ -286,6 +291,7 @@ class Explorer(anywidget.AnyWidget):
             method=names[0],
             layer=first["num_layers"] - 1,
             target=int(first["top"]) if target is None else int(target),
+            pinned=target is not None,
             image=self._image_payload(0),
             topk=self._topk_payload(first["probs"]),
             status={"busy": False, "label": "", "error": None},
@@ -296,6 +302,7 @@ class Explorer(anywidget.AnyWidget):
         self.observe(self._on_recompute, names=["recompute"])
         self.observe(self._on_view_for_recompute, names=["layer", "head", "query"])
         self.observe(self._on_target, names=["target"])
+        self.observe(self._on_pinned, names=["pinned"])
         self.observe(self._on_image, names=["image_index"])
         self.observe(self._on_brush, names=["brushed", "mode", "keep"])
         self.on_msg(self._on_msg)
@@ -854,13 +861,18 @@ class Explorer(anywidget.AnyWidget):
             if self.image_index != i:
                 return
             idx = [int(j) for j in torch.nonzero(cf.patches.reshape(-1)).reshape(-1)]
-            st = dict(self.status)
+            new = cf.new_class
+            self.counterfactual = {
+                "image_index": i, "found": bool(cf.found), "patches": idx if cf.found else [],
+                "tried": int(cf.greedy_size), "mode": mode, "order_by": order_by,
+                "target": int(cf.target), "target_name": self._labels[int(cf.target)],
+                "target_before": float(cf.base_probs[int(cf.target)]), "target_after": float(cf.probs[int(cf.target)]),
+                "new_class": None if new is None else int(new),
+                "new_name": None if new is None else self._labels[int(new)],
+                "new_prob": None if new is None else float(cf.probs[int(new)]),
+            }
             if cf.found:
-                st["error"] = None
-                self.status = st
                 self.brushed = idx
-            else:
-                self._fail("the counterfactual search", RuntimeError("no patch set within the budget flips the prediction"))
 
         self._worker.submit("counterfactual", "searching a counterfactual…", job)
         if block:
@@ -888,12 +900,23 @@ class Explorer(anywidget.AnyWidget):
 
     def _on_target(self, change: dict) -> None:
         if not self._internal:
-            self._auto_target = False
+            self.pinned = True
         if get_explainer(self.method).class_specific:
             self._schedule_map()
         if self.brushed:
             self._schedule_intervention()
         self._schedule_compare()
+
+    def _on_pinned(self, change: dict) -> None:
+        """Unpinning goes back to the current image's own top-1 class."""
+        d = self._images.get(self.image_index)
+        if change["new"] or d is None or self.target == d["top"]:
+            return
+        self._internal += 1
+        try:
+            self.target = int(d["top"])
+        finally:
+            self._internal -= 1
 
     def _on_image(self, change: dict) -> None:
         i = change["new"]
@@ -903,6 +926,7 @@ class Explorer(anywidget.AnyWidget):
             self.query = -1
             self.intervention = {}
             self.intervened_map = {}
+            self.counterfactual = {}
 
         def job() -> None:
             try:
@@ -914,7 +938,7 @@ class Explorer(anywidget.AnyWidget):
                 return
             with self.hold_sync():
                 self.topk = self._topk_payload(d["probs"])
-                if self._auto_target and self.target != d["top"]:
+                if not self.pinned and self.target != d["top"]:
                     self._internal += 1
                     try:
                         self.target = d["top"]
