@@ -109,7 +109,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 raise CliError(f"unknown method {m!r}{suggest(m, known)}; available: {', '.join(known)}")
         metrics = evaluation.DEFAULT_METRICS if args.metrics is None else tuple(_csv_list(args.metrics))
         baselines = _csv_list(args.baselines) if args.baselines != "none" else []
-        if rank == 0:
+        if rank == 0 and args.out:
             _writable_folder(Path(args.out))
         torch.manual_seed(args.seed)
         model = _load(args.model, dev, args.arch)
