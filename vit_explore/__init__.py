@@ -33,6 +33,7 @@ from .interventions import (
     counterfactual,
     intervene,
 )
+from .survey import Survey, survey
 from .widget import Explorer
 from .zoo import EMBEDDED_MODELS, class_names, load_model, save_model
 
@@ -46,6 +47,7 @@ __all__ = [
     "InputError",
     "Intervention",
     "Needs",
+    "Survey",
     "TokenLayout",
     "TopK",
     "Trace",
@@ -71,4 +73,5 @@ __all__ = [
     "preprocess",
     "run_benchmark",
     "save_model",
+    "survey",
 ]
