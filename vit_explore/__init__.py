@@ -34,11 +34,12 @@ from .interventions import (
     intervene,
 )
 from .survey import Survey, survey
-from .widget import Explorer
+from .widget import Atlas, Explorer
 from .zoo import EMBEDDED_MODELS, class_names, load_model, save_model
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "Atlas",
     "BenchResult",
     "CaptureError",
     "Counterfactual",
