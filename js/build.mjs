@@ -1,5 +1,5 @@
-// Bundle the Explorer's front end with esbuild.
-//   node build.mjs            -> ../vit_explore/widget/static/widget.{js,css} (minified, every dependency inside)
+// Bundle the Explorer's (and the Atlas's) front end with esbuild.
+//   node build.mjs            -> ../vit_explore/widget/static/{widget,atlas}.{js,css} (minified, every dependency inside)
 //   node build.mjs --watch    -> same, with inline source maps, rebuilt on change (use with ANYWIDGET_HMR=1)
 //   node build.mjs --tests    -> node_modules/.cache/vx-tests/*.test.mjs for `node --test`
 import * as esbuild from "esbuild";
@@ -28,7 +28,7 @@ if (args.has("--tests")) {
   });
 } else {
   const options = {
-    entryPoints: { widget: join(here, "src", "index.ts") },
+    entryPoints: { widget: join(here, "src", "index.ts"), atlas: join(here, "src", "atlas.ts") },
     bundle: true,
     format: "esm",
     target: ["es2020"],

@@ -33,11 +33,13 @@ from .interventions import (
     counterfactual,
     intervene,
 )
-from .widget import Explorer
+from .survey import Survey, survey
+from .widget import Atlas, Explorer
 from .zoo import EMBEDDED_MODELS, class_names, load_model, save_model
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "Atlas",
     "BenchResult",
     "CaptureError",
     "Counterfactual",
@@ -46,6 +48,7 @@ __all__ = [
     "InputError",
     "Intervention",
     "Needs",
+    "Survey",
     "TokenLayout",
     "TopK",
     "Trace",
@@ -71,4 +74,5 @@ __all__ = [
     "preprocess",
     "run_benchmark",
     "save_model",
+    "survey",
 ]

@@ -1,8 +1,9 @@
-"""The ``vit-explore`` command line: ``bench``, ``explain`` and ``lab``.
+"""The ``vit-explore`` command line: ``bench``, ``explain``, ``lab`` and ``survey``.
 
     vit-explore bench --dataset shapes-spurious --model toy-shapes-spurious --limit 50 --out runs/b
     vit-explore explain photo.jpg --model toy-shapes --method rollout -o out/
     vit-explore lab
+    vit-explore survey shapes-spurious:2000 --model toy-shapes-spurious --method rollout --out runs/s
 """
 
 from __future__ import annotations
@@ -355,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="vit-explore", description="Explain and evaluate timm Vision Transformers.")
     p.add_argument("--version", action="version", version=f"vit-explore {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{bench,explain,lab}")
+    sub = p.add_subparsers(dest="command", metavar="{bench,explain,lab,survey}")
     sub.required = True
 
     b = sub.add_parser("bench", help="score explainers against ground truth and baselines",
@@ -412,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="arguments passed to jupyter lab")
     lab.set_defaults(fn=cmd_lab)
+
+    from .survey.cli import add_parser as add_survey_parser
+
+    add_survey_parser(sub, _positive, _params)
     return p
 
 

@@ -1,0 +1,165 @@
+"""The survey (issue 18): does SpRAy find the tag without being told where it is, and what does it cost.
+
+Targets part (``--targets``): the embedded ``toy-shapes-spurious`` on N images of ``shapes-spurious``
+(2,000 by default). No mask reaches the survey. Ground truth, computed here with ``vx.intervene`` and
+the dataset's own tag mask: an image is tag-reliant when replacing the tag's patches (mode ``mean``)
+changes its top-1 class. Per method and predicted class it prints:
+
+* the base rate (tag-reliant share);
+* region: the largest share of a suggested cluster's hot patches (50% of its mean map's positive mass)
+  that lies on the tag (target >= 0.5 in every class with share >= 0.2; < 0.5 everywhere for the clean
+  ``toy-shapes`` model on the same images);
+* images: the best precision against the tag-reliant images among suggested clusters with recall >= 0.5
+  (target >= min(0.95, share + 0.25) in classes whose share lies in [0.15, 0.85], in >= 2 of them);
+* confirm: ``Survey.confirm`` on the cluster with the most tag-covered hot patches (member flip rate
+  >= 0.5, control <= 0.05).
+
+Speed part (``--speed``): a survey end to end (explain, cluster, embed every class) of ``--rollout-n``
+images with rollout and ``--chefer-n`` with chefer_lrp, each against the bare batched forward of the same
+images in the same run, and the process's peak resident memory.
+
+Run: python bench/bench_survey.py [--targets] [--speed] [--n 2000] [--methods rollout chefer_lrp grad_cam]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import vit_explore as vx
+from vit_explore.datasets import make_preset
+from vit_explore.survey.data import as_source
+
+
+def tag_reliant(model, src, cue: np.ndarray, n: int, batch: int = 100) -> np.ndarray:
+    """(n,) bool ground truth: the top-1 class changes when the tag's patches are replaced (mode mean)."""
+    out = np.zeros(n, dtype=bool)
+    grid = torch.as_tensor(cue)
+    for s in range(0, n, batch):
+        x = src.batch(range(s, min(n, s + batch)))
+        with torch.no_grad():
+            before = model(x).argmax(-1)
+        after = vx.intervene(model, x, grid, mode="mean").probs.argmax(-1)
+        out[s:s + len(x)] = (after != before).numpy()
+    return out
+
+
+def class_report(s, c: int, cue: np.ndarray, reliant: np.ndarray | None) -> dict:
+    idx = s.indices(c)
+    lab = s.clusters(c)
+    best_region, best_k = -1.0, 0
+    best_prec = float("nan")
+    for k in range(s.n_clusters(c)):
+        hot = s.hot_patches(c, k)
+        frac = float((hot & cue).sum() / max(1, hot.sum()))
+        if frac > best_region:
+            best_region, best_k = frac, k
+        if reliant is not None:
+            rel = reliant[idx]
+            mem = lab == k
+            rec = (rel & mem).sum() / max(1, rel.sum())
+            prec = rel[mem].mean() if mem.any() else 0.0
+            if rec >= 0.5 and not (prec <= best_prec):
+                best_prec = float(prec)
+    share = float(reliant[idx].mean()) if reliant is not None else float("nan")
+    return {"n": len(idx), "k": s.n_clusters(c), "share": share, "region": best_region, "region_k": best_k,
+            "precision": best_prec}
+
+
+def targets(n: int, methods: list[str], store: str, confirm: bool) -> None:
+    data = make_preset("shapes-spurious", n)
+    cue = data.patch_mask("cue", threshold=0)[int(np.flatnonzero(data.has_cue)[0])]
+    for name in ("toy-shapes-spurious", "toy-shapes"):
+        model = vx.load_model(name)
+        src = as_source(model, data)
+        reliant = tag_reliant(model, src, cue, n) if name == "toy-shapes-spurious" else None
+        for method in methods:
+            t0 = time.perf_counter()
+            s = vx.survey(model, data, method=method, batch_size=50, store=store, progress=False)
+            reps = {int(c): class_report(s, int(c), cue, reliant) for c in s.classes}
+            dt = time.perf_counter() - t0
+            print(f"\n== {name} / {method}: {n} images, {dt:.0f} s (explain + SpRAy)")
+            print("class  n     k  tag-reliant  region(best hot-on-tag)  precision@recall>=0.5  need")
+            reg_ok, img_hits, img_classes = True, 0, 0
+            for c, r in reps.items():
+                need = ""
+                if reliant is not None and 0.15 <= r["share"] <= 0.85:
+                    goal = min(0.95, r["share"] + 0.25)
+                    img_classes += 1
+                    img_hits += int(r["precision"] >= goal)
+                    need = f">={goal:.2f}"
+                if reliant is not None and r["share"] >= 0.2:
+                    reg_ok &= r["region"] >= 0.5
+                if reliant is None:
+                    reg_ok &= r["region"] < 0.5
+                print(f"{c:<6} {r['n']:<5} {r['k']:<2} {r['share']:<12.2f} {r['region']:<24.2f} "
+                      f"{r['precision']:<22.2f} {need}")
+            if reliant is not None:
+                print(f"region target (every class with share >= 0.2 has a cluster >= half on the tag): "
+                      f"{'MET' if reg_ok else 'NOT met'}; image target: {img_hits} of {img_classes} classes "
+                      f"({'MET' if img_hits >= 2 else 'NOT met'})")
+                if confirm:
+                    c = max(reps, key=lambda c: (reps[c]["region"], reps[c]["share"]))
+                    r = s.confirm(c, reps[c]["region_k"], mode="mean")
+                    print(f"confirm class {c} cluster {reps[c]['region_k']} ({r['n']} members, "
+                          f"{int(r['patches'].sum())} patches): flip {r['flip_rate']:.2f} "
+                          f"[{r['flip_rate_ci'][0]:.2f}, {r['flip_rate_ci'][1]:.2f}], control "
+                          f"{r['control_flip_rate']:.2f} [{r['control_flip_rate_ci'][0]:.2f}, "
+                          f"{r['control_flip_rate_ci'][1]:.2f}]; rest of class ({r['rest_n']}): flip "
+                          f"{r['rest_flip_rate']:.2f}, control {r['rest_control_flip_rate']:.2f}; "
+                          f"delta_p {r['delta_p']:+.3f} vs control {r['control_delta_p']:+.3f}")
+            else:
+                print(f"clean-model check (no cluster's hot patches >= half on the tag): {'MET' if reg_ok else 'NOT met'}")
+
+
+def speed(sizes: dict[str, int], store: str) -> None:
+    model = vx.load_model("toy-shapes-spurious")
+    for method, n in sizes.items():
+        data = make_preset("shapes-spurious", n)
+        src = as_source(model, data)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, n, 100):
+                model(src.batch(range(s, min(n, s + 100))))
+        fwd = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sv = vx.survey(model, data, method=method, batch_size=100, store=store, progress=False)
+        t_explain = time.perf_counter() - t0
+        for c in sv.classes:
+            sv.embedding(int(c))
+        total = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{method:<11} {n:>6} images: forward {fwd:7.1f} s | survey {total:7.1f} s "
+              f"(explain {t_explain:.1f} s, SpRAy {total - t_explain:.1f} s) = {total / fwd:6.1f}x forward | "
+              f"peak RSS so far {peak:.0f} MiB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", action="store_true")
+    ap.add_argument("--speed", action="store_true")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--methods", nargs="+", default=["rollout", "chefer_lrp", "grad_cam"])
+    ap.add_argument("--rollout-n", type=int, default=10000)
+    ap.add_argument("--chefer-n", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--store", default=None, help="survey store folder (default: a temporary one)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.store or tmp
+        if args.targets or not args.speed:
+            targets(args.n, args.methods, store, confirm=True)
+        if args.speed:
+            print("\n== speed (toy-shapes-spurious, shapes-spurious, CPU, "
+                  f"{args.threads} threads; survey = explain + SpRAy + t-SNE of every class)")
+            speed({"rollout": args.rollout_n, "chefer_lrp": args.chefer_n}, store)
+
+
+if __name__ == "__main__":
+    main()
