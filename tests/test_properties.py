@@ -21,7 +21,7 @@ from vit_explore.testing import tiny_vit
 from .conftest import input_for
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))
 STATS = {"cases": 0, "seconds": 0.0}
 
@@ -86,7 +86,7 @@ def test_explain_with_random_parameter_values(model, method):
         pytest.skip(f"{method} has no parameters")
     base = {k: v for k, v in CHEAP.items() if k in spec.defaults}
 
-    @SETTINGS
+    @settings(SETTINGS, max_examples=6)  # x 15 methods
     @given(name=st.sampled_from(names), value=BAD)
     def prop(name, value):
         check(model, lambda: vx.explain(model, x, method, **{**base, name: value}))
