@@ -111,7 +111,7 @@ INTERVENE = ["patches", "mode", "target", "keep", "seed", "sigma", "blur_sigma",
 @SETTINGS
 def test_intervene(model, name, value):
     x = input_for(model, 1)
-    kw = {"patches": [0, 1], "mode": "blur", **{name: value}}
+    kw = {"patches": [0, 1], "mode": "blur", name: value}
     check(model, lambda: vx.intervene(model, x, **kw))
 
 
@@ -119,7 +119,7 @@ def test_intervene(model, name, value):
 @SETTINGS
 def test_causal_score(model, name, value):
     x = input_for(model, 1)
-    kw = {"patches": [0, 1], **{name: value}}
+    kw = {"patches": [0, 1], name: value}
     check(model, lambda: vx.causal_score(model, x, **kw))
 
 
@@ -129,7 +129,7 @@ def test_causal_score(model, name, value):
 def test_counterfactual(model, name, value):
     x = input_for(model, 1)
     kw = {"order_by": torch.rand(4, 4, generator=torch.Generator().manual_seed(0)), "max_patches": 4,
-          "mode": "zero", **{name: value}}
+          "mode": "zero", name: value}
     check(model, lambda: vx.counterfactual(model, x, **kw))
 
 
