@@ -477,9 +477,9 @@ def test_bad_parameters():
     model = tiny_vit()
     x = input_for(model, batch=1)
     for steps in (1, 0, 2.5):
-        with pytest.raises(InputError, match="steps must be an int >= 2"):
+        with pytest.raises(InputError, match=r"steps must be in 2\.\.|parameter .steps. must be int"):
             vx.explain(model, x, "tam", steps=steps)
-        with pytest.raises(InputError, match="steps must be an int >= 2"):
+        with pytest.raises(InputError, match=r"steps must be in 2\.\.|parameter .steps. must be int"):
             vx.explain(model, x, "integrated_gradients", steps=steps)
     with pytest.raises(InputError, match="target_score"):
         vx.explain(model, x, "tam", target_score="softmax")

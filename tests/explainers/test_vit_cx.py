@@ -293,7 +293,7 @@ def test_nan_input_and_nan_model_get_their_own_errors():
     broken = tiny_vit("vanilla")
     with torch.no_grad():
         broken.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
-    with pytest.raises(InputError, match="model's output is NaN"):
+    with pytest.raises(InputError, match="model's output is not finite"):
         vx.explain(broken, x, "vit_cx")
     feat = torch.randn(6, 4, 4)
     feat[3, 1, 2] = float("nan")
