@@ -77,8 +77,8 @@ RUNS = [("rise", "deletion"), ("rise", "insertion"), ("patch", "deletion"), ("pa
 def toy():
     torch.manual_seed(0)
     model = vx.load_model("toy-shapes").eval()
-    ds = evaluation.make_dataset("shapes", model, 4)
-    items = ds.load(range(4))
+    ds = evaluation.make_dataset("shapes", model, 2)
+    items = ds.load(range(2))
     x = torch.stack([it.x for it in items])
     labels = torch.tensor([it.label for it in items])
     return model, x, labels
@@ -89,8 +89,7 @@ def test_engine_equals_old_loop_for_every_preset(toy):
     with torch.no_grad():
         pred = model(x).argmax(-1)
     g = torch.Generator().manual_seed(3)
-    maps = {"patchmap": torch.rand(4, 12, 12, generator=g), "pixelmap": torch.rand(4, 96, 96, generator=g),
-            "ties": MF.centre_gaussian(4, (96, 96))}
+    maps = {"patchmap": torch.rand(2, 12, 12, generator=g), "ties": MF.centre_gaussian(2, (96, 96))}
     new = MF.perturbation_curves_many(model, x, maps, RUNS, target=pred, labels=labels, batch_size=64, patch_size=8)
     for name, sal in maps.items():
         for preset, mode in RUNS:
@@ -102,7 +101,7 @@ def test_engine_equals_old_loop_for_every_preset(toy):
 
 def test_single_preset_api_equals_old_loop(toy):
     model, x, labels = toy
-    sal = torch.rand(4, 12, 12, generator=torch.Generator().manual_seed(5))
+    sal = torch.rand(2, 12, 12, generator=torch.Generator().manual_seed(5))
     res = MF.perturbation_curves(model, x, sal, preset="rise", mode="insertion", batch_size=32)
     with torch.no_grad():
         pred = model(x).argmax(-1)
@@ -114,16 +113,16 @@ def test_single_preset_api_equals_old_loop(toy):
 def test_benchmark_table_equals_old_loop(toy):
     """The default metric set of ``vit-explore bench``: AUCs and mean curves as the old loop."""
     model, _x, _labels = toy
-    ds = evaluation.make_dataset("shapes", model, 4)
-    res = evaluation.run_benchmark(model, ds, ["rollout"], baselines=["random", "centre"], batch_size=4, seed=0)
-    items = ds.load(range(4))
+    ds = evaluation.make_dataset("shapes", model, 2)
+    res = evaluation.run_benchmark(model, ds, ["rollout"], baselines=["random", "centre"], batch_size=2, seed=0)
+    items = ds.load(range(2))
     x = torch.stack([it.x for it in items])
     labels = torch.tensor([it.label for it in items])
     with torch.no_grad():
         pred = model(x).float().softmax(-1).argmax(-1)
     maps = {"rollout": vx.explain(model, x, "rollout", target=pred).patch_map.detach().float(),
-            "baseline:random": MF.random_map(range(4), (12, 12), seed=0),
-            "baseline:centre": MF.centre_gaussian(4, (96, 96))}
+            "baseline:random": MF.random_map(range(2), (12, 12), seed=0),
+            "baseline:centre": MF.centre_gaussian(2, (96, 96))}
     for name, sal in maps.items():
         for metric, (preset, mode) in evaluation._CURVES.items():
             if metric not in res.metrics:
