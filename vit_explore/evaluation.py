@@ -376,26 +376,31 @@ def _score_batch(model, items, x, probs, names, metrics, target, threshold, tole
     except VitExploreError:
         grid, ph, pw = (x.shape[-2] // 16, x.shape[-1] // 16), 16, 16
     recs = [{"index": it.index, "skipped": False, "cls": it.cls, "scores": {}, "curves": {}} for it in items]
+    all_maps: dict[str, torch.Tensor] = {}
     for name in names:
         t0 = time.perf_counter()
         try:
-            maps = _method_maps(name, model, x, tgt, indices, grid, seed, params).detach().float()
+            all_maps[name] = _method_maps(name, model, x, tgt, indices, grid, seed, params).detach().float()
         except Exception as exc:  # noqa: BLE001 - one broken method must not end the benchmark
             errors[name] = f"{type(exc).__name__}: {exc}"
             for r in recs:
                 r["scores"][name] = {m: math.nan for m in metrics}
             continue
         timing[name] += time.perf_counter() - t0
+    # every curve of every map shares one stream of forward passes (see perturbation_batch)
+    has_labels = bool((labels >= 0).all())
+    runs = [_CURVES[m] for m in metrics if m in _CURVES and (has_labels or _CURVES[m][0] != "chefer_perturbation")]
+    shared = MF.perturbation_curves_many(model, x, all_maps, runs, target=pred, labels=labels if has_labels else None,
+                                         batch_size=ebs, patch_size=(ph, pw)) if runs and all_maps else {}
+    for name, maps in all_maps.items():
         vals: dict[str, np.ndarray] = {}
         curves: dict[str, np.ndarray] = {}
         for m in metrics:
             if m in _CURVES:
-                preset, mode = _CURVES[m]
-                if preset == "chefer_perturbation" and not bool((labels >= 0).all()):
+                if _CURVES[m] not in runs:
                     vals[m] = np.full(len(items), math.nan)
                     continue
-                res = MF.perturbation_curves(model, x, maps, preset=preset, mode=mode, target=pred, labels=labels,
-                                             batch_size=ebs, patch_size=(ph, pw))
+                res = shared[name][_CURVES[m]]
                 vals[m] = res.auc.cpu().numpy()
                 curves[m] = res.curves.double().cpu().numpy()
         px = _pixel_metrics(maps, gt, [it.cue for it in items], metrics, threshold, tolerance, same_size, grid)

@@ -43,8 +43,9 @@ def attention_flow(trace: Trace, *, start_layer: int = 0, workers: int = 1) -> t
 
     start = check_start_layer(start_layer, trace.num_layers)
     layout = trace.layout
-    a = torch.stack([trace.attn_at(i) for i in range(start, trace.num_layers)], dim=1)  # (B, L', H, N, N)
-    a_hat = row_normalize(add_identity(a.double().mean(dim=2))).cpu().numpy()
+    # head mean per layer in float64, (B, L', N, N): no float64 (or stacked) copy of all heads
+    a = torch.stack([trace.attn_at(i).mean(dim=1, dtype=torch.float64) for i in range(start, trace.num_layers)], 1)
+    a_hat = row_normalize(add_identity(a)).cpu().numpy()
     weights = layout.readout_weights(torch.float64).numpy()
     check_int("workers", workers, 1, 256, fix="processes, e.g. 1 or os.cpu_count()")
     flows = np.stack([layered_max_flow(a_hat[b], weights, workers=workers) for b in range(a_hat.shape[0])])

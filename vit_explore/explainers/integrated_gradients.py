@@ -24,8 +24,11 @@ def ig_schedule(steps: int, rule: Rule) -> tuple[np.ndarray, np.ndarray]:
     """Points ``α_k`` and weights ``w_k`` (summing to 1) of the Riemann rule on [0, 1].
 
     ``"trapezoid"``: ``α_k = k/(steps-1)``, k = 0..steps-1, weights ``1/(steps-1)`` halved at
-    both ends (captum's ``riemann_trapezoid``). ``"right"``: ``α_k = k/steps``, k = 1..steps,
-    weights ``1/steps`` (captum's ``riemann_right``).
+    both ends: the trapezoid rule, weights summing to 1. Captum's ``riemann_trapezoid`` takes
+    the same points but weights ``1/steps`` halved at both ends, which sum to
+    ``(steps-1)/steps``: its attributions are ours times ``(steps-1)/steps`` (0.969 at 32
+    steps), so its completeness gap never closes. ``"right"``: ``α_k = k/steps``,
+    k = 1..steps, weights ``1/steps``, exactly captum's ``riemann_right``.
     """
     if rule == "trapezoid":
         alphas = np.linspace(0.0, 1.0, steps)

@@ -15,6 +15,7 @@ from .perturbation import (
     trapz100_auc,
     unit_trapezoid_auc,
 )
+from .perturbation_batch import perturbation_curves_many
 from .pointing import (
     argmax_points,
     centre_points,
@@ -30,7 +31,7 @@ __all__ = [
     "BASELINES", "PRESETS", "RULES", "SIMILARITIES", "PerturbationCurves", "PerturbationPreset", "SanityResult",
     "area_share", "argmax_points", "baseline_maps", "binarize", "cascade_stages", "centre_gaussian", "centre_points",
     "class_mean_accuracy", "confusion", "cosine", "deletion", "edge_map", "energy_pointing_game", "insertion",
-    "model_randomisation", "otsu_levels", "perturbation_curves", "point_hits", "pointing_game", "preset_auc",
+    "model_randomisation", "otsu_levels", "perturbation_curves", "perturbation_curves_many", "point_hits", "pointing_game", "preset_auc",
     "random_map", "relevance_mass", "relevance_rank", "rise_blur", "rise_gkern", "scores_from_counts",
     "segmentation_scores", "spearman", "spurious_mass", "ssim", "trapz100_auc", "unit_trapezoid_auc",
 ]

@@ -20,7 +20,6 @@ preset                 modes       substrate (deletion/insertion)  score, AUC
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import InputError
-from ._common import as_maps, pool_to_grid, ranks, upsample
 
 Substrate = Literal["zero", "blur", "black"]
 
@@ -212,79 +210,14 @@ def perturbation_curves(
     Returns:
         :class:`PerturbationCurves` with (B, T) curves and (B,) AUCs.
     """
+    from .perturbation_batch import perturbation_curves_many
+
     p = get_preset(preset)
     if mode not in p.modes:
         raise InputError(f"preset {preset!r} has modes {list(p.modes)}, not {mode!r}")
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise InputError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    B, _C, H, W = x.shape
-    sal = as_maps(saliency).to(x.device)
-    if sal.shape[0] != B:
-        raise InputError(f"{sal.shape[0]} maps for {B} images; pass one map per image")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be positive, got {batch_size}")
-
-    clean = _forward(model, x, batch_size)
-    if target is None:
-        tgt = clean.argmax(-1)
-    else:
-        tgt = torch.as_tensor(target, device=x.device).long().reshape(-1).expand(B).clone()
-    if p.score == "accuracy":
-        if labels is None:
-            raise InputError(
-                f"preset {preset!r} measures top-1 accuracy against ground-truth labels; pass labels= (one per image)"
-            )
-        labels = torch.as_tensor(labels, device=x.device).long().reshape(B)
-
-    # ranking positions (0 = most relevant)
-    if p.unit == "patch":
-        ph, pw = _patch_size(model, sal, H, W, patch_size)
-        grid = (H // ph, W // pw)
-        rank_map = pool_to_grid(sal, grid) if tuple(sal.shape[-2:]) != grid else sal.float()
-    else:
-        rank_map = upsample(sal, (H, W))
-    flat = rank_map.reshape(B, -1)
-    if p.name == "chefer_perturbation" and mode == "negative":
-        flat = -flat
-    r = ranks(flat)  # (B, N)
-    N = flat.shape[1]
-
-    if p.fractions is not None:  # one shot per fraction, each from the clean image
-        ks = [int(N * f) for f in p.fractions]
-        xs = torch.tensor(p.fractions, dtype=torch.float64)
-        start, finish = x, substrate_for(p.substrate[mode], x, model, mean, std)
-    else:
-        s = int(step if step is not None else p.step)
-        if s < 1:
-            raise InputError(f"step must be a positive number of {'patches' if p.unit == 'patch' else 'pixels'}, got {s}")
-        n = math.ceil(N / s)
-        ks = [min(i * s, N) for i in range(n + 1)]
-        xs = torch.arange(n + 1, dtype=torch.float64) / n  # RISE plots i / n_steps
-        sub = substrate_for(p.substrate[mode], x, model, mean, std)
-        start, finish = (x, sub) if mode == "deletion" else (sub, x)
-    T = len(ks)
-    k = torch.tensor(ks, device=x.device)
-    img = torch.arange(B, device=x.device).repeat_interleave(T)
-    stp = torch.arange(T, device=x.device).repeat(B)
-    out = torch.empty(B * T, device=x.device, dtype=torch.float32)
-    with torch.no_grad():
-        for i in range(0, B * T, batch_size):
-            ii, ss = img[i : i + batch_size], stp[i : i + batch_size]
-            m = r[ii] < k[ss][:, None]  # (c, N) replaced positions
-            if p.unit == "patch":
-                m = m.reshape(-1, *grid).repeat_interleave(ph, 1).repeat_interleave(pw, 2)
-            m = m.reshape(-1, 1, H, W)
-            xi = torch.where(m, finish[ii], start[ii])
-            logits = model(xi)
-            if p.score == "prob":
-                out[i : i + batch_size] = logits.float().softmax(-1).gather(1, tgt[ii][:, None])[:, 0]
-            else:
-                out[i : i + batch_size] = (logits.argmax(-1) == labels[ii]).float()
-    curves = out.reshape(B, T)
-    return PerturbationCurves(
-        curves=curves, x=xs, auc=preset_auc(curves, xs, p), target=tgt, preset=p.name, mode=mode,
-        lower_is_better=p.modes[mode], extras={"clean_logits": clean},
-    )
+    runs = perturbation_curves_many(model, x, {"map": saliency}, [(preset, mode)], target=target, labels=labels,
+                                    step=step, batch_size=batch_size, patch_size=patch_size, mean=mean, std=std)
+    return runs["map"][(preset, mode)]
 
 
 def deletion(model: nn.Module, x: torch.Tensor, saliency, *, preset: str = "rise", **kw) -> PerturbationCurves:

@@ -1,0 +1,26 @@
+"""Smoke test of bench/bench_peers.py --quick on the embedded toy model (no timing asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_peers_quick_runs_and_prints_the_markdown_table():
+    pytest.importorskip("captum")
+    pytest.importorskip("pytorch_grad_cam")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_peers.py"), "--quick", "--batches", "1", "--attention", "peaky",
+           "--methods", "saliency,grad_cam,chefer_lrp", "--markdown", "--threads", "1"]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| peaky | 1 |")]
+    assert [r.split("|")[3].strip() for r in rows] == ["saliency", "grad_cam", "chefer_lrp"]
+    assert "captum Saliency" in rows[0] and "pytorch-grad-cam GradCAM" in rows[1] and "official" in rows[2]
+    assert "CPU:" in out.stdout and "toy-shapes" in out.stdout
