@@ -53,9 +53,13 @@ def test_bad_inputs_get_their_own_clear_errors(m, xb):
         vx.explain(m, xb, method="rollout", start_layer=5)
 
 
-def test_a_cnn_is_refused_with_a_clear_message(xb):
+def test_a_cnn_is_refused_attention_methods_with_a_clear_message(xb):
     cnn = timm.create_model("resnet18", pretrained=False, num_classes=3)
-    with pytest.raises(UnsupportedModelError, match="expected a timm VisionTransformer.*ResNet"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"'rollout' needs global token-to-token attention, but ResNet is not a transformer.*"
+        r"methods that apply: grad_cam, integrated_gradients, occlusion, rise, saliency",
+    ):
         vx.explain(cnn, xb)
     with pytest.raises(UnsupportedModelError, match="expected a timm VisionTransformer"):
         vx.explain("vit_base_patch16_224", xb)
@@ -66,11 +70,13 @@ def test_unsupported_block_and_pooling_are_named():
         "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
         block_fn=timm.models.vision_transformer.ParallelScalingBlock, num_classes=3,
     )
-    with pytest.raises(UnsupportedModelError, match="block 0 is a ParallelScalingBlock"):
+    with pytest.raises(UnsupportedModelError, match="block 0 is a ParallelScalingBlock.*methods that apply"):
         vx.explain(psb, torch.zeros(1, 3, 32, 32))
     mp = tiny_vit(global_pool="map")
     with pytest.raises(UnsupportedModelError, match="global_pool='map' is not supported"):
         vx.explain(mp, torch.zeros(1, 3, 32, 32))
+    # the model-agnostic methods run on both
+    assert vx.explain(mp, torch.zeros(1, 3, 32, 32), "saliency").patch_map.shape == (1, 4, 4)
 
 
 def test_unknown_and_planned_methods():

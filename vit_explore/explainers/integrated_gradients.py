@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capture.adapters import ViTInfo
-from ..capture.session import Needs, capture
+from ..capture.classifier import ModelInfo
+from ..capture.classifier import capture_any as capture
+from ..capture.session import Needs
 from ..errors import InputError
 from ..inputs import data_config
 from ..targets import TargetLike
@@ -66,7 +67,7 @@ def integrated_gradients(
     x: torch.Tensor,
     *,
     target: TargetLike,
-    info: ViTInfo,
+    info: ModelInfo,
     baseline: str | torch.Tensor = "zero",
     steps: int = 32,
     rule: Rule = "trapezoid",
