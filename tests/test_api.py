@@ -118,6 +118,24 @@ def test_heatmap_is_bilinear_half_pixel_and_normalised(m, xb):
     torch.testing.assert_close(normalize_maps(torch.tensor([[[-2.0, 1.0]]]), "maxabs"), torch.tensor([[[-1.0, 0.5]]]))
 
 
+@pytest.mark.parametrize("method,kw", [("saliency", {}), ("integrated_gradients", {"steps": 3}),
+                                       ("rise", {"n_masks": 8}), ("vit_cx", {})])
+def test_heatmap_is_the_methods_own_pixel_map(m, xb, method, kw):
+    """Methods with a pixel-level map: heatmap() is that map, normalised (not the upsampled
+    patch map); a size other than the input's resizes the pixel map."""
+    ex = vx.explain(m, xb, method, **kw)
+    pixel = ex.extras["pixel_map"]
+    assert pixel.shape == (2, 32, 32)
+    lo = pixel.amin(dim=(1, 2), keepdim=True)
+    hi = pixel.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(ex.heatmap(), (pixel - lo) / (hi - lo))
+    torch.testing.assert_close(ex.heatmap(normalize="none"), pixel)
+    up = torch.nn.functional.interpolate(pixel[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(ex.heatmap(size=64, normalize="none"), up)
+    patch_up = torch.nn.functional.interpolate(ex.patch_map[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    assert not torch.allclose(ex.heatmap(normalize="none"), patch_up)
+
+
 def test_pil_and_uint8_images_are_preprocessed_with_the_models_config(m):
     from vit_explore.inputs import data_config
 

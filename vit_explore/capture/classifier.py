@@ -262,8 +262,7 @@ def _fits(h: int, w: int, H: int, W: int) -> bool:
     if not (1 <= h <= H and 1 <= w <= W):
         return False
     for r in range(1, max(H, W) + 1):
-        hs, ws = {H // r, -(-H // r)}, {W // r, -(-W // r)}
-        if h in hs and w in ws:
+        if (h, w) in ((H // r, W // r), (-(-H // r), -(-W // r))):  # one stride, one rounding
             return True
         if -(-H // r) < h and -(-W // r) < w:
             break
