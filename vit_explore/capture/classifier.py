@@ -244,7 +244,16 @@ def capture_classifier(
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return check_logits(model, model(x))
+    try:
+        out = model(x)
+    except RuntimeError as e:  # e.g. a module that is not an image model at all
+        if isinstance(e, torch.OutOfMemoryError):
+            raise
+        raise UnsupportedModelError(
+            f"{type(model).__name__} failed on an image batch of shape {tuple(x.shape)}: {e}; expected an "
+            "image classifier mapping (B, 3, H, W) to logits (B, classes)"
+        ) from e
+    return check_logits(model, out)
 
 
 def check_logits(model: nn.Module, out: object) -> torch.Tensor:
