@@ -121,3 +121,10 @@ def test_the_model_is_left_as_found_also_after_an_error(method):
 def test_a_module_without_logits_is_named():
     with pytest.raises(UnsupportedModelError, match=r"Conv2d returned Tensor\(1, 3, 30, 30\)"):
         vx.explain(torch.nn.Conv2d(3, 3, 3), torch.zeros(1, 3, 32, 32), "saliency")
+
+
+def test_a_classifier_without_a_head_is_refused():
+    import timm
+
+    with pytest.raises(UnsupportedModelError, match=r"ResNet has no classifier head \(num_classes=0\)"):
+        vx.explain(timm.create_model("resnet18", num_classes=0), torch.zeros(1, 3, 64, 64), "saliency")

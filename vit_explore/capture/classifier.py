@@ -129,6 +129,11 @@ def inspect_classifier(model: nn.Module, vit_error: str = "") -> ClassifierInfo:
     name = type(model).__name__
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected an image classifier (torch.nn.Module), got {name}")
+    if getattr(model, "num_classes", None) == 0:
+        raise UnsupportedModelError(
+            f"{name} has no classifier head (num_classes=0); explanations need class logits. "
+            "Create it with num_classes > 0."
+        )
     red = _reductions(model)
     if not _has_attention(model):
         kind: Kind = "cnn"
