@@ -53,9 +53,13 @@ def test_bad_inputs_get_their_own_clear_errors(m, xb):
         vx.explain(m, xb, method="rollout", start_layer=5)
 
 
-def test_a_cnn_is_refused_with_a_clear_message(xb):
+def test_a_cnn_is_refused_attention_methods_with_a_clear_message(xb):
     cnn = timm.create_model("resnet18", pretrained=False, num_classes=3)
-    with pytest.raises(UnsupportedModelError, match="expected a timm VisionTransformer.*ResNet"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"'rollout' needs global token-to-token attention, but ResNet is not a transformer.*"
+        r"methods that apply: grad_cam, integrated_gradients, occlusion, rise, saliency",
+    ):
         vx.explain(cnn, xb)
     with pytest.raises(UnsupportedModelError, match="expected a timm VisionTransformer"):
         vx.explain("vit_base_patch16_224", xb)
@@ -66,11 +70,13 @@ def test_unsupported_block_and_pooling_are_named():
         "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
         block_fn=timm.models.vision_transformer.ParallelScalingBlock, num_classes=3,
     )
-    with pytest.raises(UnsupportedModelError, match="block 0 is a ParallelScalingBlock"):
+    with pytest.raises(UnsupportedModelError, match="block 0 is a ParallelScalingBlock.*methods that apply"):
         vx.explain(psb, torch.zeros(1, 3, 32, 32))
     mp = tiny_vit(global_pool="map")
     with pytest.raises(UnsupportedModelError, match="global_pool='map' is not supported"):
         vx.explain(mp, torch.zeros(1, 3, 32, 32))
+    # the model-agnostic methods run on both
+    assert vx.explain(mp, torch.zeros(1, 3, 32, 32), "saliency").patch_map.shape == (1, 4, 4)
 
 
 def test_unknown_and_planned_methods():
@@ -110,6 +116,24 @@ def test_heatmap_is_bilinear_half_pixel_and_normalised(m, xb):
     maps = torch.tensor([[[2.0, 4.0]], [[3.0, 3.0]]])
     torch.testing.assert_close(normalize_maps(maps), torch.tensor([[[0.0, 1.0]], [[0.0, 0.0]]]))
     torch.testing.assert_close(normalize_maps(torch.tensor([[[-2.0, 1.0]]]), "maxabs"), torch.tensor([[[-1.0, 0.5]]]))
+
+
+@pytest.mark.parametrize("method,kw", [("saliency", {}), ("integrated_gradients", {"steps": 3}),
+                                       ("rise", {"n_masks": 8}), ("vit_cx", {})])
+def test_heatmap_is_the_methods_own_pixel_map(m, xb, method, kw):
+    """Methods with a pixel-level map: heatmap() is that map, normalised (not the upsampled
+    patch map); a size other than the input's resizes the pixel map."""
+    ex = vx.explain(m, xb, method, **kw)
+    pixel = ex.extras["pixel_map"]
+    assert pixel.shape == (2, 32, 32)
+    lo = pixel.amin(dim=(1, 2), keepdim=True)
+    hi = pixel.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(ex.heatmap(), (pixel - lo) / (hi - lo))
+    torch.testing.assert_close(ex.heatmap(normalize="none"), pixel)
+    up = torch.nn.functional.interpolate(pixel[:, None], size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(ex.heatmap(size=64, normalize="none"), up)
+    patch_up = torch.nn.functional.interpolate(ex.patch_map[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    assert not torch.allclose(ex.heatmap(normalize="none"), patch_up)
 
 
 def test_pil_and_uint8_images_are_preprocessed_with_the_models_config(m):

@@ -340,11 +340,13 @@ def test_bad_input():
     from vit_explore.errors import UnsupportedModelError
 
     for fn in (vi.intervene, vi.causal_score):
-        for not_a_vit in ("not a model", torch.nn.Conv2d(3, 3, 3)):
-            with pytest.raises(UnsupportedModelError, match="timm VisionTransformer"):
-                fn(not_a_vit, x, [0])
-    with pytest.raises(UnsupportedModelError, match="timm VisionTransformer"):
-        vi.counterfactual(torch.nn.Conv2d(3, 3, 3), x)
+        with pytest.raises(UnsupportedModelError, match="timm VisionTransformer"):
+            fn("not a model", x, [0])
+        # any nn.Module is taken as an image classifier, and told when it does not return logits
+        with pytest.raises(UnsupportedModelError, match=r"logits \(B, classes\).*Conv2d returned Tensor\(\d+, 3, 30, 30\)"):
+            fn(torch.nn.Conv2d(3, 3, 3), x, [0])
+    with pytest.raises(UnsupportedModelError, match=r"Conv2d returned Tensor"):
+        vi.counterfactual(torch.nn.Conv2d(3, 3, 3), x, order_by=torch.zeros(1, 1))
     with pytest.raises(InputError, match=r"order_by map must have shape \(4, 4\) or \(2, 4, 4\)"):
         vi.counterfactual(model, input_for(model, batch=2), order_by=torch.zeros(3, 4, 4))
     with pytest.raises(InputError, match="target 99 is out of range"):

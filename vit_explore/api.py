@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._checks import check_model
-from .capture.adapters import inspect_vit
+from .capture.classifier import MODEL_AGNOSTIC, ClassifierInfo, capture_classifier, inspect_model, not_defined
 from .capture.session import Needs, capture
 from .errors import UnsupportedModelError
 from .explainers._registry import ExplainerResult, get_explainer
@@ -24,10 +24,14 @@ def explain(
     target: TargetLike = None,
     **params: Any,
 ) -> Explanation:
-    """Explain the predictions of a timm ViT on a batch of images.
+    """Explain the predictions of a timm ViT (or, for the model-agnostic methods, of any
+    image classifier) on a batch of images.
 
     Args:
-        model: any timm ``VisionTransformer`` (CLS, distilled, register tokens, average pool).
+        model: any timm ``VisionTransformer`` (CLS, distilled, register tokens, average pool);
+            for ``saliency``, ``integrated_gradients``, ``occlusion``, ``rise`` and ``grad_cam``
+            any ``nn.Module`` mapping (B, 3, H, W) to (B, classes) (CNNs, hierarchical
+            transformers), explained on an analysis grid (``vit_explore.capture.classifier``).
         x: a preprocessed (B, 3, H, W) float tensor, or a PIL image / (H, W, 3) uint8 array
             (or a list of them), then preprocessed with the model's own data config.
         method: a key of ``list_methods()``.
@@ -46,11 +50,20 @@ def explain(
     bound = spec.bind(params)
     target = class_index(model, target)
     try:
-        info = inspect_vit(model)
+        info = inspect_model(model)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"method {method!r} cannot run on this model: {e}") from None
+    if isinstance(info, ClassifierInfo) and method not in MODEL_AGNOSTIC:
+        raise not_defined(info, f"method {method!r}")
     xb = as_batch(model, x)
-    if spec.kind == "trace":  # capture() validates the batch itself
+    if spec.kind == "trace" and isinstance(info, ClassifierInfo):
+        needs = spec.needs_for(bound)
+        trace = capture_classifier(
+            model, xb, input_grad=needs.input_grad, target=target, score=bound.get("score", "logit"), info=info
+        )
+        out = spec.fn(trace, **bound)
+        logits, tgt, layout = trace.logits, trace.target, trace.layout
+    elif spec.kind == "trace":  # capture() validates the batch itself
         trace = capture(model, xb, spec.needs_for(bound), target=target, score=bound.get("score", "logit"), info=info)
         out = spec.fn(trace, **bound)
         logits, tgt, layout = trace.logits, trace.target, trace.layout
@@ -90,5 +103,8 @@ def attention_maps(
     from .explainers.raw_attention import attention_stack
 
     check_model(model)
+    info = inspect_model(model)
+    if isinstance(info, ClassifierInfo):
+        raise not_defined(info, "attention_maps")
     trace = capture(model, as_batch(model, x), Needs(attn=True))
     return attention_stack(trace, query)

@@ -57,7 +57,12 @@ class Explanation:
         return self.logits.softmax(dim=-1)
 
     def heatmap(self, size: tuple[int, int] | int | None = None, normalize: Normalize = "minmax") -> torch.Tensor:
-        """Upsampled map (B, H, W): bilinear with ``align_corners=False``, then normalised per image.
+        """Pixel-level map (B, H, W), normalised per image.
+
+        A method that computes its own pixel map (``extras["pixel_map"]``: saliency,
+        integrated gradients, RISE, ViT-CX) gives that map (resized bilinearly only when
+        ``size`` differs from the input); a patch-level map is upsampled bilinearly with
+        ``align_corners=False``.
 
         Args:
             size: output (H, W); default the input image size.
@@ -68,9 +73,15 @@ class Explanation:
             size = self.layout.input_size
         elif isinstance(size, int):
             size = (size, size)
-        up = F.interpolate(self.patch_map[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[
-            :, 0
-        ]
+        pixel = self.extras.get("pixel_map")
+        own = (
+            isinstance(pixel, torch.Tensor) and pixel.ndim == 3 and pixel.shape[0] == len(self)
+            and tuple(pixel.shape[1:]) == tuple(self.layout.input_size)
+        )
+        m = pixel if own else self.patch_map
+        if own and tuple(m.shape[1:]) == tuple(size):
+            return normalize_maps(m.float(), normalize)
+        up = F.interpolate(m[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
         return normalize_maps(up, normalize)
 
 

@@ -30,7 +30,8 @@ from torch import nn
 from ._checks import as_tensor, check_bool, check_float, check_int, check_seed
 from ._recent import RecentTensors
 from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits
-from .capture.adapters import ViTInfo, grid_for, inspect_vit
+from .capture.adapters import inspect_vit
+from .capture.classifier import ClassifierInfo, ModelInfo, check_logits, inspect_model, layout_any, not_token_mode
 from .capture.state import scan as _scan_model
 from .errors import CaptureError, InputError, suggest
 from .inputs import check_finite, check_tensor
@@ -197,7 +198,7 @@ class Counterfactual:
 
 @dataclass(frozen=True)
 class _Setup:
-    info: ViTInfo
+    info: ModelInfo  # a ViT, or any classifier (pixel modes only; its grid is the analysis grid)
     x: torch.Tensor  # (B, 3, H, W) checked
     grid: tuple[int, int]
     token: int  # names the content of x for the caches (see _image_token)
@@ -215,7 +216,7 @@ def _setup(model: nn.Module, x: torch.Tensor, fp: tuple | None = None) -> _Setup
             ref = _SETUP.get("model")
             if ref is not None and ref() is model and _SETUP["fp"] == fp and _same_tensor(_SETUP["raw"], x):
                 return _SETUP["setup"]
-    info = inspect_vit(model)
+    info = inspect_model(model)
     xc = check_tensor(info, x, model, finite=False)
     token = _image_token(xc)
     if _LAST_X.get("finite") != token:  # a batch equal to one already checked is finite (NaN != NaN)
@@ -223,7 +224,7 @@ def _setup(model: nn.Module, x: torch.Tensor, fp: tuple | None = None) -> _Setup
         with _CACHE_LOCK:
             _LAST_X["finite"] = token
     H, W = xc.shape[-2:]
-    setup = _Setup(info, xc, grid_for(info, H, W), token)
+    setup = _Setup(info, xc, layout_any(info, H, W).grid, token)
     if fp is not None:
         with _CACHE_LOCK:
             # the copy _image_token just kept is x's own content unless check_tensor moved or cast x
@@ -543,7 +544,7 @@ def _base_for(model: nn.Module, x: torch.Tensor, token: int, fp: tuple, batch_si
     """``base_logits`` of ``x`` when its content token is known (a ``_Setup`` has it)."""
     logits = _cached_base(model, token, fp)
     if logits is None:
-        logits = forward_logits(model, x, batch_size)
+        logits = check_logits(model, forward_logits(model, x, batch_size))
         _store_base(model, token, logits, fp)
     return logits
 
@@ -611,7 +612,7 @@ def run_regions(
     if mode != "drop":
         S = _cached_substrate(x, token, mode, seed=seed, sigma=sigma, blur_size=blur_size, blur_sigma=blur_sigma)
         fed = _blend(s, regions, img_idx, S)
-        out = forward_logits(model, torch.cat([x, fed]) if need_base else fed, batch_size, mods)
+        out = check_logits(model, forward_logits(model, torch.cat([x, fed]) if need_base else fed, batch_size, mods))
         if need_base:
             base, out = out[: x.shape[0]], out[x.shape[0] :]
             _store_base(model, token, base, fp)
@@ -728,6 +729,8 @@ def intervene(
     check_int("topk", topk, 1, fix="how many top classes to report, e.g. 5")
     mods, fp = scan(model)
     s = _setup(model, x, fp)
+    if mode == "drop" and isinstance(s.info, ClassifierInfo):
+        raise not_token_mode(s.info)
     B = s.x.shape[0]
     cells = _index_cells(patches, s.grid) if mode == "drop" and B == 1 else None
     if cells is not None:  # one brush dropped from one image: the region stays a Python list until asked for
@@ -895,6 +898,8 @@ def counterfactual(
                          batch_size=batch_size)
     check_bool("prune", prune)
     s = _setup(model, x)
+    if mode == "drop" and isinstance(s.info, ClassifierInfo):
+        raise not_token_mode(s.info)
     B = s.x.shape[0]
     gh, gw = s.grid
     P = gh * gw

@@ -908,6 +908,13 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
     recomputeBox.checked = !!model.get("recompute");
     const mode = model.get("mode") as string;
     for (const b of modeBtns) b.setAttribute("aria-checked", String(b.dataset.mode === mode));
+    // a model without token attention (CNN, hierarchical transformer): no layer/head controls,
+    // no head grid, no CLS row, no token drop
+    const tokens = model.get("token_attention") !== false;
+    for (const el of [layerR.input.parentElement, headR.input.parentElement, clsBtn, headsHead, heads]) {
+      if (el) el.hidden = !tokens;
+    }
+    for (const b of modeBtns) if (b.dataset.mode === "drop") b.hidden = !tokens;
     for (const b of toolBtns) b.setAttribute("aria-checked", String(b.dataset.tool === tool));
     const ni = model.get("num_images") as number;
     const ii = model.get("image_index") as number;

@@ -605,3 +605,31 @@ def test_every_method_has_a_one_line_description(toy, imgs):
     w = Explorer(toy, imgs)
     for m, info in w.method_info.items():
         assert 40 < len(info["about"]) < 260 and "\n" not in info["about"], m
+
+
+def test_explorer_on_a_model_without_token_attention():
+    """A CNN opens with the model-agnostic methods only, no attention controls, no drop mode."""
+    from vit_explore.capture.classifier import MODEL_AGNOSTIC
+    from vit_explore.errors import UnsupportedModelError
+
+    from ..agnostic_models import agnostic_input, agnostic_model
+
+    model, x = agnostic_model("resnet"), agnostic_input("resnet", batch=2)
+    w = Explorer(model, x)
+    assert w.token_attention is False
+    assert w.methods == [m for m in vx.list_methods() if m in MODEL_AGNOSTIC] and w.method == w.methods[0]
+    assert w.grid == [3, 2]
+    with torch.no_grad():
+        p = model(x[:1]).softmax(-1)[0]
+    assert [d["index"] for d in w.topk] == p.topk(w._k).indices.tolist()
+    with pytest.raises(UnsupportedModelError, match="mode 'drop' removes patch tokens"):
+        w.mode = "drop"
+    w.method = "saliency"
+    assert w.wait()
+    ex = w.explanation
+    ref = vx.explain(model, x[:1], "saliency", target=w.target)
+    torch.testing.assert_close(ex.patch_map, ref.patch_map)
+    assert ex.patch_map.shape == (1, 3, 2) and not w.errors
+    with pytest.raises(UnsupportedModelError, match=r"'rollout' needs global token-to-token attention.*ResNet"):
+        Explorer(model, x, methods=["saliency", "rollout"])
+    assert Explorer(tiny_vit(), input_for(tiny_vit(), batch=1)).token_attention is True

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..capture.adapters import ViTInfo
+from ..capture.classifier import ClassifierInfo, cam_layout, layer_pass
 from ..capture.layout import TokenLayout
 from ..capture.session import Needs, capture
 from ..errors import InputError
@@ -69,7 +70,8 @@ def grad_cam_map(act: torch.Tensor, grad: torch.Tensor, layout: TokenLayout, nam
     reference="jacobgil/pytorch-grad-cam (GradCAM, target_layers=[model.blocks[-1].norm1], vit_reshape_transform)",
 )
 def grad_cam(
-    model: nn.Module, x: torch.Tensor, *, target: TargetLike, info: ViTInfo, layer: int | str = -1
+    model: nn.Module, x: torch.Tensor, *, target: TargetLike, info: ViTInfo | ClassifierInfo,
+    layer: int | str | None = None,
 ) -> ExplainerResult:
     """Grad-CAM on the token features entering block ``layer`` (default: the last block).
 
@@ -78,13 +80,28 @@ def grad_cam(
     a CLS model give zero maps; for average-pool models ``layer="blocks.-1"`` (the last
     block's output) is valid too.
 
+    Any other image classifier (CNN, hierarchical transformer): ``layer`` names a module
+    whose output is (B, C, h, w), (B, h, w, C) or tokens (B, N, C) on a grid of the input
+    (``capture.classifier.spatial_layout``); the default is the last such module whose grid
+    positions get a gradient (ResNet ``layer4``, ConvNeXt ``stages.3``, Swin ``norm``). The
+    map lies on that layer's (h, w) grid, and so does the Explanation's layout (cells of
+    ``ceil(H/h) x ceil(W/w)`` pixels).
+
     Args:
-        layer: block index (its ``norm1`` output) or a module name (``"blocks.-1.norm1"``).
+        layer: block index (its ``norm1`` output) or a module name (``"blocks.-1.norm1"``);
+            None: the last block for a ViT, the default above for another classifier.
 
     Returns:
         ``ExplainerResult`` with the raw (B, gh, gw) CAM and ``extras["layer"]``, the module used.
     """
-    name = resolve_layer(layer, info.num_layers)
+    if isinstance(info, ClassifierInfo):
+        name, act, grad, sp, logits, tgt = layer_pass(model, x, layer, target=target, info=info)  # type: ignore[arg-type]
+        alpha = grad.mean(dim=(1, 2))  # (B, C)
+        cam = torch.einsum("bhwc,bc->bhw", act, alpha).clamp(min=0)
+        return ExplainerResult(
+            cam, extras={"layer": name}, logits=logits, target=tgt, layout=cam_layout(sp, *x.shape[-2:])
+        )
+    name = resolve_layer(-1 if layer is None else layer, info.num_layers)
     trace = capture(model, x, Needs(activations=(name,), activation_grads=True), target=target, info=info)
     cam = grad_cam_map(trace.activations[name], trace.activation_grads[name], trace.layout, name)
     return ExplainerResult(cam, extras={"layer": name}, logits=trace.logits, target=trace.target, layout=trace.layout)

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from .._checks import MAX_PASSES, check_int
-from ..capture.adapters import ViTInfo
-from ..capture.session import Needs, capture
+from ..capture.classifier import ModelInfo
+from ..capture.classifier import capture_any as capture
+from ..capture.session import Needs
 from ..errors import InputError
 from ..inputs import data_config
 from ..targets import TargetLike
@@ -70,7 +71,7 @@ def integrated_gradients(
     x: torch.Tensor,
     *,
     target: TargetLike,
-    info: ViTInfo,
+    info: ModelInfo,
     baseline: str | torch.Tensor = "zero",
     steps: int = 32,
     rule: Rule = "trapezoid",

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..capture.adapters import ViTInfo, layout_for
+from ..capture.classifier import ClassifierInfo, ModelInfo, layout_any, not_token_mode
 from ..errors import InputError
 from ..interventions import MODES, _setup, base_logits, run_regions
 from ..targets import TargetLike, resolve_target
@@ -44,7 +44,7 @@ def occlusion(
     x: torch.Tensor,
     *,
     target: TargetLike,
-    info: ViTInfo,
+    info: ModelInfo,
     window: int = 1,
     stride: int = 1,
     mode: str = "zero",
@@ -69,7 +69,9 @@ def occlusion(
         raise InputError(f"unknown mode {mode!r}{suggest(str(mode), MODES)} (modes: {', '.join(MODES)})")
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
-    st = _setup(model, x, info)
+    st = _setup(model, x)
+    if mode == "drop" and isinstance(st.info, ClassifierInfo):
+        raise not_token_mode(st.info)
     gh, gw = st.grid
     for name, v in (("window", window), ("stride", stride)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -106,5 +108,5 @@ def occlusion(
         extras={"window_scores": drop.to(torch.float32), "windows": W},
         logits=base,
         target=tgt,
-        layout=layout_for(info, H, Wd),
+        layout=layout_any(info, H, Wd),
     )

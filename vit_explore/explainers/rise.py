@@ -20,7 +20,7 @@ from torch import nn
 
 from .._checks import MAX_PASSES, check_int
 from ..capture.ablation import forward_logits
-from ..capture.adapters import ViTInfo, layout_for
+from ..capture.classifier import ModelInfo, check_logits, layout_any
 from ..errors import InputError
 from ..targets import TargetLike, resolve_target
 from ._registry import ExplainerResult, register_explainer
@@ -91,7 +91,7 @@ def rise(
     x: torch.Tensor,
     *,
     target: TargetLike,
-    info: ViTInfo,
+    info: ModelInfo,
     n_masks: int = 6000,
     s: int = 8,
     p1: float = 0.1,
@@ -118,7 +118,7 @@ def rise(
     if not 0 < float(p1) <= 1:
         raise InputError(f"p1 must be in (0, 1], got {p1}")
     B, _, H, W = x.shape
-    logits = forward_logits(model, x)
+    logits = check_logits(model, forward_logits(model, x))
     tgt = resolve_target(target, logits)
     grid, shifts = generate_masks(n_masks, s, float(p1), (H, W), seed)
     sal = torch.zeros(B, H * W, dtype=torch.float64, device=x.device)
@@ -132,7 +132,7 @@ def rise(
         pc = p[:, rows, tgt].to(torch.float64)  # (n, B)
         sal += pc.T @ m.reshape(n, -1).to(torch.float64)
     sal = (sal / (n_masks * float(p1))).reshape(B, H, W).to(torch.float32)
-    layout = layout_for(info, H, W)
+    layout = layout_any(info, H, W)
     return ExplainerResult(
         patch_map=layout.pool_pixels(sal, "mean"),
         extras={"pixel_map": sal, "n_masks": n_masks, "s": s, "p1": float(p1)},

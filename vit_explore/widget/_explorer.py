@@ -35,7 +35,14 @@ from torch import nn
 
 from .._files import write_text_atomically
 from ..api import explain
-from ..capture.adapters import inspect_vit
+from ..capture.classifier import (
+    MODEL_AGNOSTIC,
+    ClassifierInfo,
+    capture_classifier,
+    inspect_model,
+    not_defined,
+    not_token_mode,
+)
 from ..capture.session import Needs, capture
 from ..errors import InputError, UnknownMethodError, suggest
 from ..explainers import get_explainer, list_methods
@@ -187,6 +194,9 @@ class Explorer(anywidget.AnyWidget):
     method_info = t.Dict().tag(sync=True)
     num_layers = t.Int(1).tag(sync=True)
     num_heads = t.Int(1).tag(sync=True)
+    #: False for a classifier without global token-to-token attention (CNN, hierarchical
+    #: transformer): only the model-agnostic methods, no layer / head controls, no ``drop``
+    token_attention = t.Bool(True).tag(sync=True)
     grid = t.List(t.Int()).tag(sync=True)
     num_images = t.Int(1).tag(sync=True)
     class_names = t.List(t.Unicode()).tag(sync=True)
@@ -237,12 +247,21 @@ class Explorer(anywidget.AnyWidget):
         topk: int = 5,
         title: str = "",
     ) -> None:
-        info = inspect_vit(model)
+        info = inspect_model(model)
+        tokens = not isinstance(info, ClassifierInfo)
         x = self._as_images(model, images)
         x = check_tensor(info, x, model)
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise InputError(f"topk must be a positive int, got {topk!r}")
         names = self._check_methods(methods)
+        if not tokens:
+            assert isinstance(info, ClassifierInfo)
+            if methods is None:
+                names = [m for m in names if m in MODEL_AGNOSTIC]
+            bad = [m for m in names if m not in MODEL_AGNOSTIC]
+            if bad:
+                raise not_defined(info, f"method {bad[0]!r}")
+        self._info = info
         cfg = data_config(model)
         C = info.num_classes
         labels = self._class_names(model, class_names, C)
@@ -285,6 +304,7 @@ class Explorer(anywidget.AnyWidget):
             },
             num_layers=first["num_layers"],
             num_heads=first["num_heads"],
+            token_attention=tokens,
             grid=list(layout.grid),
             num_images=int(x.shape[0]),
             class_names=labels,
@@ -423,6 +443,8 @@ class Explorer(anywidget.AnyWidget):
         v = proposal["value"]
         if v not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {v!r}{suggest(v, MODES)}")
+        if v == "drop" and isinstance(self._info, ClassifierInfo):
+            raise not_token_mode(self._info)
         return v
 
     @_state.validator("compare_methods")
@@ -472,11 +494,14 @@ class Explorer(anywidget.AnyWidget):
         with self._lock:
             if i in self._images:
                 return self._images[i]
-            tr = capture(self._model, self._x[i : i + 1], Needs(attn=True))
+            if isinstance(self._info, ClassifierInfo):  # no attention to show: logits and grid only
+                tr = capture_classifier(self._model, self._x[i : i + 1], input_grad=False, info=self._info)
+            else:
+                tr = capture(self._model, self._x[i : i + 1], Needs(attn=True))
             self.stats["forward"] += 1
             layout = tr.layout
             layers = []
-            for a in tr.attn:
+            for a in tr.attn or ():
                 rows = ser.attention_layer_rows(a[0].to(torch.float32), layout)
                 layers.append(ser.quantize_rows(rows))
             probs = tr.logits[0].detach().to(torch.float32).softmax(-1).cpu()
@@ -486,8 +511,8 @@ class Explorer(anywidget.AnyWidget):
                 "probs": probs,
                 "top": int(probs.argmax()),
                 "attn": layers,
-                "num_layers": len(layers),
-                "num_heads": int(tr.attn[0].shape[1]),
+                "num_layers": max(1, len(layers)),
+                "num_heads": int(tr.attn[0].shape[1]) if tr.attn else 1,
             }
             self._images[i] = d
             return d

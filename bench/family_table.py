@@ -1,0 +1,179 @@
+"""The family x method table, built by running every method on one tiny random-weight timm model per family.
+
+Each cell is what the code does, never typed by hand: ``runs`` (a finite map on the
+Explanation's grid, or for ``intervene`` finite logits), ``not defined: <reason>`` (the
+UnsupportedModelError / InputError actually raised, shortened to its reason), or ``crash:
+<error>`` (any other exception: a bug). Exactness against references is what the tests
+check; this table reports coverage.
+
+    PYTHONPATH=. python bench/family_table.py            # markdown table on stdout
+    PYTHONPATH=. python bench/family_table.py --readme   # also replace the block in README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import timm
+import torch
+
+import vit_explore as vx
+from vit_explore.errors import InputError, UnsupportedModelError
+
+SMALL = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
+
+#: family -> (timm name, constructor overrides, input size)
+FAMILIES: dict[str, tuple[str, dict, int]] = {
+    "ViT": ("vit_tiny_patch16_224", SMALL, 32),
+    "ViT registers + GAP": ("vit_base_patch16_reg4_gap_256", SMALL, 32),
+    "DeiT": ("deit_tiny_patch16_224", SMALL, 32),
+    "DeiT distilled": ("deit_tiny_distilled_patch16_224", SMALL, 32),
+    "DeiT III": ("deit3_small_patch16_224", SMALL, 32),
+    "FlexiViT": ("flexivit_small", SMALL, 32),
+    "DINOv2": ("vit_small_patch14_dinov2", SMALL, 32),
+    "DINOv2 + registers": ("vit_small_patch14_reg4_dinov2", SMALL, 32),
+    "CLIP": ("vit_base_patch16_clip_224", SMALL, 32),
+    "SigLIP (GAP)": ("vit_base_patch16_siglip_gap_224", SMALL, 32),
+    "SigLIP (MAP head)": ("vit_base_patch16_siglip_224", SMALL, 32),
+    "EVA": ("eva_giant_patch14_224", SMALL, 32),
+    "EVA-02": ("eva02_tiny_patch14_224", SMALL, 32),
+    "BEiT": ("beit_base_patch16_224", SMALL, 32),
+    "BEiT v2": ("beitv2_base_patch16_224", SMALL, 32),
+    "ViT relpos": ("vit_relpos_small_patch16_224", SMALL, 32),
+    "ViT srelpos": ("vit_srelpos_small_patch16_224", SMALL, 32),
+    "ViT RoPE": ("vit_base_patch16_rope_224", SMALL, 32),
+    "DINOv3": ("vit_base_patch16_dinov3", SMALL, 32),
+    "CaiT": ("cait_xxs24_224", {"img_size": 32, "patch_size": 8, "depth": 2, "depth_token_only": 1,
+                                "embed_dim": 32, "num_heads": 2}, 32),
+    "XCiT": ("xcit_nano_12_p16_224", {"img_size": 64, "depth": 2}, 64),
+    "SAM ViT": ("samvit_base_patch16", {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32,
+                                        "num_heads": 2, "global_attn_indexes": (1,), "window_size": 2,
+                                        "neck_chans": 16}, 32),
+    "NaFlexViT": ("naflexvit_base_patch16_gap", {"depth": 2, "embed_dim": 32, "num_heads": 2}, 64),
+    "ConViT": ("convit_tiny", {"img_size": 32, "patch_size": 8, "depth": 2, "local_up_to_layer": 1}, 32),
+    "LeViT": ("levit_128s", {"img_size": 128}, 128),
+    "Swin": ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4, "depths": (1, 1, 1, 1),
+                                               "embed_dim": 24, "num_heads": (1, 2, 2, 4)}, 64),
+    "PiT": ("pit_ti_224", {"img_size": 64}, 64),
+    "VOLO": ("volo_d1_224", {}, 64),
+    "MViTv2": ("mvitv2_tiny", {}, 64),
+    "Hiera": ("hiera_tiny_224", {"img_size": 64, "embed_dim": 24, "num_heads": 1, "stages": (1, 1, 1, 1)}, 64),
+    "ResNet": ("resnet18", {}, 64),
+    "ConvNeXt": ("convnext_atto", {"depths": (1, 1, 1, 1)}, 64),
+}
+
+#: cheap parameters, so that the table is about coverage and not run time
+PARAMS: dict[str, dict] = {
+    "integrated_gradients": {"steps": 2}, "rise": {"n_masks": 8}, "attention_flow": {},
+}
+INTERVENE = ("intervene (noise)", "intervene (drop)")
+
+
+def build(name: str, overrides: dict) -> torch.nn.Module:
+    """A seeded random-weight model; the constructor overrides that it does not accept are dropped
+    (VOLO and MViTv2 are built from their classes with small stages)."""
+    torch.manual_seed(0)
+    if name == "volo_d1_224":
+        from timm.models.volo import VOLO
+
+        return VOLO(layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2), img_size=64,
+                    num_classes=5).eval()
+    if name == "mvitv2_tiny":
+        from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
+
+        return MultiScaleVit(MultiScaleVitCfg(depths=(1, 1, 1, 1), embed_dim=24), img_size=64, num_classes=5).eval()
+    kw = dict(overrides)
+    while True:
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=5, **kw).eval()
+        except TypeError as e:
+            bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if bad is None or bad.group(1) not in kw:
+                raise
+            kw.pop(bad.group(1))
+
+
+def _short(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    msg = re.sub(r"^method '[\w]+' (cannot run on this model: )?", "", msg)
+    msg = msg.split("; methods that apply")[0].split("; use a pixel mode")[0]
+    return (msg[:157] + "...") if len(msg) > 160 else msg
+
+
+def cell(model: torch.nn.Module, x: torch.Tensor, method: str) -> str:
+    try:
+        if method in INTERVENE:
+            iv = vx.intervene(model, x, [0], mode="drop" if "drop" in method else "noise")
+            ok = bool(torch.isfinite(iv.logits).all())
+        else:
+            ex = vx.explain(model, x, method, **PARAMS.get(method, {}))
+            ok = ex.patch_map.shape == (x.shape[0], *ex.layout.grid) and bool(torch.isfinite(ex.patch_map).all())
+        return "runs" if ok else "crash: non-finite or misshapen map"
+    except (UnsupportedModelError, InputError) as e:
+        return f"not defined: {_short(e)}"
+    except Exception as e:  # noqa: BLE001 - a crash is reported in the table, as it is
+        return f"crash: {type(e).__name__}: {_short(e)}"
+
+
+def table(families: dict[str, tuple[str, dict, int]], methods: list[str], out=sys.stderr) -> str:
+    cols = [*methods, *INTERVENE]
+    lines = ["| family (timm model) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    notes: dict[str, int] = {}
+    for fam, (name, kw, size) in families.items():
+        try:
+            model = build(name, kw)
+        except Exception as e:  # noqa: BLE001
+            lines.append(f"| {fam} (`{name}`) | " + " | ".join(["model not built: " + _short(e)] * len(cols)) + " |")
+            continue
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        row = []
+        for m in cols:
+            c = cell(model, x, m)
+            if c.startswith(("not defined: ", "crash: ")):
+                key = c  # long reasons go to numbered notes under the table
+                notes.setdefault(key, len(notes) + 1)
+                c = f"{c.split(':')[0]} [{notes[key]}]"
+            row.append(c)
+        print(f"{fam}: {sum(c == 'runs' for c in row)}/{len(cols)} run", file=out)
+        lines.append(f"| {fam} (`{name}`) | " + " | ".join(row) + " |")
+    lines.append("")
+    lines += [f"{i}. {k}" for k, i in notes.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--readme", action="store_true", help="replace the block between <!-- family-table --> markers")
+    ap.add_argument("--families", help="comma-separated subset of the families")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    fams = FAMILIES
+    if args.families:
+        wanted = [f.strip() for f in args.families.split(",")]
+        unknown = [f for f in wanted if f not in FAMILIES]
+        if unknown:
+            ap.error(f"unknown families {unknown}; choose from {list(FAMILIES)}")
+        fams = {f: FAMILIES[f] for f in wanted}
+    md = table(fams, vx.list_methods())
+    print(md)
+    if args.readme:
+        path = Path(__file__).resolve().parents[1] / "README.md"
+        text = path.read_text()
+        marker = "<!-- family-table -->"
+        parts = text.split(marker)
+        if len(parts) != 3:
+            print(f"README.md needs exactly two {marker} lines", file=sys.stderr)
+            return 1
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(parts[0] + marker + "\n" + md + "\n" + marker + parts[2])
+        tmp.replace(path)  # nothing half-written
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
