@@ -17,7 +17,7 @@ from typing import Any
 
 import traitlets as t
 
-from ..errors import InputError, UnknownMethodError
+from ..errors import InputError, UnknownMethodError, UnsupportedModelError
 
 #: Traits the front end sets (view state). Everything else is computed by Python and only
 #: sent to the front end; an update of it from the front end is refused. A new trait the
@@ -37,12 +37,18 @@ class UnknownMethodStateError(UnknownMethodError, t.TraitError):
     """A method key the Explorer does not offer, as a ``TraitError``."""
 
 
+class UnsupportedModelStateError(UnsupportedModelError, t.TraitError):
+    """A value the model cannot support (``drop`` on a CNN), as a ``TraitError``."""
+
+
 def as_state_error(exc: BaseException) -> t.TraitError:
     """``exc`` as a ``TraitError`` that keeps its project class and message."""
     if isinstance(exc, t.TraitError):
         return exc
     if isinstance(exc, UnknownMethodError):
         return UnknownMethodStateError(str(exc))
+    if isinstance(exc, UnsupportedModelError):
+        return UnsupportedModelStateError(str(exc))
     return StateError(str(exc))
 
 
