@@ -83,7 +83,7 @@ def main() -> None:
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     f = med["fwd"] / a.eval_batch
     # distinct images per input: each curve's inner steps, plus clean and substrates (shared)
-    new_fwd = len(maps) * sum(T[r] - 2 for r in runs) + 2 + 2 / B
+    new_fwd = len(maps) * sum(T[r] - (1 if r[0] == "chefer_perturbation" else 2) for r in runs) + 2 + 2 / B
     print(f"toy-shapes {H}x{W}, {B} images, {len(maps)} maps, runs {runs}, {torch.get_num_threads()} threads,"
           f" medians of {a.repeats} interleaved repeats")
     print(f"model forward: {f * 1e3:.3f} ms/img at batch {a.eval_batch}")
