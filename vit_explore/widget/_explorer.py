@@ -42,6 +42,7 @@ from ..explainers import get_explainer, list_methods
 from ..explanation import Explanation
 from ..inputs import ImageLike, as_batch, check_tensor, data_config
 from . import _serialize as ser
+from ._teaching import Teaching, TeachingTraits
 
 STATIC = Path(__file__).resolve().parent / "static"
 MODES = ("noise", "blur", "mean", "zero", "drop")
@@ -133,7 +134,7 @@ class _Worker:
         return True
 
 
-class Explorer(anywidget.AnyWidget):
+class Explorer(TeachingTraits, anywidget.AnyWidget):
     """Interactive explanations of a timm ViT on a few images (JupyterLab 4, Notebook 7, VS Code, Colab).
 
     Args:
@@ -146,6 +147,8 @@ class Explorer(anywidget.AnyWidget):
         params: per-method parameters, ``{"rollout": {"start_layer": 1}}``.
         topk: how many classes the prediction panel lists.
         title: a caption (shown as text).
+        tour: a guided tour, a list of step dicts (see ``vit_explore.widget._teaching.check_tour``),
+            or ``"default"`` for the workshop tour (patches to class); None: no tour.
 
     State readable and settable from Python: ``method``, ``layer``, ``head`` (-1: mean of
     heads), ``query`` (-1: the CLS row, else a patch whose attention row is shown),
@@ -213,6 +216,7 @@ class Explorer(anywidget.AnyWidget):
         params: Mapping[str, Mapping[str, Any]] | None = None,
         topk: int = 5,
         title: str = "",
+        tour: Sequence[Mapping[str, Any]] | str | None = None,
     ) -> None:
         info = inspect_vit(model)
         x = self._as_images(model, images)
@@ -281,6 +285,7 @@ class Explorer(anywidget.AnyWidget):
         self.observe(self._on_image, names=["image_index"])
         self.observe(self._on_brush, names=["brushed", "mode", "keep"])
         self.on_msg(self._on_msg)
+        self._teaching = Teaching(self, tour)  # logit lens, similarity, head attribution, patching, tour
         self._schedule_map()
 
     # ------------------------------------------------------------------ validation
@@ -926,6 +931,8 @@ class Explorer(anywidget.AnyWidget):
             self.find_counterfactual()
         elif kind == "curves":
             self.compute_curves()
+        elif self._teaching.handle(content):
+            pass
         elif kind == "ping":  # an empty round trip (bench/bench_explorer.py's baseline)
             self.send({"kind": "pong", "id": content.get("id")})
 
