@@ -4,6 +4,7 @@ import { colorize, COLORMAPS, DEFAULT_DIVERGING, DEFAULT_SEQUENTIAL, DIVERGING, 
 import { applyMask, maskAt, maskOrder, polylinePoints, type Box } from "./charts";
 import { attnRow, bytesOf, decodeMap, type MapPayload } from "./decode";
 import type { CachedMap, Store } from "./store";
+import { renderTeaching } from "./teaching";
 
 /** The subset of the anywidget model API we use (the standalone shim implements the same). */
 export interface Model {
@@ -1318,5 +1319,6 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   drawThumbs();
   showIntervention();
   drawExtras();
+  Object.assign(debug, { teaching: renderTeaching(model, root, signal) }); // tour, lens, similarity, heads, patching
   return debug;
 }
