@@ -3,6 +3,7 @@
 // (several at once) and shows the new probabilities; Reset switches them all back on.
 import { colorize } from "./colormap";
 import { fmt, f32, h, probsTable, type TeachContext, type TeachMsg } from "./teach_common";
+import { headPairs } from "./teach_geom";
 
 export function headsPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: TeachMsg, b: DataView[]): void; refresh(): void } {
   const { model } = ctx;
@@ -34,7 +35,7 @@ export function headsPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: T
       result.replaceChildren();
       return;
     }
-    const heads = Array.from(off).map((s) => s.split(",").map(Number));
+    const heads = headPairs(off);
     ctx.request({ kind: "ablate", image_index: model.get("image_index"), target: model.get("target"), heads }, click);
   }
   function draw(): void {
@@ -114,8 +115,8 @@ export function headsPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: T
       data.set(`${m.image_index}|${m.target}`, { L: m.num_layers, H: m.num_heads, direct: f32(b[0]), ablation: f32(b[1]), prob: m.prob });
       if (ctx.active()) draw();
     } else if (m.kind === "ablate") {
-      const now = Array.from(off).sort().join(";");
-      const got = ((m.heads ?? []) as number[][]).map((p) => p.join(",")).sort().join(";");
+      const now = JSON.stringify(headPairs(off));
+      const got = JSON.stringify(m.heads ?? []);
       if (!m.error && (got !== now || m.image_index !== model.get("image_index"))) return; // superseded
       probsTable(result, m, `with ${off.size} head${off.size === 1 ? "" : "s"} switched off`);
     }

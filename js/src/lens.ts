@@ -3,6 +3,7 @@
 // once ("lens_request": read-out probabilities (L, C) and one class's per-patch probabilities
 // (L, gh, gw)); scrubbing layers redraws from it with no kernel message.
 import { classNames, drawMap, f32, fmt, h, type TeachContext, type TeachMsg } from "./teach_common";
+import { layerAtX, topClasses, xOfLayer } from "./teach_geom";
 
 const SVGNS = "http://www.w3.org/2000/svg";
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
@@ -64,9 +65,7 @@ export function lensPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: Te
       return;
     }
     // top classes: by the last block's read-out, plus the current class
-    const last = d.readout.subarray((d.L - 1) * d.C, d.L * d.C);
-    const order = Array.from(last.keys()).sort((a, b) => last[b] - last[a]).slice(0, 5);
-    if (!order.includes(c)) order.push(c);
+    const order = topClasses(d.readout, d.L, d.C, c, 5);
     const W = 260, H = 120, pad = 22;
     const s = document.createElementNS(SVGNS, "svg");
     s.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -75,7 +74,7 @@ export function lensPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: Te
     s.setAttribute("role", "img");
     s.setAttribute("aria-label", "Logit-lens probability of the top classes after each block");
     s.setAttribute("data-testid", "vx-lens-chart");
-    const xAt = (l: number) => pad + (d.L > 1 ? (l / (d.L - 1)) * (W - 2 * pad) : (W - 2 * pad) / 2);
+    const xAt = (l: number) => xOfLayer(l, d.L, W, pad);
     const yAt = (p: number) => H - pad + (pad - H + pad) * p;
     const line = (x1: number, y1: number, x2: number, y2: number, stroke: string, extra: Record<string, string> = {}) => {
       const e = document.createElementNS(SVGNS, "line");
@@ -110,8 +109,7 @@ export function lensPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: Te
     s.addEventListener("click", (e: MouseEvent) => {
       const r = s.getBoundingClientRect();
       const x = ((e.clientX - r.left) / r.width) * W;
-      const l = Math.max(0, Math.min(d.L - 1, Math.round(((x - pad) / (W - 2 * pad)) * (d.L - 1))));
-      model.set("layer", l);
+      model.set("layer", layerAtX(x, d.L, W, pad));
       model.save_changes();
     });
     chartBox.append(s);

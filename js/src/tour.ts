@@ -1,6 +1,7 @@
 // Guided tour: steps (data from Python, `Explorer(tour=...)`) that drive the existing views, one short
 // text each; Back / Next buttons, and the keys n / b (or PageDown / PageUp) anywhere in the widget.
 import { h, type TeachContext } from "./teach_common";
+import { tourStep } from "./teach_geom";
 
 export interface TourStep {
   title?: string;
@@ -45,7 +46,6 @@ export function tourBar(ctx: TeachContext, root: HTMLElement, showPanel: (p: str
   }
   function go(k: number): void {
     const s = steps();
-    k = Math.max(-1, Math.min(s.length - 1, k));
     if (k === (model.get("tour_step") as number)) return;
     model.set("tour_step", k);
     const step = s[k];
@@ -56,15 +56,16 @@ export function tourBar(ctx: TeachContext, root: HTMLElement, showPanel: (p: str
     model.save_changes();
     show();
   }
-  back.addEventListener("click", () => go((model.get("tour_step") as number) - 1), { signal: ctx.signal });
-  next.addEventListener("click", () => go((model.get("tour_step") as number) + 1), { signal: ctx.signal });
+  const move = (delta: number) => go(tourStep(model.get("tour_step") as number, delta, steps().length));
+  back.addEventListener("click", () => move(-1), { signal: ctx.signal });
+  next.addEventListener("click", () => move(1), { signal: ctx.signal });
   window.addEventListener("keydown", (e: KeyboardEvent) => {
     const t = e.target as HTMLElement;
     if (!(t instanceof Node) || !root.contains(t) || steps().length === 0) return;
     if (e.altKey || e.ctrlKey || e.metaKey || t.tagName === "INPUT" || t.tagName === "SELECT") return;
     const d = e.key === "n" || e.key === "PageDown" ? 1 : e.key === "b" || e.key === "PageUp" ? -1 : 0;
     if (!d) return;
-    go((model.get("tour_step") as number) + d);
+    move(d);
     e.preventDefault();
     e.stopPropagation();
   }, { capture: true, signal: ctx.signal });
