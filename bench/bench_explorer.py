@@ -16,6 +16,9 @@ Models: ``small`` is the embedded ``toy-shapes`` model when its weights are inst
 (the line printed says which); ``vitb`` is ViT-B/16 with random weights
 (``timm.create_model("vit_base_patch16_224", pretrained=False)``, 224 px, 14x14 patches).
 Targets (issue 6): brush -> probabilities p50 < 100 ms (small), < 400 ms (ViT-B/16).
+Teaching clicks (issue 15; ``--teaching-only`` runs just these): similarity, head ablation and
+patching, click -> answer drawn, p50/p95 over ``--clicks`` clicks each on the small model, target
+p50 < 100 ms, against the empty round trip.
 The load average is printed with the figures: this machine is shared.
 Needs chromium (apt-get install chromium) and the built front end.
 """
@@ -208,24 +211,112 @@ def report(title: str, r: dict, target_ms: float) -> None:
           f"strokes ({r['fwd_before']:.1f} ms before them); brush p50 / forward after = {p50 / r['fwd_ms']:.2f}x")
 
 
+TEACH_CLICKS = """async ([kind, n, gh, gw, nl, nh]) => {
+    const v = window.__vx.views[0], dbg = v.debug.teaching, root = v.el;
+    const tab = { similarity: 'similarity', ablation: 'heads', patching: 'patching' }[kind];
+    root.querySelector(`[data-testid=vx-tab-${tab}]`).click();
+    const wait = (k) => new Promise((res, rej) => { const t0 = performance.now();
+        const poll = () => dbg.results > k ? res() : performance.now() - t0 > 60000 ? rej(`${kind}: no answer`) : setTimeout(poll, 2);
+        poll(); });
+    const clickCell = async (testid, cell) => {
+        const c = root.querySelector(`[data-testid=${testid}]`), r = c.getBoundingClientRect();
+        const x = r.left + ((cell % gw) + 0.5) * r.width / gw, y = r.top + (Math.floor(cell / gw) + 0.5) * r.height / gh;
+        const k = dbg.results;
+        c.dispatchEvent(new MouseEvent('click', { clientX: x, clientY: y, bubbles: true }));
+        await wait(k);
+    };
+    if (kind === 'ablation') {
+        const t0 = performance.now();
+        while (!root.querySelector('[data-testid=vx-attr-0-0]')) { if (performance.now() - t0 > 120000) throw 'no heads';
+            await new Promise((r) => setTimeout(r, 20)); }
+        root.querySelector('[data-testid=vx-attr-ablation]').click();
+    }
+    const out = [];
+    for (let i = 0; i < n; i++) {
+        await new Promise((r) => setTimeout(r, 150));
+        if (kind === 'similarity') await clickCell('vx-sim-map', (i * 7) % (gh * gw));
+        else if (kind === 'patching') await clickCell('vx-patch-map', (i * 5) % (gh * gw));
+        else {
+            const k = dbg.results;
+            const cell = i % (nl * nh);  // each head switched off in turn (never all back on)
+            root.querySelector(`[data-testid=vx-attr-${Math.floor(cell / nh)}-${cell % nh}]`).click();
+            await wait(k);
+        }
+        out.push(dbg.resultAt - dbg.clickAt);
+    }
+    return out;
+}"""
+
+
+def measure_teaching(args: argparse.Namespace) -> dict:
+    """Clicks that need the kernel in the teaching views (similarity, head ablation, patching),
+    click -> answer drawn, timed inside the page; baseline: an empty round trip, same run."""
+    server = JupyterServer("lab")
+    server.start()
+    try:
+        server.write_notebook("teach.ipynb", explorer_cells(["raw_attention"]))
+        with browser() as b:
+            page = b.new_page(viewport={"width": 1300, "height": 1400})
+            open_and_run(page, server, "teach.ipynb")
+            page.locator("[data-testid=vx-lens-chart]").wait_for(timeout=300_000)
+            kc = server.kernel_client("teach.ipynb")
+            nl, nh, (gh, gw) = kernel_eval(kc, "[w.num_layers, w.num_heads, w.grid]", timeout=120)
+            embedded = kernel_eval(kc, "bool(globals().get('names', 0) is None)")
+            kc.stop_channels()
+            page.wait_for_timeout(1000)
+            rtt = page.evaluate(
+                """async (n) => { const m = window.__vx.views[0].model, out = [];
+                    for (let i = 0; i < n; i++) { const t0 = performance.now();
+                        await new Promise((res) => { const cb = (msg) => { if (msg && msg.kind === 'pong' && msg.id === i) {
+                            m.off('msg:custom', cb); res(); } }; m.on('msg:custom', cb); m.send({ kind: 'ping', id: i }); });
+                        out.push(performance.now() - t0); }
+                    return out; }""", args.pings)
+            out = {"rtt": rtt, "embedded": embedded, "load": load()}
+            for kind in ("similarity", "ablation", "patching"):
+                out[kind] = page.evaluate(TEACH_CLICKS, [kind, args.clicks, gh, gw, nl, nh])
+    finally:
+        server.stop()
+    return out
+
+
+def report_teaching(r: dict, target_ms: float = 100.0) -> None:
+    which = "embedded toy-shapes weights" if r["embedded"] else "seeded stand-in"
+    rtt = statistics.median(r["rtt"])
+    print(f"== teaching clicks, small model ({which}); {r['load']}")
+    print(f"   empty custom-message round trip, n={len(r['rtt'])}: p50 {rtt:.1f} ms, p95 {pct(r['rtt'], .95):.1f} ms")
+    for kind in ("similarity", "ablation", "patching"):
+        xs = r[kind]
+        p50 = statistics.median(xs)
+        print(f"   {kind} click -> answer drawn, n={len(xs)}: p50 {p50:.1f} ms, p95 {pct(xs, .95):.1f} ms; "
+              f"p50 / empty round trip = {p50 / rtt:.2f}x; target {target_ms:.0f} ms: "
+              f"{'met' if p50 < target_ms else 'NOT met'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=("small", "vitb", "both"), default="both")
     ap.add_argument("--strokes", type=int, default=20)
     ap.add_argument("--scrubs", type=int, default=60)
     ap.add_argument("--pings", type=int, default=20)
+    ap.add_argument("--clicks", type=int, default=20, help="clicks per teaching view (similarity, ablation, patching)")
+    ap.add_argument("--teaching-only", action="store_true", help="only the teaching clicks")
     args = ap.parse_args()
     why = missing_requirements()
     if why:
         print(f"skipped: {why}")
         return
     print("Explorer in JupyterLab 4 + headless Chromium")
+    if args.teaching_only:
+        report_teaching(measure_teaching(args))
+        return
     if args.model in ("small", "both"):
         r = measure(explorer_cells(["raw_attention", "rollout"]), args)
         which = "embedded toy-shapes weights" if r["embedded"] else "seeded stand-in (toy-shapes weights not installed)"
         report(f"small model ({which})", r, 100.0)
     if args.model in ("vitb", "both"):
         report("ViT-B/16, random init", measure([VITB_SETUP.strip()], args), 400.0)
+    if args.model in ("small", "both"):
+        report_teaching(measure_teaching(args))
 
 
 if __name__ == "__main__":

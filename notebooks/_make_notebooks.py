@@ -346,6 +346,14 @@ print("object area share (what a uniform map gets):", round(float(obj.double().m
 Scrub through them yourself: in the Explorer below, move the **layer** and **head** sliders (or
 use the arrow keys), click a head thumbnail, and click a patch to see what *that* patch attends
 to instead of the CLS token. Then switch between the methods of the next sections.
+
+The Explorer carries a **guided tour** (`tour="default"`): press **Next** (or `n`; `b` goes
+back) to walk from the patches, through the embedding and the attention of the first, a middle
+and the last block, to the read-out and the class. Each step sets the views and shows one short
+text. A tour is a list of dicts, so you can write your own: `vx.Explorer(..., tour=[{"title":
+..., "text": ..., "layer": "middle", "panel": "lens"}, ...])`. Below the tour, four teaching
+views: the **logit lens**, token **similarity**, **head attribution** (switch heads off) and
+**patching** (copy patches' tokens from another image).
 '''),
     code(r'''
 explorer = vx.Explorer(
@@ -353,8 +361,37 @@ explorer = vx.Explorer(
     methods=["raw_attention", "rollout", "attention_flow", "chefer_lrp", "ag_cam", "tam", "vit_cx"],
     params={"tam": {"steps": 10}},
     title="workshop",
+    tour="default",
 )
+print([step["title"] for step in explorer.tour])
 explorer
+'''),
+    md(r'''
+### The residual stream, block by block
+
+The views of the tour are functions you can call. The **logit lens** applies the model's own
+final norm and head to the stream after every block; after the last block it *is* the model's
+output. **Head attribution** splits the class logit into one direct term per head (with the final
+LayerNorm's scale frozen at its value on this image, as ViT Prisma and TransformerLens do) and
+also measures what switching each head off does. **Activation patching** runs one image with some
+tokens taken from another: all tokens at block 0 carry the other image's prediction.
+'''),
+    code(r'''
+lens = vx.logit_lens(model, x[:2])
+with torch.no_grad():
+    print("last block's read-out equals the logits:", torch.allclose(lens.readout[:, -1], model(x[:2]), atol=1e-5))
+p = lens.probs[0, :, int(pred[0])]
+print(f"P({names[int(pred[0])]}) of image 0 after each block:", np.round(p.numpy(), 3))
+
+ha = vx.head_attribution(model, x[:1])
+print("direct terms add up to the logit:", round(float(ha.reconstruction()[0]), 4), "=", round(float(ha.logit[0]), 4))
+l, h = divmod(int(ha.ablation[0].argmin()), ha.ablation.shape[-1])
+print(f"switching off block {l} head {h} alone costs the most: P changes by {float(ha.ablation[0, l, h]):+.3f}")
+
+src = int((pred != pred[0]).nonzero()[0]) if bool((pred != pred[0]).any()) else 1
+patched = vx.patch_activations(model, x[src:src + 1], x[:1], 0)
+print(f"image 0 with every token of image {src} at block 0 predicts {names[int(patched.argmax())]}"
+      f" (image {src} is predicted {names[int(pred[src])]})")
 '''),
     md(r'''
 **Exercise 1.** Which head of the *last* block puts the largest share of its CLS attention on

@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import metrics
 from ._version import __version__
 from .api import attention_maps, explain
+from .attribution import HeadAttribution, head_attribution
 from .capture.layout import TokenLayout
 from .capture.session import Needs, Trace, capture
 from .errors import (
@@ -33,6 +34,8 @@ from .interventions import (
     counterfactual,
     intervene,
 )
+from .lens import LogitLens, logit_lens, token_similarity
+from .patching import patch_activations
 from .survey import Survey, survey
 from .widget import Atlas, Explorer
 from .zoo import EMBEDDED_MODELS, class_names, load_model, save_model
@@ -45,8 +48,10 @@ __all__ = [
     "Counterfactual",
     "Explanation",
     "Explorer",
+    "HeadAttribution",
     "InputError",
     "Intervention",
+    "LogitLens",
     "Needs",
     "Survey",
     "TokenLayout",
@@ -66,13 +71,17 @@ __all__ = [
     "counterfactual",
     "explain",
     "get_explainer",
+    "head_attribution",
     "intervene",
     "list_methods",
     "load_model",
+    "logit_lens",
     "make_dataset",
     "metrics",
+    "patch_activations",
     "preprocess",
     "run_benchmark",
     "save_model",
     "survey",
+    "token_similarity",
 ]

@@ -6,6 +6,7 @@ import { exportName, fmt, signedFmt as signed } from "./format";
 import { applyMask, maskAt, maskOrder, polylinePoints, type Box } from "./charts";
 import { attnRow, bytesOf, decodeMap, type MapPayload } from "./decode";
 import type { CachedMap, Store } from "./store";
+import { renderTeaching } from "./teaching";
 
 /** The subset of the anywidget model API we use (the standalone shim implements the same). */
 export interface Model {
@@ -1429,5 +1430,6 @@ export function renderView(model: Model, el: HTMLElement, store: Store, signal: 
   drawThumbs();
   showIntervention();
   drawExtras();
+  Object.assign(debug, { teaching: renderTeaching(model, root, signal) }); // tour, lens, similarity, heads, patching
   return debug;
 }

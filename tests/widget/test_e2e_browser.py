@@ -375,3 +375,98 @@ def test_explorer_in_jupyter(app: str, shots: Path) -> None:
         raise
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------ teaching views (issue 15)
+
+
+ABLATED_PROB = """
+def __vx_ablated(heads, t):
+    import torch
+    with vx.ablate_heads(model, heads), torch.no_grad():
+        return f"{float(model(x[:1]).softmax(-1)[0, t]):.3f}"
+"""
+
+
+def teaching_click(page, testid: str, index: int, gh: int, gw: int) -> None:
+    box = page.locator(f"[data-testid={testid}]").bounding_box()
+    r, c = divmod(index, gw)
+    page.mouse.click(box["x"] + (c + 0.5) * box["width"] / gw, box["y"] + (r + 0.5) * box["height"] / gh)
+
+
+def test_teaching_views_in_lab(shots: Path) -> None:
+    """Each new control once: lens chart (a click picks the block, redrawn with no kernel message),
+    similarity map, head attribution with two heads ablated and reset, patching, and the tour
+    (buttons and the n key)."""
+    cells = [explorer_cells(METHODS)[0].replace('title="toy shapes")', 'title="toy shapes", tour="default")')]
+    server = JupyterServer("lab")
+    server.start()
+    try:
+        server.write_notebook("teach.ipynb", cells)
+        with browser() as b:
+            page = b.new_page(viewport={"width": 1300, "height": 1400})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            open_and_run(page, server, "teach.ipynb")
+            page.locator("[data-testid=vx-teach]").wait_for(timeout=180_000)
+            kc = server.kernel_client("teach.ipynb")
+            try:
+                nl, nh, (gh, gw) = kernel_eval(kc, "[w.num_layers, w.num_heads, w.grid]")
+                # 1. logit lens: chart and map arrive once; clicking the chart's left end picks block 0
+                page.locator("[data-testid=vx-lens-chart]").wait_for(timeout=120_000)
+                top = kernel_eval(kc, "w.class_names[int(vx.logit_lens(model, x[:1]).readout[0, -1].argmax())]")
+                assert top in page.locator("[data-testid=vx-lens-legend]").inner_text()
+                chart = page.locator("[data-testid=vx-lens-chart]").bounding_box()
+                page.mouse.click(chart["x"] + 24, chart["y"] + chart["height"] / 2)
+                kernel_poll(kc, "w.layer", lambda v: v == 0)
+                page.wait_for_function("() => document.querySelector('[data-testid=vx-lens-map]').dataset.layer === '0'")
+                assert page.evaluate("window.__vx.views[0].debug.teaching.lensMessages") == 1
+
+                # 2. similarity: a click on patch 5 shows its map at the current block
+                page.locator("[data-testid=vx-tab-similarity]").click()
+                teaching_click(page, "vx-sim-map", 5, gh, gw)
+                page.wait_for_function("() => document.querySelector('[data-testid=vx-sim-map]').dataset.key === '0|0|5'",
+                                       timeout=60_000)
+
+                # 3. heads: ablation mode, two heads off, the probabilities Python computes; reset
+                page.locator("[data-testid=vx-tab-heads]").click()
+                page.locator(f"[data-testid=vx-attr-{nl - 1}-{nh - 1}]").wait_for(timeout=120_000)
+                page.locator("[data-testid=vx-attr-ablation]").click()
+                page.locator("[data-testid=vx-attr-0-1]").click()
+                page.locator(f"[data-testid=vx-attr-{nl - 1}-0]").click()
+                page.get_by_text("with 2 heads switched off").wait_for(timeout=60_000)
+                kc.execute_interactive(ABLATED_PROB, timeout=60, store_history=False)
+                want = kernel_eval(kc, f"__vx_ablated({{0: [1], {nl - 1}: [0]}}, w.target)")
+                assert want in page.locator("[data-testid=vx-attr-result]").inner_text()
+                page.locator("[data-testid=vx-attr-reset]").click()
+                assert page.locator("[data-testid=vx-attr-result]").inner_text().strip() == ""
+
+                # 4. patching: patch 0 and 1 from image 2 at block 0
+                page.locator("[data-testid=vx-tab-patching]").click()
+                teaching_click(page, "vx-patch-map", 0, gh, gw)
+                teaching_click(page, "vx-patch-map", 1, gh, gw)
+                page.get_by_text("patches 0,1 from image 2").wait_for(timeout=60_000)
+                want = kernel_eval(kc, "f'{float(vx.patch_activations(model, x[1:2], x[:1], 0, [0, 1])[0, w.target]):.3f}'")
+                assert want in page.locator("[data-testid=vx-patch-result]").inner_text()
+
+                # 5. tour: Next, the n key, Back; each step sets the views
+                page.locator("[data-testid=vx-tour-next]").click()
+                kernel_poll(kc, "w.tour_step", lambda v: v == 0)
+                assert page.locator("[data-testid=vx-tour-title]").inner_text() == "Patches"
+                page.locator("[data-testid=vx-tour-next]").focus()
+                page.keyboard.press("n")
+                kernel_poll(kc, "w.tour_step", lambda v: v == 1)
+                assert page.locator("[data-testid=vx-tab-similarity]").get_attribute("aria-selected") == "true"
+                page.locator("[data-testid=vx-tour-next]").click()
+                kernel_poll(kc, "[w.tour_step, w.layer, w.method]", lambda v: v == [2, 0, "raw_attention"])
+                page.locator("[data-testid=vx-tour-back]").click()
+                kernel_poll(kc, "w.tour_step", lambda v: v == 1)
+                page.locator("[data-testid=vx-teach]").screenshot(path=str(shots / "teaching-lab.png"))
+            finally:
+                kc.stop_channels()
+            assert not [e for e in errors if "vx" in e or "widget" in e.lower()], errors
+    except Exception:
+        print(server.log())
+        raise
+    finally:
+        server.stop()

@@ -51,6 +51,7 @@ from ..inputs import ImageLike, as_batch, check_tensor, data_config
 from . import _serialize as ser
 from . import _state
 from ._about import ABOUT
+from ._teaching import Teaching, TeachingTraits
 
 STATIC = Path(__file__).resolve().parent / "static"
 MODES = ("noise", "blur", "mean", "zero", "drop")
@@ -159,7 +160,7 @@ class _Worker:
         return True
 
 
-class Explorer(anywidget.AnyWidget):
+class Explorer(TeachingTraits, anywidget.AnyWidget):
     """Interactive explanations of a timm ViT on a few images (JupyterLab 4, Notebook 7, VS Code, Colab).
 
     Args:
@@ -172,6 +173,8 @@ class Explorer(anywidget.AnyWidget):
         params: per-method parameters, ``{"rollout": {"start_layer": 1}}``.
         topk: how many classes the prediction panel lists.
         title: a caption (shown as text).
+        tour: a guided tour, a list of step dicts (see ``vit_explore.widget._teaching.check_tour``),
+            or ``"default"`` for the workshop tour (patches to class); None: no tour.
 
     State readable and settable from Python: ``method``, ``layer``, ``head`` (-1: mean of
     heads), ``query`` (-1: the CLS row, else a patch whose attention row is shown),
@@ -246,6 +249,7 @@ class Explorer(anywidget.AnyWidget):
         params: Mapping[str, Mapping[str, Any]] | None = None,
         topk: int = 5,
         title: str = "",
+        tour: Sequence[Mapping[str, Any]] | str | None = None,
     ) -> None:
         info = inspect_model(model)
         tokens = not isinstance(info, ClassifierInfo)
@@ -326,6 +330,7 @@ class Explorer(anywidget.AnyWidget):
         self.observe(self._on_image, names=["image_index"])
         self.observe(self._on_brush, names=["brushed", "mode", "keep"])
         self.on_msg(self._on_msg)
+        self._teaching = Teaching(self, tour)  # logit lens, similarity, head attribution, patching, tour
         self._schedule_map()
 
     # ------------------------------------------------------------------ validation
@@ -995,6 +1000,8 @@ class Explorer(anywidget.AnyWidget):
             raise
 
     def _on_msg(self, widget: Any, content: dict, buffers: list) -> None:
+        if self._teaching.handle(content):  # teaching requests check their own fields (widget/_teaching.py)
+            return
         try:
             msg = _state.parse_message(content, self.num_images, self.num_layers)
         except InputError as e:
