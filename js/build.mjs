@@ -33,7 +33,7 @@ if (args.has("--tests")) {
     format: "esm",
     target: ["es2020"],
     outdir: join(here, "..", "vit_explore", "widget", "static"),
-    // UMD dependencies must not register with a page's requirejs (frontend.md §1.4).
+    // UMD dependencies must not register with a page's requirejs (docs/frontend.md §1.4).
     define: { "define.amd": "false" },
     loader: { ".css": "css" },
     logLevel: "warning",

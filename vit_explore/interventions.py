@@ -4,7 +4,7 @@
 ``noise``) or removes their tokens from the sequence (``drop``), for many patch sets in one
 batched forward pass, and reports the new logits, probabilities and the change for the
 target and the top-k classes. ``causal_score`` gives the region's ViT-CX causal score
-(Xie et al. 2022, arXiv:2211.03064, methods.md §10 step 7), the quantity ViT-CX
+(Xie et al. 2022, arXiv:2211.03064, docs/methods.md §10 step 7), the quantity ViT-CX
 aggregates over its masks, so a brushed region and a ViT-CX mask are measured alike.
 ``counterfactual`` searches a small set of patches whose removal changes the prediction.
 The head and token ablations (``ablate_heads``, ``block_tokens``) live in
@@ -154,7 +154,7 @@ class Intervention:
 
     @property
     def causal_score(self) -> torch.Tensor:
-        """(K,) ViT-CX causal score of each region, ``Delta[target]`` (methods.md §10 step 7)."""
+        """(K,) ViT-CX causal score of each region, ``Delta[target]`` (docs/methods.md §10 step 7)."""
         if "causal" not in self._cache:
             if self._causal is None:
                 raise CaptureError("this Intervention carries no causal score")
@@ -830,7 +830,7 @@ def causal_score(
     sigma: float = 0.1,
     batch_size: int | None = None,
 ) -> torch.Tensor:
-    """The ViT-CX causal score of a patch region (Xie et al. 2022, methods.md §10 step 7).
+    """The ViT-CX causal score of a patch region (Xie et al. 2022, docs/methods.md §10 step 7).
 
     The region is treated as one ViT-CX mask ``M`` (1 on the kept pixels): ``M = 1 - region``
     to remove the patches, ``M = region`` with ``keep=True``. With one noise draw

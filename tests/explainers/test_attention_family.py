@@ -55,7 +55,7 @@ def test_attention_stack_and_query_rows(model, x):
 
 # ---------------------------------------------------------------- rollout
 def rollout_replica(attns, model, start=0, fusion="mean", discard=0.0, stage="before"):
-    """Plain float64 rollout, one image at a time, loops over layers (methods.md §3.2/§3.3)."""
+    """Plain float64 rollout, one image at a time, loops over layers (docs/methods.md §3.2/§3.3)."""
     B, H, N, _ = attns[0].shape
     out = []
     for b in range(B):

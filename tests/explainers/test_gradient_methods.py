@@ -1,4 +1,4 @@
-"""Gradient explainers against plain float64 replicas written here (methods.md §4.5, §5, §7, §8, §9).
+"""Gradient explainers against plain float64 replicas written here (docs/methods.md §4.5, §5, §7, §8, §9).
 
 Every replica runs one image at a time from the float32 input, in float64, with loops over
 layers and heads, gradients from torch autograd on tests/replica.py's forward (or, where a

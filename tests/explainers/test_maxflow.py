@@ -1,4 +1,4 @@
-"""layered_max_flow against a plain networkx float max-flow (methods.md §6)."""
+"""layered_max_flow against a plain networkx float max-flow (docs/methods.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ViT-CX against a plain replica of methods.md §10 (pixel-level, float64 masks)."""
+"""ViT-CX against a plain replica of docs/methods.md §10 (pixel-level, float64 masks)."""
 
 import numpy as np
 import pytest

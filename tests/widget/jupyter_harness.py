@@ -1,4 +1,4 @@
-"""Drive a real JupyterLab 4 / Notebook 7 server with Debian's Chromium (frontend.md §2.3).
+"""Drive a real JupyterLab 4 / Notebook 7 server with Debian's Chromium (docs/frontend.md §2.3).
 
 Used by tests/widget/test_e2e_browser.py and bench/bench_explorer.py. Nothing is downloaded:
 the browser is the system chromium, the server runs from this Python environment on a free

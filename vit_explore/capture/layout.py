@@ -1,4 +1,4 @@
-"""Token bookkeeping: prefix tokens, patch grid and read-out rows (methods.md §1.3)."""
+"""Token bookkeeping: prefix tokens, patch grid and read-out rows (docs/methods.md §1.3)."""
 
 from __future__ import annotations
 

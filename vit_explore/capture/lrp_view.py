@@ -1,4 +1,4 @@
-"""What Chefer's relevance pass (methods.md §4.3) reads from a ViT: weights, module names, and
+"""What Chefer's relevance pass (docs/methods.md §4.3) reads from a ViT: weights, module names, and
 the structure of each block (layer scale, attention family, MLP kind).
 
 The relevance pass itself (``explainers/chefer_lrp.py``) is a pure function of a captured

@@ -3,8 +3,8 @@
 Two pieces, both touching ``nn.Module`` internals (hence here, in ``capture/``):
 
 * ``lrp_view(model, info)`` (in ``lrp_view.py``, re-exported here): the weights and module
-  names Chefer's LRP (methods.md §4.3) reads.
-* ``lrp_rules(model, info, ...)``: a context manager for AttnLRP / CP-LRP (methods.md §11)
+  names Chefer's LRP (docs/methods.md §4.3) reads.
+* ``lrp_rules(model, info, ...)``: a context manager for AttnLRP / CP-LRP (docs/methods.md §11)
   as modified gradients (LRP = gradient x input). It registers per-module forward hooks
   whose returned outputs have exactly the value of the original output but a modified
   gradient; nothing is patched at class level, and hooks, ``fused_attn``, training flags
@@ -43,7 +43,7 @@ def scale_grad(out: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def _layer_norm_hook(mod: nn.LayerNorm, args, out):
-    """Identity rule: ``y = (x - mu) / stopgrad(sigma) * w + b`` (LXT, methods.md §11)."""
+    """Identity rule: ``y = (x - mu) / stopgrad(sigma) * w + b`` (LXT, docs/methods.md §11)."""
     x = args[0]
     dims = tuple(range(-len(mod.normalized_shape), 0))
     mu = x.mean(dims, keepdim=True)
@@ -155,7 +155,7 @@ def lrp_rules(
 ) -> Iterator[nn.Module]:
     """Make ``input x gradient`` of ``model`` compute AttnLRP / CP-LRP, for this block only.
 
-    Rules (methods.md §11): LayerNorm (every ``nn.LayerNorm``; any other norm layer raises)
+    Rules (docs/methods.md §11): LayerNorm (every ``nn.LayerNorm``; any other norm layer raises)
     -> identity rule (stop-grad through sigma); ``blocks.*.mlp.act`` -> identity rule
     (gradient ``f(x)/x``); gated MLPs (SwiGLU ``act(fc1_g) * fc1_x``, GluMlp) -> uniform rule
     for the product (the gradient at both factors halved); layer scale, rotary embeddings

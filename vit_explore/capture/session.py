@@ -3,7 +3,7 @@
 The model is never copied and never patched at class level: fused attention is switched
 off per attention module for the pass, hooks are registered per module, and everything
 (``fused_attn``, training flags, ``requires_grad``, hooks) is put back in ``finally``.
-See methods.md §1.2 for the design.
+See docs/methods.md §1.2 for the design.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Pascal VOC 2012 segmentation from an existing folder (torchvision's ``VOCSegmentation``
-layout; nothing is downloaded). evaluation.md §4.1.
+layout; nothing is downloaded). docs/evaluation.md §4.1.
 
 ``root`` may be the folder that holds ``VOCdevkit``, ``VOCdevkit`` itself, or ``VOC2012``::
 
@@ -30,7 +30,7 @@ VOID = 255
 
 @dataclass(frozen=True)
 class VOCProtocol:
-    """The seed report's protocol (evaluation.md §2.8): VOC 2012 val, images whose main-class
+    """The seed report's protocol (docs/evaluation.md §2.8): VOC 2012 val, images whose main-class
     (top-1) softmax probability exceeds ``min_prob``; the explained class is the top-1; the
     ground truth is the foreground (every object pixel, 1..20) with 255 ignored, unless the
     model's classes are the VOC classes, in which case only the pixels of the explained class."""

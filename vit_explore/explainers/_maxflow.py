@@ -1,4 +1,4 @@
-"""Max-flow kernel for attention flow (Abnar & Zuidema 2020; methods.md §6).
+"""Max-flow kernel for attention flow (Abnar & Zuidema 2020; docs/methods.md §6).
 
 The network for layer-wise attention ``ahat`` (``L`` blocks, ``N`` tokens) has nodes
 ``(i, t)``, ``i = 0..L``, and edges ``(i, f) -> (i-1, g)`` with capacity ``ahat[i-1, f, g]``;

@@ -1,4 +1,4 @@
-"""Compiled kernels of ViT-CX's mask building and distances (methods.md §10 steps 3-6, 8).
+"""Compiled kernels of ViT-CX's mask building and distances (docs/methods.md §10 steps 3-6, 8).
 
 Pure functions over small float32 / float64 arrays (computing in float64), compiled by numba.
 The machine code is cached on disk, beside this file or in numba's user cache; where neither

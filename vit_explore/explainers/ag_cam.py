@@ -1,4 +1,4 @@
-"""Attention-Guided CAM (Leem & Seo, AAAI 2024, arXiv:2402.04563; methods.md §8)."""
+"""Attention-Guided CAM (Leem & Seo, AAAI 2024, arXiv:2402.04563; docs/methods.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attention flow (Abnar & Zuidema, ACL 2020, arXiv:2005.00928; methods.md §6)."""
+"""Attention flow (Abnar & Zuidema, ACL 2020, arXiv:2005.00928; docs/methods.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Grad-CAM on the last attention map: Chefer et al.'s "GradCAM" baseline (CVPR 2021; methods.md §4.5)."""
+"""Grad-CAM on the last attention map: Chefer et al.'s "GradCAM" baseline (CVPR 2021; docs/methods.md §4.5)."""
 
 from __future__ import annotations
 

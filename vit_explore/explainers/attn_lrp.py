@@ -1,5 +1,5 @@
 """AttnLRP / CP-LRP (Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation
-for Transformers", ICML 2024, arXiv:2402.05602; methods.md §11), for timm ViTs, written from
+for Transformers", ICML 2024, arXiv:2402.05602; docs/methods.md §11), for timm ViTs, written from
 the paper's rules as modified gradients: relevance = input x modified gradient.
 
 Rules (scoped to the call by ``capture.rules.lrp_rules``; nothing global is patched):

@@ -1,4 +1,4 @@
-"""Generic attention-model explainability (Chefer, Gur & Wolf, ICCV 2021, arXiv:2103.15679; methods.md §5)."""
+"""Generic attention-model explainability (Chefer, Gur & Wolf, ICCV 2021, arXiv:2103.15679; docs/methods.md §5)."""
 
 from __future__ import annotations
 

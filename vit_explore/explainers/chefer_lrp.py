@@ -1,5 +1,5 @@
 """Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention Visualization", CVPR 2021
-(arXiv:2012.09838; methods.md §4): LRP relevance of every attention map, weighted by its
+(arXiv:2012.09838; docs/methods.md §4): LRP relevance of every attention map, weighted by its
 gradient, rolled out ("transformer_attribution").
 
 The relevance pass is ours, over timm's modules, driven by the inputs and outputs of every

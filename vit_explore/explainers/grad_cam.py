@@ -1,4 +1,4 @@
-"""Grad-CAM on ViT tokens, as jacobgil/pytorch-grad-cam computes it (Selvaraju et al., ICCV 2017; methods.md §9)."""
+"""Grad-CAM on ViT tokens, as jacobgil/pytorch-grad-cam computes it (Selvaraju et al., ICCV 2017; docs/methods.md §9)."""
 
 from __future__ import annotations
 

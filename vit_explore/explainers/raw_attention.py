@@ -1,4 +1,4 @@
-"""Raw attention of one block (the baseline of Chefer et al. CVPR'21 and TAM; methods.md §2)."""
+"""Raw attention of one block (the baseline of Chefer et al. CVPR'21 and TAM; docs/methods.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attention rollout (Abnar & Zuidema, ACL 2020, arXiv:2005.00928; methods.md §3)."""
+"""Attention rollout (Abnar & Zuidema, ACL 2020, arXiv:2005.00928; docs/methods.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transition Attention Maps (Yuan, Li, Xiong, Cao & Dou, NeurIPS 2021 XAI4Debugging; methods.md §7)."""
+"""Transition Attention Maps (Yuan, Li, Xiong, Cao & Dou, NeurIPS 2021 XAI4Debugging; docs/methods.md §7)."""
 
 from __future__ import annotations
 

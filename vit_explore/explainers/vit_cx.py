@@ -1,4 +1,4 @@
-"""ViT-CX: causal explanation of ViTs (Xie, Li, Cao & Zhang, arXiv:2211.03064; methods.md §10).
+"""ViT-CX: causal explanation of ViTs (Xie, Li, Cao & Zhang, arXiv:2211.03064; docs/methods.md §10).
 
 Masks are the patch-token features at ``blocks[-1].norm1`` (C, gh, gw), upsampled to the
 input (bilinear, ``align_corners=False``) and min-max scaled per channel; channels whose
@@ -121,7 +121,7 @@ def _upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
 def complete_linkage_labels(dist: np.ndarray, distance_threshold: float) -> np.ndarray:
     """Cluster labels (n,) of a precomputed (n, n) distance matrix, exactly as
     ``sklearn.cluster.AgglomerativeClustering(n_clusters=None, distance_threshold=t,
-    metric="precomputed", linkage="complete").fit(dist).labels_`` (methods.md §10 step 5).
+    metric="precomputed", linkage="complete").fit(dist).labels_`` (docs/methods.md §10 step 5).
 
     It is the same computation: scikit-learn builds the tree with scipy's complete linkage
     on the condensed upper triangle, counts the merges at distance >= t and cuts the tree by
@@ -248,7 +248,7 @@ def vit_cx(
     distance_threshold: float = 0.1,
     sigma: float = 0.1,
 ) -> ExplainerResult:
-    """ViT-CX saliency (methods.md §10), batched over images (each image its own clustering).
+    """ViT-CX saliency (docs/methods.md §10), batched over images (each image its own clustering).
 
     Args:
         x: (B, 3, H, W) preprocessed images.

@@ -1,4 +1,4 @@
-"""Evaluation metrics for explanation maps (definitions: shared/specs/evaluation.md §1).
+"""Evaluation metrics for explanation maps (definitions: docs/evaluation.md §1).
 
 ``vit_explore.metrics.functional`` holds the pure functions; the classes here are their
 stateful twins for whole datasets.

@@ -1,4 +1,4 @@
-"""Trivial "explainers" every table reports next to the real ones (evaluation.md §6.3):
+"""Trivial "explainers" every table reports next to the real ones (docs/evaluation.md §6.3):
 a random map, a centre Gaussian and a Sobel edge map. They go through the same metric code.
 """
 

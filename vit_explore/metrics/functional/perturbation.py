@@ -1,6 +1,6 @@
 """Perturbation curves: deletion / insertion (Petsiuk et al., RISE, BMVC 2018), the TAM
 variant (Yuan et al. 2021), Chefer's positive/negative perturbation test (Chefer et al.,
-CVPR 2021) and a ViT-native patch variant, as named presets (evaluation.md §1.1-1.2, §6).
+CVPR 2021) and a ViT-native patch variant, as named presets (docs/evaluation.md §1.1-1.2, §6).
 
 Every preset fixes the substrate, the step, the measured score and the AUC rule; results
 under different presets are not comparable and are never mixed.
@@ -79,7 +79,7 @@ PRESETS: dict[str, PerturbationPreset] = {
         {"deletion": "zero", "insertion": "zero"}, "prob", "unit_trapezoid", "vit_explore (ViT-native variant)",
     ),
 }
-"""The named presets (evaluation.md §6)."""
+"""The named presets (docs/evaluation.md §6)."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Pointing game (Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016 /
 IJCV 2018; TorchRay ``benchmark/pointing_game.py``) and the energy-based pointing game
-(Wang et al., Score-CAM, CVPRW 2020). evaluation.md §1.4-1.5.
+(Wang et al., Score-CAM, CVPRW 2020). docs/evaluation.md §1.4-1.5.
 """
 
 from __future__ import annotations

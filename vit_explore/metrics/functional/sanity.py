@@ -1,5 +1,5 @@
 """Model-parameter randomisation sanity check (Adebayo et al., "Sanity checks for saliency
-maps", NeurIPS 2018), cascading from the top, one ViT block at a time (evaluation.md §1.9).
+maps", NeurIPS 2018), cascading from the top, one ViT block at a time (docs/evaluation.md §1.9).
 
 The check works on a deep copy; the model passed in is never modified. The explained class is
 the original model's top-1 (or ``target``) and stays fixed while weights are randomised. Each

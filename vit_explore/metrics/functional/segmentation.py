@@ -1,5 +1,5 @@
 """Segmentation scores of a thresholded map against a mask: Jaccard, F1 (Dice), true pixel
-accuracy, with the threshold rule named (evaluation.md §1.6, §2.8, §6.4).
+accuracy, with the threshold rule named (docs/evaluation.md §1.6, §2.8, §6.4).
 
 Rules (all on the map upsampled bilinearly to the mask and min-max normalised per image):
 
