@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .capture.adapters import inspect_vit
+from .capture.hf import as_vit
 from .capture.session import Needs, capture
 from .errors import UnsupportedModelError
 from .explainers._registry import ExplainerResult, get_explainer
@@ -41,6 +42,7 @@ def explain(
     """
     spec = get_explainer(method)
     bound = spec.bind(params)
+    model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     try:
         info = inspect_vit(model)
     except UnsupportedModelError as e:

@@ -59,7 +59,13 @@ def load_model(
 
 
 def class_names(model: nn.Module) -> list[str]:
-    """Human-readable class names of ``model`` (``"class i"`` when unknown)."""
+    """Human-readable class names of ``model`` (``"class i"`` when unknown; a Hugging Face
+    model's ``config.id2label``)."""
+    from .capture.hf import id2label
+
+    hf_names = id2label(model)
+    if hf_names is not None:
+        return hf_names
     cfg = getattr(model, "pretrained_cfg", None) or {}
     names = cfg.get("label_names")
     n = _num_classes(model)

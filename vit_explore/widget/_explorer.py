@@ -36,6 +36,7 @@ from torch import nn
 from .._files import write_text_atomically
 from ..api import explain
 from ..capture.adapters import inspect_vit
+from ..capture.hf import as_vit
 from ..capture.session import Needs, capture
 from ..errors import InputError, UnknownMethodError, suggest
 from ..explainers import get_explainer, list_methods
@@ -214,6 +215,7 @@ class Explorer(anywidget.AnyWidget):
         topk: int = 5,
         title: str = "",
     ) -> None:
+        model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
         info = inspect_vit(model)
         x = self._as_images(model, images)
         x = check_tensor(info, x, model)
