@@ -22,6 +22,8 @@ def explain(
     x: ImageLike,
     method: str = "rollout",
     target: TargetLike = None,
+    *,
+    processor: Any = None,
     **params: Any,
 ) -> Explanation:
     """Explain the predictions of a timm ViT on a batch of images.
@@ -32,6 +34,9 @@ def explain(
             (or a list of them), then preprocessed with the model's own data config.
         method: a key of ``list_methods()``.
         target: None (top-1 per image), an int, or one int per image.
+        processor: a Hugging Face image processor for PIL / uint8 images (Hugging Face models;
+            default: the model type's processor sized from ``config.image_size``).
+            ``Explanation.extras["preprocessing"]`` records which preprocessing was applied.
         **params: method parameters (see each method's docstring).
 
     Returns:
@@ -47,7 +52,13 @@ def explain(
         info = inspect_vit(model)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"method {method!r} cannot run on this model: {e}") from None
-    xb = as_batch(model, x)
+    xb = as_batch(model, x, processor)
+    if not isinstance(x, torch.Tensor) and not (isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor)):
+        from .inputs import preprocessing_of
+
+        extras_in = {"preprocessing": preprocessing_of(model, processor)}  # which preprocessing made xb (vx.preprocess)
+    else:
+        extras_in = {}
     if spec.kind == "trace":  # capture() validates the batch itself
         trace = capture(model, xb, spec.needs_for(bound), target=target, score=bound.get("score", "logit"), info=info)
         out = spec.fn(trace, **bound)
@@ -70,7 +81,7 @@ def explain(
         method=method,
         params=bound,
         layout=layout,
-        extras=dict(result.extras),
+        extras={**extras_in, **result.extras},
     )
 
 

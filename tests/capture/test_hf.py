@@ -157,3 +157,38 @@ def test_class_names_from_id2label():
 def test_core_import_does_not_import_transformers():
     code = "import sys, vit_explore; assert 'transformers' not in sys.modules, 'transformers imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_preprocess_from_config_and_processor_defaults():
+    import numpy as np
+    from PIL import Image
+
+    m = hf_vit()
+    im = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    got = vx.preprocess(m, im)
+    # ViTImageProcessor's defaults, restated: bilinear resize to config.image_size, /255, mean 0.5, std 0.5
+    ref = np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR), dtype=np.float64) / 255.0
+    want = torch.from_numpy((ref - 0.5) / 0.5).permute(2, 0, 1)[None]
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+    ex = vx.explain(m, im, "rollout")
+    assert ex.extras["preprocessing"] == "defaults of ViTImageProcessorPil sized from config.image_size"
+    torch.testing.assert_close(ex.patch_map, vx.explain(m, got, "rollout").patch_map)
+    assert "preprocessing" not in vx.explain(m, got, "rollout").extras
+
+
+def test_preprocess_with_a_processor():
+    import numpy as np
+    from PIL import Image
+
+    transformers = pytest.importorskip("transformers")
+    m = hf_vit()
+    proc = transformers.ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.2, 0.3, 0.4],
+                                             image_std=[0.5, 0.6, 0.7])
+    im = np.random.default_rng(1).integers(0, 256, (36, 36, 3), dtype=np.uint8)
+    x = vx.preprocess(m, im, processor=proc)
+    ref = np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR), dtype=np.float64) / 255.0
+    want = (ref - [0.2, 0.3, 0.4]) / [0.5, 0.6, 0.7]
+    torch.testing.assert_close(x.double(), torch.from_numpy(want).permute(2, 0, 1)[None], rtol=0, atol=1e-5)
+    assert vx.explain(m, im, "rollout", processor=proc).extras["preprocessing"] == "processor: ViTImageProcessorPil"
+    with pytest.raises(vx.InputError, match="Hugging Face models only"):
+        vx.preprocess(vx.load_model("toy-shapes"), im, processor=proc)
