@@ -18,6 +18,7 @@ from torch import nn
 
 from ._files import atomic_path
 from .errors import InputError, UnsupportedModelError, WeightsError, suggest
+from .zoo_hf import is_pretrained_folder  # imports no transformers
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EMBEDDED_MODELS: tuple[str, ...] = ("toy-shapes", "toy-shapes-spurious")
@@ -26,6 +27,7 @@ EMBEDDED_MODELS: tuple[str, ...] = ("toy-shapes", "toy-shapes-spurious")
 META_FORMAT = "vit_explore/1"
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _STATE_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
+
 
 
 def load_model(
@@ -42,7 +44,9 @@ def load_model(
     same architecture with random weights), a timm model name (``pretrained=True``
     needs the network or a filled cache), or a checkpoint file: ``.safetensors`` or
     ``.pth/.pt/.bin/.ckpt`` (loaded with ``weights_only=True``). A checkpoint needs
-    ``arch=`` (a timm name) unless it was saved by :func:`save_model`.
+    ``arch=`` (a timm name) unless it was saved by :func:`save_model`. ``"hf:org/name"``
+    or a folder written by ``save_pretrained`` loads a Hugging Face image classifier
+    (``zoo_hf.py``; needs ``pip install 'vit-explore[hf]'``).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise InputError(
@@ -53,6 +57,10 @@ def load_model(
     if text in EMBEDDED_MODELS:
         return _load_embedded(text, pretrained=pretrained)
     path = Path(text).expanduser()
+    if text.startswith("hf:") or is_pretrained_folder(path):
+        from .zoo_hf import load_hf
+
+        return load_hf(text[3:] if text.startswith("hf:") else path)
     if _looks_like_path(text, path):
         return load_checkpoint(path, arch=arch, num_classes=num_classes, **timm_kwargs)
     return _load_timm(text, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)

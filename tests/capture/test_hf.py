@@ -192,3 +192,27 @@ def test_preprocess_with_a_processor():
     assert vx.explain(m, im, "rollout", processor=proc).extras["preprocessing"] == "processor: ViTImageProcessorPil"
     with pytest.raises(vx.InputError, match="Hugging Face models only"):
         vx.preprocess(vx.load_model("toy-shapes"), im, processor=proc)
+
+
+def test_load_model_from_a_save_pretrained_folder(tmp_path):
+    m = hf_deit()
+    m.config.id2label = {i: f"kind {i}" for i in range(5)}
+    m.config.label2id = {v: k for k, v in m.config.id2label.items()}
+    m.save_pretrained(tmp_path / "saved")
+    for spec in (str(tmp_path / "saved"), "hf:" + str(tmp_path / "saved")):
+        got = vx.load_model(spec)
+        assert type(got).__name__ == "DeiTForImageClassificationWithTeacher" and not got.training
+        x = image()
+        torch.testing.assert_close(got(pixel_values=x).logits, m(pixel_values=x).logits)
+        assert vx.class_names(got) == [f"kind {i}" for i in range(5)]
+
+
+def test_load_model_offline_names_the_cache(tmp_path):
+    code = (
+        "import vit_explore as vx\n"
+        "try:\n    vx.load_model('hf:someone/not-cached-vit')\n"
+        "except vx.WeightsError as e:\n    print(str(e))\nelse:\n    raise SystemExit('no error')\n"
+    )
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+    assert str(tmp_path / "hub") in out and "someone/not-cached-vit" in out and "HF_HUB_OFFLINE=1" in out
