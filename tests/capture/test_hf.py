@@ -66,10 +66,6 @@ def test_every_method_agrees_with_the_timm_twin(name):
     tm = timm_twin(hf)
     x = image(batch=2)
     for method in vx.list_methods():
-        if method == "chefer_lrp":
-            with pytest.raises(UnsupportedModelError, match="attn_lrp|chefer_generic"):
-                vx.explain(hf, x, method)
-            continue
         a = vx.explain(hf, x, method).patch_map
         b = vx.explain(tm, x, method).patch_map
         scale = float(b.abs().max()) or 1.0
@@ -123,7 +119,7 @@ def _state(m):
     )
 
 
-@pytest.mark.parametrize("method", ["rollout", "ag_cam", "attn_lrp", "tam", "saliency"])
+@pytest.mark.parametrize("method", ["rollout", "ag_cam", "attn_lrp", "chefer_lrp", "tam", "saliency"])
 def test_model_left_as_found_also_after_an_error(method):
     m = hf_vit(attn="sdpa")
     m.train()
@@ -138,6 +134,18 @@ def test_model_left_as_found_also_after_an_error(method):
     h.remove()
     assert _state(m) == before
     assert all(lyr.attention.config is m.config for lyr in m.vit.layers)
+
+
+def test_dinov2_every_method_or_the_specific_error():
+    m = hf_dinov2(attn="sdpa")
+    x = image()
+    for method in vx.list_methods():
+        if method == "chefer_lrp":
+            with pytest.raises(UnsupportedModelError, match="concat.*attn_lrp or chefer_generic"):
+                vx.explain(m, x, method)
+            continue
+        pm = vx.explain(m, x, method).patch_map
+        assert pm.shape == (2, 4, 4) and bool(torch.isfinite(pm).all()), method
 
 
 def test_unsupported_hf_model_says_what_applies():

@@ -72,13 +72,21 @@ def logits_of(out: object) -> object:
 
 class _ProbMode(TorchFunctionMode):
     """Active inside one eager attention call: the (B, H, N, N) tensor the eager function hands
-    to ``dropout`` (the probabilities) goes through ``attn_drop``."""
+    to ``dropout`` (the probabilities) goes through ``attn_drop``; the first 4-D ``matmul``
+    (``q @ kᵀ``) takes q through ``q_norm`` and k through ``k_norm`` (identities, named as timm's)."""
 
-    def __init__(self, attn_drop: nn.Module) -> None:
+    def __init__(self, attn: HFAttention) -> None:
         super().__init__()
-        self.attn_drop = attn_drop
+        self.attn_drop = attn.attn_drop
+        self.attn = attn
+        self.scores_done = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.matmul and not self.scores_done and len(args) == 2 and args[0].ndim == 4:
+            self.scores_done = True
+            q = self.attn.q_norm(args[0])
+            kt = self.attn.k_norm(args[1].transpose(-1, -2)).transpose(-1, -2)
+            return func(q, kt, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
         if func is F.dropout and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
             out = self.attn_drop(out)
@@ -95,7 +103,6 @@ class HFAttention(nn.Module):
     """
 
     fused_attn = True
-    qkv = None  # separate q/k/v projections (q_proj, k_proj, v_proj): no single qkv module
 
     def __init__(self, inner: nn.Module, num_heads: int) -> None:
         super().__init__()
@@ -108,6 +115,8 @@ class HFAttention(nn.Module):
         self.attn_drop = nn.Identity()
         self.proj = inner.o_proj
         self.q_proj, self.k_proj, self.v_proj = inner.q_proj, inner.k_proj, inner.v_proj
+        self.qkv = _QKV(inner.q_proj, inner.k_proj, inner.v_proj)
+        self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
         self.num_heads = num_heads
         self.scale = float(inner.scaling)
 
@@ -115,18 +124,61 @@ class HFAttention(nn.Module):
                 attn_mask: torch.Tensor | None = None, **kwargs):
         if attn_mask is not None:
             attention_mask = attn_mask if attention_mask is None else attention_mask + attn_mask
-        if self.fused_attn:
-            return self.inner(hidden_states, attention_mask, *args, **kwargs)
-        inner = self.inner
-        saved = inner.__dict__.get("config")
-        cfg = copy.copy(saved)
-        cfg._attn_implementation = "eager"
+        handles = self.qkv.route() if self.qkv._forward_hooks or self.qkv._forward_pre_hooks else []
         try:
-            inner.config = cfg
-            with _ProbMode(self.attn_drop):
-                return inner(hidden_states, attention_mask, *args, **kwargs)
+            if self.fused_attn:
+                return self.inner(hidden_states, attention_mask, *args, **kwargs)
+            inner = self.inner
+            saved = inner.__dict__.get("config")
+            cfg = copy.copy(saved)
+            cfg._attn_implementation = "eager"
+            try:
+                inner.config = cfg
+                with _ProbMode(self):
+                    return inner(hidden_states, attention_mask, *args, **kwargs)
+            finally:
+                inner.config = saved
         finally:
-            inner.config = saved
+            for h in handles:
+                h.remove()
+
+
+class _QKV(nn.Module):
+    """timm's ``qkv``: ``[q | k | v] = x [Wq; Wk; Wv]ᵀ + [bq; bk; bv]`` from the model's own three
+    projections (their parameters, concatenated per call). It runs only while hooks are registered on
+    it (relevance propagation records its input and output): then, for that forward, ``q_proj``,
+    ``k_proj`` and ``v_proj`` return the three slices of its output (the same values)."""
+
+    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear) -> None:
+        super().__init__()
+        self._lin = (q, k, v)  # a tuple: not registered twice as children
+        self._out: list[torch.Tensor] = []
+
+    linear_view = True  # reads as an nn.Linear (weight (3C, C), bias (3C,)) for rules.lrp_view
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([m.weight for m in self._lin])
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return torch.cat([m.bias if m.bias is not None else torch.zeros_like(m.weight[:, 0]) for m in self._lin])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def route(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """Hooks (to remove after the forward) that make the three projections return slices of this."""
+        sizes = [m.out_features for m in self._lin]
+
+        def pre(mod, args):
+            self._out = list(torch.split(self(args[0]), sizes, dim=-1))
+
+        def post(i):
+            return lambda mod, args, out: self._out[i]
+
+        first = self._lin[0].register_forward_pre_hook(pre)
+        return [first, *(m.register_forward_hook(post(i)) for i, m in enumerate(self._lin))]
 
 
 class HFBlock(nn.Module):
@@ -140,9 +192,26 @@ class HFBlock(nn.Module):
         self.norm1 = norm1
         self.norm2 = norm2
         self.mlp = _MLPView(inner.mlp)
+        # the branch outputs before the residual sums: DINOv2's own layer scales, else identities
+        # that the branch outputs pass through (so hooks there see them, as on timm's ls1 / ls2)
+        own = getattr(inner, "layer_scale1", None) is not None
+        self.ls1 = inner.layer_scale1 if own else nn.Identity()
+        self.ls2 = inner.layer_scale2 if own else nn.Identity()
+        self._route_ls = not own
+        self.drop_path1, self.drop_path2 = nn.Identity(), nn.Identity()
 
     def forward(self, *args, **kwargs):
-        return self.inner(*args, **kwargs)
+        if not self._route_ls:
+            return self.inner(*args, **kwargs)
+        handles = [
+            self.attn.register_forward_hook(lambda m, a, out: (self.ls1(out[0]), *out[1:])),
+            self.inner.mlp.register_forward_hook(lambda m, a, out: self.ls2(out)),
+        ]
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
 
 
 class _MLPView(nn.Module):

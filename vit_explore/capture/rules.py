@@ -31,6 +31,7 @@ from .session import Needs
 from .state import SavedState
 
 Variant = Literal["cp", "attnlrp"]
+_HF_BLOCK = "HFBlock"  # capture/hf.py: a Hugging Face ViT / DeiT layer, laid out as timm's pre-norm Block
 
 
 # ----------------------------------------------------------------------------- Chefer LRP view
@@ -91,7 +92,7 @@ class LRPView:
 
 
 def _linear_weight(mod: object, where: str) -> torch.Tensor:
-    if not isinstance(mod, nn.Linear):
+    if not isinstance(mod, nn.Linear) and not getattr(mod, "linear_view", False):  # capture/hf.py's q|k|v
         raise UnsupportedModelError(
             f"{where} is a {type(mod).__name__}, expected torch.nn.Linear; chefer_lrp follows timm's "
             "standard Block/Mlp/Attention layout"
@@ -115,11 +116,16 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
         UnsupportedModelError: blocks other than timm's pre-norm ``Block`` (e.g. ResPostBlock,
             parallel blocks), gated MLPs (SwiGLU/GLU), gated attention, a non-Linear head.
     """
+    if info.readout == "cls_avg":
+        raise UnsupportedModelError(
+            "the classifier reads concat(CLS, mean of patches) (Hugging Face DINOv2): not one read-out row of "
+            "one head, which chefer_lrp's relevance pass starts from. Use attn_lrp or chefer_generic instead."
+        )
     blocks = []
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
         needed = ("norm1", "attn", "ls1", "norm2", "mlp", "ls2", "drop_path1", "drop_path2")
-        if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ != "Block":
+        if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ not in ("Block", _HF_BLOCK):
             raise UnsupportedModelError(
                 f"{where} is a {type(blk).__name__} ({_adapters(info)[i].family} attention); chefer_lrp's "
                 "relevance pass is written for timm's pre-norm Block (x + ls1(attn(norm1(x))), then "
