@@ -9,6 +9,7 @@ from torch import nn
 
 from ._checks import check_model
 from .capture.classifier import MODEL_AGNOSTIC, ClassifierInfo, capture_classifier, inspect_model, not_defined
+from .capture.hf import as_vit
 from .capture.session import Needs, capture
 from .errors import UnsupportedModelError
 from .explainers._registry import ExplainerResult, get_explainer
@@ -22,6 +23,8 @@ def explain(
     x: ImageLike,
     method: str = "rollout",
     target: TargetLike = None,
+    *,
+    processor: Any = None,
     **params: Any,
 ) -> Explanation:
     """Explain the predictions of a timm ViT (or, for the model-agnostic methods, of any
@@ -37,6 +40,9 @@ def explain(
         method: a key of ``list_methods()``.
         target: None (top-1 per image), an int, or one int per image; a class name (or one per
             image) where the model has class names.
+        processor: a Hugging Face image processor for PIL / uint8 images (Hugging Face models;
+            default: the model type's processor sized from ``config.image_size``).
+            ``Explanation.extras["preprocessing"]`` records which preprocessing was applied.
         **params: method parameters (see each method's docstring).
 
     Returns:
@@ -49,13 +55,20 @@ def explain(
     spec = get_explainer(method)
     bound = spec.bind(params)
     target = class_index(model, target)
+    model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     try:
         info = inspect_model(model)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"method {method!r} cannot run on this model: {e}") from None
     if isinstance(info, ClassifierInfo) and method not in MODEL_AGNOSTIC:
         raise not_defined(info, f"method {method!r}")
-    xb = as_batch(model, x)
+    xb = as_batch(model, x, processor)
+    if not isinstance(x, torch.Tensor) and not (isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor)):
+        from .inputs import preprocessing_of
+
+        extras_in = {"preprocessing": preprocessing_of(model, processor)}  # which preprocessing made xb (vx.preprocess)
+    else:
+        extras_in = {}
     if spec.kind == "trace" and isinstance(info, ClassifierInfo):
         needs = spec.needs_for(bound)
         trace = capture_classifier(
@@ -85,7 +98,7 @@ def explain(
         method=method,
         params=bound,
         layout=layout,
-        extras=dict(result.extras),
+        extras={**extras_in, **result.extras},
     )
 
 
@@ -103,6 +116,7 @@ def attention_maps(
     from .explainers.raw_attention import attention_stack
 
     check_model(model)
+    model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     info = inspect_model(model)
     if isinstance(info, ClassifierInfo):
         raise not_defined(info, "attention_maps")

@@ -41,55 +41,90 @@ def data_config(model: nn.Module) -> dict:
     return cfg
 
 
-def preprocess(model: nn.Module, image: ImageLike) -> torch.Tensor:
+def preprocess(model: nn.Module, image: ImageLike, processor: Any = None) -> torch.Tensor:
     """Preprocess PIL images or HxWx3 uint8 arrays with the model's timm data config.
 
     Args:
-        model: the timm model whose ``pretrained_cfg`` gives size, mean and std.
+        model: the timm model whose ``pretrained_cfg`` gives size, mean and std; or a Hugging
+            Face model: its images go through ``processor`` when given, else the default
+            processor of its ``model_type`` sized from ``config.image_size`` (``inputs_hf.py``;
+            ``preprocessing_of`` says which).
         image: a PIL image, an (H, W, 3) uint8 array, or a list of them.
+        processor: a Hugging Face image processor (Hugging Face models only).
 
     Returns:
         (B, 3, H, W) float32 tensor on the model's device.
     """
     import timm.data
-    from PIL import Image
 
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     if not images:
         raise InputError("no images given")
+    from .capture.hf import HFViT, is_hf
+
+    hf = model.hf if isinstance(model, HFViT) else model
+    if processor is not None and not is_hf(hf):
+        raise InputError("processor= applies to Hugging Face models only; timm models use their own data config")
+    if is_hf(hf):
+        from .inputs_hf import preprocess_hf
+
+        pv, _ = preprocess_hf(hf, [_as_pil(im, i) for i, im in enumerate(images)], processor)
+        return pv.to(_model_device_dtype(hf)[0])
     cfg = data_config(model)
     transform = timm.data.create_transform(**cfg, is_training=False)
     out = []
     for i, im in enumerate(images):
-        if isinstance(im, np.ndarray):
-            if im.ndim == 2:
-                im = np.repeat(im[..., None], 3, axis=-1)
-            if im.ndim != 3 or im.shape[-1] not in (3, 4):
-                raise InputError(f"image {i}: expected an (H, W, 3) array, got shape {im.shape}")
-            if im.dtype != np.uint8:
-                raise InputError(
-                    f"image {i}: expected a uint8 array (0..255), got {im.dtype}; pass a float tensor "
-                    "that is already normalised, or convert with (img * 255).astype(np.uint8)"
-                )
-            im = Image.fromarray(im[..., :3])
-        if not isinstance(im, Image.Image):
-            raise InputError(f"image {i}: expected a PIL image or a uint8 array, got {type(im).__name__}")
-        if im.width == 0 or im.height == 0:
-            raise InputError(f"image {i} is empty ({im.width}x{im.height} pixels); give an image with pixels")
-        out.append(transform(im.convert("RGB")))
+        out.append(transform(_as_pil(im, i)))
     device, _ = _model_device_dtype(model)
     return torch.stack(out).to(device)
 
 
-def as_batch(model: nn.Module, x: ImageLike) -> torch.Tensor:
-    """A float tensor batch from a tensor, PIL image, uint8 array or a list of them."""
+def preprocessing_of(model: nn.Module, processor: Any = None) -> str:
+    """Which preprocessing ``preprocess`` applies to ``model``'s images, in words."""
+    from .capture.hf import HFViT, is_hf
+
+    hf = model.hf if isinstance(model, HFViT) else model
+    if not is_hf(hf):
+        return "timm data config"
+    if processor is not None:
+        return f"processor: {type(processor).__name__}"
+    from .inputs_hf import default_processor
+
+    return f"defaults of {type(default_processor(hf)).__name__} sized from config.image_size"
+
+
+def _as_pil(im: Any, i: int):
+    """Image ``i`` of the input as an RGB PIL image (checked)."""
+    from PIL import Image
+
+    if isinstance(im, np.ndarray):
+        if im.ndim == 2:
+            im = np.repeat(im[..., None], 3, axis=-1)
+        if im.ndim != 3 or im.shape[-1] not in (3, 4):
+            raise InputError(f"image {i}: expected an (H, W, 3) array, got shape {im.shape}")
+        if im.dtype != np.uint8:
+            raise InputError(
+                f"image {i}: expected a uint8 array (0..255), got {im.dtype}; pass a float tensor "
+                "that is already normalised, or convert with (img * 255).astype(np.uint8)"
+            )
+        im = Image.fromarray(im[..., :3])
+    if not isinstance(im, Image.Image):
+        raise InputError(f"image {i}: expected a PIL image or a uint8 array, got {type(im).__name__}")
+    if im.width == 0 or im.height == 0:
+        raise InputError(f"image {i} is empty ({im.width}x{im.height} pixels); give an image with pixels")
+    return im.convert("RGB")
+
+
+def as_batch(model: nn.Module, x: ImageLike, processor: Any = None) -> torch.Tensor:
+    """A float tensor batch from a tensor, PIL image, uint8 array or a list of them
+    (``processor``: a Hugging Face image processor, see ``preprocess``)."""
     if isinstance(x, torch.Tensor):
         if x.ndim == 3:
             x = x[None]
         return x
     if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
         return torch.stack([t if t.ndim == 3 else t[0] for t in x])
-    return preprocess(model, x)
+    return preprocess(model, x, processor)
 
 
 def check_tensor(info, x: torch.Tensor, model: nn.Module, finite: bool = True) -> torch.Tensor:

@@ -32,6 +32,7 @@ from ._recent import RecentTensors
 from .capture.ablation import ablate_heads, block_tokens, drop_tokens, forward_logits
 from .capture.adapters import inspect_vit
 from .capture.classifier import ClassifierInfo, ModelInfo, check_logits, inspect_model, layout_any, not_token_mode
+from .capture.hf import as_vit
 from .capture.state import scan as _scan_model
 from .errors import CaptureError, InputError, suggest
 from .inputs import check_finite, check_tensor
@@ -625,7 +626,7 @@ def run_regions(
         logits, kept = _drop_one(model, s, regions.reshape(-1).tolist(), mods)
         return logits, base, x, (torch.tensor(kept, dtype=torch.long),)
     kept_flat = ~regions.reshape(-1, P)
-    if s.info.readout == "avg" and not bool(kept_flat.any(dim=1).all()):
+    if s.info.readout in ("avg", "cls_avg") and not bool(kept_flat.any(dim=1).all()):
         raise _nothing_left()
     counts = kept_flat.sum(1)
     kept = tuple(torch.nonzero(kept_flat[k]).reshape(-1) for k in range(len(kept_flat)))
@@ -652,7 +653,7 @@ def _drop_one(
     """Logits (1, C) of a one-image batch without the patches where ``cells`` (row-major) is
     True, and the kept patch indices."""
     kept = [i for i, c in enumerate(cells) if not c]
-    if s.info.readout == "avg" and not kept:
+    if s.info.readout in ("avg", "cls_avg") and not kept:
         raise _nothing_left()
     with drop_tokens(model, kept, checked=True):
         return forward_logits(model, s.x, mods=mods), kept
@@ -722,6 +723,7 @@ def intervene(
     last image batch and model state, else fused into the same batch.
     """
     _check_mode(mode)
+    model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     if not isinstance(model, nn.Module):
         inspect_vit(model)  # raises the error that says what is expected
     target = _check_args(model, target, keep=keep, seed=seed, sigma=sigma, blur_sigma=blur_sigma,
@@ -841,6 +843,7 @@ def causal_score(
     Returns:
         (K,) one score per patch set.
     """
+    model = as_vit(model)
     target = _check_args(model, target, keep=keep, seed=seed, sigma=sigma, batch_size=batch_size)
     s = _setup(model, x)
     regions, img_idx = _parse_patches(patches, s)
@@ -893,6 +896,7 @@ def counterfactual(
     Returns:
         A ``Counterfactual`` for one image; for a batch of B > 1, a list of B of them.
     """
+    model = as_vit(model)
     _check_mode(mode)
     target = _check_args(model, target, seed=seed, sigma=sigma, blur_sigma=blur_sigma, blur_size=blur_size,
                          batch_size=batch_size)

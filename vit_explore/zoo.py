@@ -19,6 +19,7 @@ from torch import nn
 from ._checks import check_bool, check_int
 from ._files import atomic_path
 from .errors import InputError, UnsupportedModelError, WeightsError, suggest
+from .zoo_hf import is_pretrained_folder  # imports no transformers
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EMBEDDED_MODELS: tuple[str, ...] = ("toy-shapes", "toy-shapes-spurious")
@@ -27,6 +28,7 @@ EMBEDDED_MODELS: tuple[str, ...] = ("toy-shapes", "toy-shapes-spurious")
 META_FORMAT = "vit_explore/1"
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _STATE_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
+
 
 
 def load_model(
@@ -43,7 +45,9 @@ def load_model(
     same architecture with random weights), a timm model name (``pretrained=True``
     needs the network or a filled cache), or a checkpoint file: ``.safetensors`` or
     ``.pth/.pt/.bin/.ckpt`` (loaded with ``weights_only=True``). A checkpoint needs
-    ``arch=`` (a timm name) unless it was saved by :func:`save_model`.
+    ``arch=`` (a timm name) unless it was saved by :func:`save_model`. ``"hf:org/name"``
+    or a folder written by ``save_pretrained`` loads a Hugging Face image classifier
+    (``zoo_hf.py``; needs ``pip install 'vit-explore[hf]'``).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise InputError(
@@ -59,13 +63,23 @@ def load_model(
     if text in EMBEDDED_MODELS:
         return _load_embedded(text, pretrained=pretrained)
     path = Path(text).expanduser()
+    if text.startswith("hf:") or is_pretrained_folder(path):
+        from .zoo_hf import load_hf
+
+        return load_hf(text[3:] if text.startswith("hf:") else path)
     if _looks_like_path(text, path):
         return load_checkpoint(path, arch=arch, num_classes=num_classes, **timm_kwargs)
     return _load_timm(text, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
 
 
 def class_names(model: nn.Module) -> list[str]:
-    """Human-readable class names of ``model`` (``"class i"`` when unknown)."""
+    """Human-readable class names of ``model`` (``"class i"`` when unknown; a Hugging Face
+    model's ``config.id2label``)."""
+    from .capture.hf import id2label
+
+    hf_names = id2label(model)
+    if hf_names is not None:
+        return hf_names
     cfg = getattr(model, "pretrained_cfg", None) or {}
     names = cfg.get("label_names")
     n = _num_classes(model)

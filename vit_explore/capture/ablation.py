@@ -33,6 +33,7 @@ from .._checks import as_list, as_tensor, checked_output
 from ..errors import InputError, UnsupportedModelError
 from .adapters import inspect_vit
 from .attn_base import forward_params
+from .hf import HFAttention, as_vit, mask_pre_hook
 from .state import SavedState, eval_mode
 from .tap import ScoreTap
 
@@ -118,6 +119,7 @@ def drop_tokens(
     The prefix tokens (CLS, distillation, registers) are always kept; the position
     embeddings the kept tokens received are unchanged.
     """
+    model = as_vit(model)
     target = getattr(model, "patch_drop", None)
     if not isinstance(target, nn.Module):
         raise UnsupportedModelError(
@@ -171,7 +173,7 @@ def ablate_heads(model: nn.Module, heads: Mapping[int, Sequence[int] | int]) -> 
     A head's output ``softmax(q k^T * scale) v`` (its ``head_dim`` channels at the input of
     ``attn.proj``) is set to zero, so only ``proj``'s bias remains of what it contributed.
     """
-    info = inspect_vit(model)
+    info = inspect_vit(as_vit(model))
     L = info.num_layers
     if not isinstance(heads, Mapping):
         raise InputError(f"heads must be a dict {{layer: [heads]}}, got {type(heads).__name__}")
@@ -232,7 +234,7 @@ def block_tokens(
     The blocked tokens still exist (their own rows attend to the others); for
     global-average-pool models they are still averaged by the read-out.
     """
-    info = inspect_vit(model)
+    info = inspect_vit(as_vit(model))
     L = info.num_layers
     sel = range(L) if layers is None else as_list("layers", layers)
     for i in sel:
@@ -314,7 +316,9 @@ def block_tokens(
     try:
         for i in sel:
             attn = info.attns[i]
-            if takes_mask[i]:
+            if isinstance(attn, HFAttention):  # the Hugging Face module itself (also for direct calls)
+                handles.append(attn.inner.register_forward_pre_hook(mask_pre_hook(hook), with_kwargs=True))
+            elif takes_mask[i]:
                 handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
             else:  # the -inf columns go into the scores its own softmax receives (unfused path)
                 attn.fused_attn = False

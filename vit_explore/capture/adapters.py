@@ -14,10 +14,13 @@ from .attn_base import AttentionAdapter, GenericAttention
 from .attn_relbias import RelativeBiasAttention
 from .attn_rotary import RotaryAttention
 from .attn_timm import TimmAttention
+from .hf import HFAttentionAdapter  # Hugging Face (capture/hf.py); imports no transformers
 from .layout import Readout, TokenLayout
 
 #: adapters tried in order; the first whose ``matches`` accepts the module is used
-ADAPTERS: tuple[type[AttentionAdapter], ...] = (RotaryAttention, RelativeBiasAttention, TimmAttention)
+ADAPTERS: tuple[type[AttentionAdapter], ...] = (
+    HFAttentionAdapter, RotaryAttention, RelativeBiasAttention, TimmAttention
+)
 
 
 def adapter_for(attn: nn.Module) -> type[AttentionAdapter]:
@@ -117,6 +120,7 @@ def inspect_vit(model: object) -> ViTInfo:
             "(global average pool). Attention-pool ('map') and max pooling have no linear read-out row."
         )
 
+    readout = getattr(model, "vx_readout", readout)  # a view that states its read-out (capture/hf.py)
     pe = model.patch_embed
     patch_size = _pair(getattr(pe, "patch_size", 16))
     dynamic = bool(getattr(model, "dynamic_img_size", False)) or not getattr(pe, "strict_img_size", True)

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-Readout = Literal["cls", "cls_dist", "avg", "avg_all"]
+Readout = Literal["cls", "cls_dist", "avg", "avg_all", "cls_avg"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class TokenLayout:
         input_size: ``(H, W)`` of the input tensor.
         readout: which query rows feed the classifier: ``"cls"`` (row 0),
             ``"cls_dist"`` (mean of rows 0 and 1, DeiT distilled), ``"avg"`` (mean of
-            the patch rows, global-average-pool models) or ``"avg_all"`` (mean of all rows).
+            the patch rows, global-average-pool models), ``"avg_all"`` (mean of all rows) or
+            ``"cls_avg"`` (``0.5 * row 0 + 0.5 * mean of the patch rows``: a classifier on
+            ``concat(CLS, mean of patches)``, Hugging Face DINOv2).
     """
 
     num_prefix: int
@@ -51,6 +53,9 @@ class TokenLayout:
             w[:2] = 0.5
         elif self.readout == "avg":
             w[self.num_prefix :] = 1.0 / self.num_patches
+        elif self.readout == "cls_avg":
+            w[0] = 0.5
+            w[self.num_prefix :] = 0.5 / self.num_patches
         else:
             w[:] = 1.0 / self.num_tokens
         return w
@@ -63,6 +68,8 @@ class TokenLayout:
             return 0.5 * (m[..., 0, :] + m[..., 1, :])
         if self.readout == "avg":
             return m[..., self.num_prefix :, :].mean(dim=-2)
+        if self.readout == "cls_avg":
+            return 0.5 * (m[..., 0, :] + m[..., self.num_prefix :, :].mean(dim=-2))
         return m.mean(dim=-2)
 
     def patch_columns(self, v: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .layout import Readout
 from .session import Needs
 
 MlpKind = Literal["mlp", "glu", "swiglu"]
-_PRE_NORM_BLOCKS = ("Block", "EvaBlock", "RelPosBlock")
+_PRE_NORM_BLOCKS = ("Block", "EvaBlock", "RelPosBlock", "HFBlock")  # HFBlock: capture/hf.py, a Hugging Face ViT / DeiT layer
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class LRPView:
 
 
 def _linear_weight(mod: object, where: str) -> torch.Tensor:
-    if not isinstance(mod, nn.Linear):
+    if not isinstance(mod, nn.Linear) and not getattr(mod, "linear_view", False):  # capture/hf.py's q|k|v
         raise UnsupportedModelError(
             f"{where} is a {type(mod).__name__}, expected torch.nn.Linear; chefer_lrp follows timm's "
             "standard Block/Mlp/Attention layout"
@@ -176,6 +176,11 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
         UnsupportedModelError: post-norm or parallel blocks, gated attention, grouped k/v
             heads, an attention family without a relevance rule, other MLPs, a non-Linear head.
     """
+    if info.readout == "cls_avg":
+        raise UnsupportedModelError(
+            "the classifier reads concat(CLS, mean of patches) (Hugging Face DINOv2): not one read-out row of "
+            "one head, which chefer_lrp's relevance pass starts from. Use attn_lrp or chefer_generic instead."
+        )
     adapters = info.adapters or tuple(adapter_for(a) for a in info.attns)
     blocks = []
     for i, blk in enumerate(model.blocks):

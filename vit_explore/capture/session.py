@@ -21,6 +21,7 @@ from ..errors import CaptureError, InputError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
+from .hf import as_vit
 from .layout import TokenLayout
 from .state import SavedState
 from .tap import ScoreTap
@@ -181,7 +182,8 @@ def capture(
     """
     if not isinstance(needs, Needs):
         raise InputError(f"needs must be a vx.Needs(...), got {type(needs).__name__}; e.g. Needs(attn=True)")
-    info = info or inspect_vit(model)
+    model = as_vit(model)  # a Hugging Face classifier is seen through its timm-shaped view (capture/hf.py)
+    info = info if info is not None and model.blocks[0].attn is info.attns[0] else inspect_vit(model)
     x = check_tensor(info, x, model)
     num_layers = info.num_layers
     layers = tuple(range(num_layers)) if needs.layers is None else tuple(i % num_layers for i in needs.layers)

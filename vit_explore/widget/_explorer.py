@@ -43,6 +43,7 @@ from ..capture.classifier import (
     not_defined,
     not_token_mode,
 )
+from ..capture.hf import as_vit
 from ..capture.session import Needs, capture
 from ..errors import InputError, UnknownMethodError, suggest
 from ..explainers import get_explainer, list_methods
@@ -251,6 +252,7 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
         title: str = "",
         tour: Sequence[Mapping[str, Any]] | str | None = None,
     ) -> None:
+        model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
         info = inspect_model(model)
         tokens = not isinstance(info, ClassifierInfo)
         x = self._as_images(model, images)
