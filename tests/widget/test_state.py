@@ -80,7 +80,8 @@ def test_a_valid_frontend_update_applies(w):
 
 
 def test_every_trait_the_front_end_sets_is_writable():
-    src = "\n".join(p.read_text() for p in (REPO / "js" / "src").glob("*.ts"))
+    # the Explorer's front end (the Atlas, js/src/atlas.ts, is another widget with its own traits)
+    src = "\n".join(p.read_text() for p in (REPO / "js" / "src").glob("*.ts") if not p.name.startswith("atlas"))
     names = set(re.findall(r"setState\(\{\s*(\w+)\s*:", src)) | set(re.findall(r'model\.set\("(\w+)"', src))
     names |= set(re.findall(r"patch\.(\w+)\s*=", src))
     assert names, "no setState calls found in js/src"

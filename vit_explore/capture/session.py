@@ -351,6 +351,8 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
 
 def _store_output(store: list, detach: bool = False):
     def hook(module, args, output):
+        if isinstance(output, tuple):  # Hugging Face attention returns (output, weights): the output
+            output = output[0]
         store.append(output.detach() if detach else output)
 
     return hook

@@ -25,6 +25,7 @@ from ..errors import InputError, UnknownMethodError, UnsupportedModelError
 FRONTEND_WRITABLE = frozenset({
     "method", "layer", "head", "query", "target", "image_index", "opacity", "colormap", "show_grid",
     "smooth", "brushed", "mode", "keep", "compare", "compare_methods", "cx_mask", "recompute",
+    "pinned", "tour_step",
 })
 
 

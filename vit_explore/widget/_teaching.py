@@ -125,6 +125,13 @@ class TeachingTraits(t.HasTraits):
     tour = t.List(t.Dict()).tag(sync=True)
     tour_step = t.Int(-1).tag(sync=True)
 
+    @t.validate("tour_step")
+    def _valid_tour_step(self, proposal: Any) -> int:
+        v, n = proposal["value"], len(self.tour)
+        if not -1 <= v < n:
+            raise t.TraitError(f"tour_step must be in -1..{n - 1} (-1: the tour is closed), got {v}")
+        return v
+
 
 def _f32(a: torch.Tensor) -> memoryview:
     return memoryview(np.ascontiguousarray(a.detach().to(torch.float32).cpu().numpy()))
