@@ -205,7 +205,7 @@ class Atlas(anywidget.AnyWidget):
         js_path = STATIC / "atlas.js"
         if not js_path.exists():
             raise FileNotFoundError(f"{js_path} is missing: build the front end with `npm ci && npm run build` in js/")
-        from ._serialize import jsonable_state
+        from ._serialize import jsonable_state, script_json
 
         classes = {str(int(c)): self._class_payload(int(c)) for c in self.survey.classes}
         images = {}
@@ -218,12 +218,12 @@ class Atlas(anywidget.AnyWidget):
                  "class_index": self.class_index, "class_data": classes[str(self.class_index)], "selected": -1,
                  "selected_payload": {}, "confirmed": {}, "status": "", "offline": True,
                  "offline_data": {"classes": classes, "images": images}}
-        payload = json.dumps(jsonable_state(state)).replace("</", "<\\/").replace("<!--", "<\\!--")
+        payload = script_json(jsonable_state(state))
         page = _HTML.format(
             title=html.escape(self.title or "vit_explore Atlas"),
             css=(STATIC / "atlas.css").read_text(encoding="utf-8") if (STATIC / "atlas.css").exists() else "",
             data=base64.b64encode(gzip.compress(payload.encode(), 6, mtime=0)).decode("ascii"),
-            bundle=json.dumps(js_path.read_text(encoding="utf-8")).replace("</", "<\\/"),
+            bundle=script_json(js_path.read_text(encoding="utf-8")),
         )
         if path is not None:
             write_text_atomically(path, page)

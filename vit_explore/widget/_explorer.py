@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import gzip
 import html
-import json
 import threading
 import time
 import traceback
@@ -1161,17 +1160,12 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
         state["map_payload"] = {}
         data = {"state": ser.jsonable_state(state), "attn": attn, "maps": maps}
 
-        def script_json(obj: Any) -> str:
-            # JSON's own escapes for <, > and &: no "</script>" or "<!--" can end or bend the
-            # script element, and JSON.parse reads them back unchanged
-            return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
         page = _HTML.format(
             title=html.escape(self.title or "vit_explore Explorer"),
             css=css_path.read_text(encoding="utf-8") if css_path.exists() else "",
-            data=script_json(data),
+            data=ser.script_json(data),
             blob=base64.b64encode(gzip.compress(bytes(blob), 6, mtime=0)).decode("ascii"),
-            bundle=script_json(js_path.read_text(encoding="utf-8")),
+            bundle=ser.script_json(js_path.read_text(encoding="utf-8")),
         )
         if path is not None:
             write_text_atomically(path, page)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import numpy as np
@@ -86,3 +87,12 @@ def jsonable_state(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable_state(v) for v in value]
     return value
+
+
+def script_json(obj: Any) -> str:
+    """``obj`` as JSON to put inside a ``<script>`` element of an HTML page.
+
+    JSON's own escapes for <, > and &: no "</script>" or "<!--" can end or bend the script
+    element, and ``JSON.parse`` reads them back unchanged.
+    """
+    return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
