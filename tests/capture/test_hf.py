@@ -224,3 +224,24 @@ def test_load_model_offline_names_the_cache(tmp_path):
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
     assert str(tmp_path / "hub") in out and "someone/not-cached-vit" in out and "HF_HUB_OFFLINE=1" in out
+
+
+def test_block_parts_are_called_as_in_timm():
+    """``blocks.i.mlp``, ``attn.q_norm`` / ``k_norm`` and ``ls1`` / ``ls2`` run in an unfused pass (Chefer
+    LRP records them): the MLP's output is the layer's own ``mlp`` of ``norm2``'s output, q and k are
+    the layer's ``q_proj`` / ``k_proj`` of ``norm1``'s output, split into heads."""
+    m = hf_vit(attn="sdpa")
+    names = ("blocks.1.norm1", "blocks.1.norm2", "blocks.1.mlp", "blocks.1.attn.q_norm", "blocks.1.attn.k_norm",
+             "blocks.1.ls1", "blocks.1.ls2")
+    tr = capture(m, image(), Needs(attn=True, activations=names))
+    a, lyr = tr.activations, m.vit.layers[1]
+    heads = m.config.num_attention_heads
+    with torch.no_grad():
+        torch.testing.assert_close(a["blocks.1.mlp"], lyr.mlp(a["blocks.1.norm2"]))
+        torch.testing.assert_close(a["blocks.1.ls2"], a["blocks.1.mlp"])
+        for proj, name in ((lyr.attention.q_proj, "q_norm"), (lyr.attention.k_proj, "k_norm")):
+            y = proj(a["blocks.1.norm1"])
+            want = y.reshape(*y.shape[:2], heads, -1).transpose(1, 2)
+            torch.testing.assert_close(a[f"blocks.1.attn.{name}"], want)
+        assert a["blocks.1.ls1"].shape == a["blocks.1.mlp"].shape
+    assert type(lyr.mlp).__name__ == "ViTMLP"  # the model's own module is back

@@ -8,6 +8,7 @@ model and returns ``.logits``. While that forward runs (and only then) two kinds
 stand in the model's own places, and are put back in ``finally``:
 
 * ``blocks[i]`` (``HFBlock``) calls the Hugging Face layer, so hooks on a block fire;
+* ``blocks[i].mlp`` calls the layer's MLP, so hooks on it fire (its output is ``fc2``'s, as timm's ``Mlp``);
 * ``blocks[i].attn`` (``HFAttention``) calls the Hugging Face attention module. With
   ``fused_attn = False`` (what ``session.capture`` sets for a pass that records attention)
   that one module runs the eager attention function whatever ``attn_implementation`` the
@@ -205,7 +206,7 @@ class HFBlock(nn.Module):
             return self.inner(*args, **kwargs)
         handles = [
             self.attn.register_forward_hook(lambda m, a, out: (self.ls1(out[0]), *out[1:])),
-            self.inner.mlp.register_forward_hook(lambda m, a, out: self.ls2(out)),
+            self.mlp.register_forward_hook(lambda m, a, out: self.ls2(out)),
         ]
         try:
             return self.inner(*args, **kwargs)
@@ -215,12 +216,20 @@ class HFBlock(nn.Module):
 
 
 class _MLPView(nn.Module):
+    """Stands in for a Hugging Face layer's ``mlp`` during a ``HFViT`` pass: calls it, so hooks
+    on ``blocks.i.mlp`` see its output (``fc2``'s, before the layer scale) as on timm's ``Mlp``;
+    names its parts ``fc1`` / ``act`` / ``fc2``."""
+
     def __init__(self, mlp: nn.Module) -> None:
         super().__init__()
+        self._inner = (mlp,)  # a tuple: the model's module, not registered a second time
         self.fc1, self.fc2 = mlp.fc1, mlp.fc2
         act = getattr(mlp, "activation_fn", None)
         if isinstance(act, nn.Module):
             self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._inner[0](x)
 
 
 class _PatchEmbedView(nn.Module):
@@ -294,10 +303,12 @@ class HFViT(nn.Module):
             for i, blk in enumerate(self.blocks):
                 layers._modules[str(i)] = blk
                 blk.inner._modules["attention"] = blk.attn
+                blk.inner._modules["mlp"] = blk.mlp
             yield
         finally:
             for i, blk in enumerate(self.blocks):
                 blk.inner._modules["attention"] = blk.attn.inner
+                blk.inner._modules["mlp"] = blk.mlp._inner[0]
                 layers._modules[str(i)] = blk.inner
             for h in handles:
                 h.remove()
