@@ -23,6 +23,9 @@ from typing import Any
 
 QUIET_SETTINGS: dict[str, Any] = {
     "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+    # comm messages over kernel subshells (JupyterLab >= 4.4 with ipykernel 7) lose widget updates
+    # now and then ("Unknown subshell_id" in the kernel log): the Explorer's comms use the main shell
+    "@jupyterlab/apputils-extension:kernels-settings": {"commsOverSubshells": "disabled"},
 }
 OVERRIDES_NAME = "vit-explore.json"
 

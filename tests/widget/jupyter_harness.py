@@ -113,6 +113,13 @@ class JupyterServer:
         (labconfig / "page_config.json").write_text(
             json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
         )
+        # comm messages over kernel subshells (JupyterLab >= 4.4 with ipykernel 7) lose widget
+        # updates now and then ("Unknown subshell_id" in the kernel log): comms go to the main shell
+        user_settings = base / "user-settings"
+        kernels = user_settings / "@jupyterlab" / "apputils-extension" / "kernels-settings.jupyterlab-settings"
+        kernels.parent.mkdir(parents=True, exist_ok=True)
+        kernels.write_text(json.dumps({"commsOverSubshells": "disabled"}))
+        env["JUPYTERLAB_SETTINGS_DIR"] = str(user_settings)
         self.env = env
 
     def start(self, timeout: float = 90.0) -> None:

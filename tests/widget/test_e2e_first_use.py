@@ -91,6 +91,12 @@ def test_printed_url_opens_the_tour_quietly_and_running_it_keeps_the_checkout_cl
                 const p = r.schema.properties;
                 return { fetchNews: p.fetchNews.default, checkForUpdates: p.checkForUpdates.default }; }""")
             assert notif == {"fetchNews": "false", "checkForUpdates": False}, notif
+            # widget comms on the main shell, not on subshells that drop messages now and then
+            comms = page.evaluate("""async () => {
+                const r = await window.jupyterapp.serviceManager.settings.fetch(
+                    '@jupyterlab/apputils-extension:kernels-settings');
+                return r.schema.properties.commsOverSubshells.default; }""")
+            assert comms == "disabled", comms
             page.evaluate("""async () => { const w = window.jupyterapp.shell.currentWidget;
                 await w.sessionContext.ready; await w.context.ready;
                 await window.jupyterapp.commands.execute('notebook:run-all-cells'); }""")
