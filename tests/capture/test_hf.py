@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import transformers
 
 import vit_explore as vx
 from vit_explore.capture import Needs, capture, inspect_vit
@@ -245,3 +246,12 @@ def test_block_parts_are_called_as_in_timm():
             torch.testing.assert_close(a[f"blocks.1.attn.{name}"], want)
         assert a["blocks.1.ls1"].shape == a["blocks.1.mlp"].shape
     assert type(lyr.mlp).__name__ == "ViTMLP"  # the model's own module is back
+
+
+def test_a_swiglu_dinov2_gets_a_clear_error():
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, num_labels=3, use_swiglu_ffn=True)
+    model = transformers.Dinov2ForImageClassification(cfg).eval()
+    with pytest.raises(UnsupportedModelError, match="SwiGLU"):
+        vx.explain(model, torch.randn(1, 3, 16, 16), "rollout")

@@ -222,6 +222,12 @@ class _MLPView(nn.Module):
 
     def __init__(self, mlp: nn.Module) -> None:
         super().__init__()
+        if not (isinstance(getattr(mlp, "fc1", None), nn.Module) and isinstance(getattr(mlp, "fc2", None), nn.Module)):
+            raise UnsupportedModelError(
+                f"the layer's MLP is a {type(mlp).__name__} without fc1/fc2 (a gated SwiGLU MLP, e.g. DINOv2 with "
+                "use_swiglu_ffn=True): the Hugging Face view supports the plain two-layer MLP of ViT, DeiT and DINOv2. "
+                "The model-agnostic methods (saliency, integrated_gradients, occlusion, rise) apply to any classifier."
+            )
         self._inner = (mlp,)  # a tuple: the model's module, not registered a second time
         self.fc1, self.fc2 = mlp.fc1, mlp.fc2
         act = getattr(mlp, "activation_fn", None)
