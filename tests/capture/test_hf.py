@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-import transformers
 
 import vit_explore as vx
 from vit_explore.capture import Needs, capture, inspect_vit
@@ -16,7 +15,7 @@ from vit_explore.errors import UnsupportedModelError
 from vit_explore.explainers.rollout import joint_attention
 
 from ..conftest import boom
-from .hf_models import hf_deit, hf_dinov2, hf_vit, image, timm_twin
+from .hf_models import hf_deit, hf_dinov2, hf_vit, image, timm_twin, transformers
 
 MAKERS = {
     "vit": hf_vit, "deit": lambda **k: hf_deit(False, **k), "deit_teacher": hf_deit, "dinov2": hf_dinov2,
