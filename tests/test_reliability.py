@@ -233,3 +233,22 @@ def _sub_help(name: str) -> str:
     p = cli.build_parser()
     sub = next(a for a in p._actions if a.dest == "command")
     return sub.choices[name].format_help()
+
+
+def test_non_finite_output_of_a_cnn_and_of_the_logit_lens_is_reported():
+    import timm
+
+    from vit_explore.errors import NonFiniteOutputError
+
+    cnn = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    with torch.no_grad():
+        cnn.fc.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError):
+        vx.explain(cnn, torch.randn(1, 3, 32, 32), "saliency")
+    with pytest.raises(NonFiniteOutputError):
+        vx.intervene(cnn, torch.randn(1, 3, 32, 32), [0], mode="blur")
+    vit = vx.load_model("toy-shapes")
+    with torch.no_grad():
+        vit.head.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError):
+        vx.logit_lens(vit, torch.randn(1, 3, 96, 96))

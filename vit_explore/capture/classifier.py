@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .._checks import checked_output
 from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
@@ -268,7 +269,7 @@ def check_logits(model: nn.Module, out: object) -> torch.Tensor:
             f"expected an image classifier mapping (B, 3, H, W) to logits (B, classes), but "
             f"{type(model).__name__} returned {type(out).__name__}{tuple(getattr(out, 'shape', ()))}"
         )
-    return out
+    return checked_output(out)
 
 
 def _fits(h: int, w: int, H: int, W: int) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import checked_output
 from ..errors import CaptureError, UnsupportedModelError
 from .adapters import ViTInfo, inspect_vit
 from .state import eval_mode
@@ -108,7 +109,7 @@ def record_stream(
                 handles.append(blk.ls2.register_forward_hook(put(mlp_out, i, False)))
         handles.append(blocks[-1].register_forward_hook(put(resid, L, False)))
         with torch.inference_mode(), eval_mode(model):
-            logits = model(x)
+            logits = checked_output(model(x), x)
     finally:
         for h in handles:
             h.remove()
