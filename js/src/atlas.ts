@@ -1,7 +1,7 @@
 // anywidget front end of vit_explore's Atlas (vit_explore/widget/_atlas.py), plus the standalone
 // host used by Atlas.to_html(). Every user string is set with textContent.
 import "./atlas.css";
-import { fromBase64, gunzipBase64, typed, type Bin } from "./decode";
+import { gunzipBase64, revive, typed, type Bin } from "./decode";
 import { colorize, normalize, isSigned } from "./colormap";
 
 type Json = any;
@@ -365,20 +365,6 @@ function render({ model, el, signal }: { model: Model; el: HTMLElement; signal?:
 export default { render };
 
 // ---------------------------------------------------------------- standalone (to_html)
-
-function revive(v: Json): Json {
-  if (Array.isArray(v)) return v.map(revive);
-  if (v && typeof v === "object") {
-    if (typeof v.$b64 === "string" && Object.keys(v).length === 1) {
-      const b = fromBase64(v.$b64);
-      return new DataView(b.buffer, b.byteOffset, b.byteLength);
-    }
-    const out: Record<string, Json> = {};
-    for (const [k, x] of Object.entries(v)) out[k] = revive(x);
-    return out;
-  }
-  return v;
-}
 
 class LocalModel implements Model {
   private state: Record<string, Json>;

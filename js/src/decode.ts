@@ -116,3 +116,19 @@ export function blobView(blob: ArrayBuffer, range: BlobRange): DataView {
   }
   return new DataView(blob, at, n);
 }
+
+/** Replace {"$b64": "..."} leaves by DataViews (how binary travels inside a standalone HTML file:
+ *  the Explorer's and the Atlas's `to_html`). */
+export function revive(v: any): any {
+  if (Array.isArray(v)) return v.map(revive);
+  if (v && typeof v === "object") {
+    if (typeof v.$b64 === "string" && Object.keys(v).length === 1) {
+      const b = fromBase64(v.$b64);
+      return new DataView(b.buffer, b.byteOffset, b.byteLength);
+    }
+    const out: Record<string, any> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = revive(x);
+    return out;
+  }
+  return v;
+}

@@ -1,7 +1,7 @@
 // anywidget 0.11 front-end module (AFM) of vit_explore's Explorer, plus a standalone host shim
 // used by Explorer.to_html() (no Jupyter, no network: state and attention are embedded).
 import "./styles.css";
-import { type BlobRange, blobView, fromBase64 } from "./decode";
+import { type BlobRange, blobView, revive } from "./decode";
 import { dropStore, handleAttnMessage, storeFor, type AttnMessage } from "./store";
 import { renderView, type DebugInfo, type Model } from "./view";
 
@@ -78,21 +78,6 @@ export default { initialize, render };
 // ---------------------------------------------------------------- standalone (to_html)
 
 type Json = any;
-
-/** Replace {"$b64": "..."} leaves by DataViews (how binary travels inside the HTML file). */
-function revive(v: Json): Json {
-  if (Array.isArray(v)) return v.map(revive);
-  if (v && typeof v === "object") {
-    if (typeof v.$b64 === "string" && Object.keys(v).length === 1) {
-      const b = fromBase64(v.$b64);
-      return new DataView(b.buffer, b.byteOffset, b.byteLength);
-    }
-    const out: Record<string, Json> = {};
-    for (const [k, x] of Object.entries(v)) out[k] = revive(x);
-    return out;
-  }
-  return v;
-}
 
 /** A minimal in-memory model with the anywidget model API; `send` goes nowhere. */
 export class LocalModel implements Model {
