@@ -2,6 +2,7 @@
 // host used by Atlas.to_html(). Every user string is set with textContent.
 import "./atlas.css";
 import { gunzipBase64, revive, typed, type Bin } from "./decode";
+import { LocalModel } from "./local_model";
 import { colorize, normalize, isSigned } from "./colormap";
 
 type Json = any;
@@ -365,33 +366,6 @@ function render({ model, el, signal }: { model: Model; el: HTMLElement; signal?:
 export default { render };
 
 // ---------------------------------------------------------------- standalone (to_html)
-
-class LocalModel implements Model {
-  private state: Record<string, Json>;
-  private handlers = new Map<string, Set<(...a: any[]) => void>>();
-  constructor(state: Record<string, Json>) {
-    this.state = { ...state };
-  }
-  get(key: string) {
-    return this.state[key];
-  }
-  set(key: string, value: unknown) {
-    const old = this.state[key];
-    this.state[key] = value;
-    if (old !== value) for (const cb of Array.from(this.handlers.get(`change:${key}`) ?? [])) cb(value);
-  }
-  save_changes() {}
-  on(ev: string, cb: (...a: any[]) => void) {
-    if (!this.handlers.has(ev)) this.handlers.set(ev, new Set());
-    this.handlers.get(ev)!.add(cb);
-  }
-  off(ev?: string | null, cb?: ((...a: any[]) => void) | null) {
-    if (!ev) this.handlers.clear();
-    else if (!cb) this.handlers.delete(ev);
-    else this.handlers.get(ev)?.delete(cb);
-  }
-  send() {}
-}
 
 /** Mount an exported Atlas (gzip+base64 JSON state) into `el`. */
 export async function mountStandalone(el: HTMLElement, text: string): Promise<Model> {

@@ -2,8 +2,11 @@
 // used by Explorer.to_html() (no Jupyter, no network: state and attention are embedded).
 import "./styles.css";
 import { type BlobRange, blobView, revive } from "./decode";
+import { LocalModel } from "./local_model";
 import { dropStore, handleAttnMessage, storeFor, type AttnMessage } from "./store";
 import { renderView, type DebugInfo, type Model } from "./view";
+
+export { LocalModel };
 
 export { gunzipBase64 } from "./decode";
 
@@ -79,39 +82,6 @@ export default { initialize, render };
 
 type Json = any;
 
-/** A minimal in-memory model with the anywidget model API; `send` goes nowhere. */
-export class LocalModel implements Model {
-  private state: Record<string, Json>;
-  private handlers = new Map<string, Set<(...a: any[]) => void>>();
-  sent: unknown[] = [];
-  constructor(state: Record<string, Json>) {
-    this.state = { ...state };
-  }
-  get(key: string) {
-    return this.state[key];
-  }
-  set(key: string, value: unknown) {
-    const old = this.state[key];
-    this.state[key] = value;
-    if (old !== value) this.emit(`change:${key}`, value);
-  }
-  save_changes() {}
-  on(ev: string, cb: (...a: any[]) => void) {
-    if (!this.handlers.has(ev)) this.handlers.set(ev, new Set());
-    this.handlers.get(ev)!.add(cb);
-  }
-  off(ev?: string | null, cb?: ((...a: any[]) => void) | null) {
-    if (!ev) this.handlers.clear();
-    else if (!cb) this.handlers.delete(ev);
-    else this.handlers.get(ev)?.delete(cb);
-  }
-  send(content: unknown) {
-    this.sent.push(content);
-  }
-  emit(ev: string, ...args: unknown[]) {
-    for (const cb of Array.from(this.handlers.get(ev) ?? [])) cb(...args);
-  }
-}
 
 export interface StandaloneData {
   state: Record<string, Json>;

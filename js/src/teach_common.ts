@@ -2,6 +2,7 @@
 // All user strings (class names, tour texts) go in as textContent.
 import { bytesOf } from "./decode";
 import { colorize, normalize } from "./colormap";
+import { rgbCanvas, type ImagePayload } from "./rgb_canvas";
 import type { Model } from "./view";
 
 export interface ClassProb {
@@ -79,23 +80,8 @@ export function drawMap(
   const ctx = canvas.getContext("2d")!;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, px, px);
-  const im = model.get("image") as { data: DataView; height: number; width: number } | undefined;
-  if (im && im.data) {
-    const rgb = bytesOf(im.data);
-    const c = document.createElement("canvas");
-    c.width = im.width;
-    c.height = im.height;
-    const cx = c.getContext("2d")!;
-    const data = cx.createImageData(im.width, im.height);
-    for (let i = 0, j = 0; i < im.width * im.height; i++, j += 3) {
-      data.data[i * 4] = rgb[j];
-      data.data[i * 4 + 1] = rgb[j + 1];
-      data.data[i * 4 + 2] = rgb[j + 2];
-      data.data[i * 4 + 3] = 255;
-    }
-    cx.putImageData(data, 0, 0);
-    ctx.drawImage(c, 0, 0, px, px);
-  }
+  const c = rgbCanvas(model.get("image") as ImagePayload | undefined);
+  if (c) ctx.drawImage(c, 0, 0, px, px);
   const [gh, gw] = (model.get("grid") as [number, number]) ?? [1, 1];
   if (values && values.length === gh * gw) {
     let t: Float32Array;

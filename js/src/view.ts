@@ -4,7 +4,8 @@ import { colorize, COLORMAPS, DEFAULT_DIVERGING, DEFAULT_SEQUENTIAL, DIVERGING, 
 import { composeExport } from "./exportpng";
 import { exportName, fmt, signedFmt as signed } from "./format";
 import { applyMask, maskAt, maskOrder, polylinePoints, type Box } from "./charts";
-import { attnRow, bytesOf, decodeMap, type MapPayload } from "./decode";
+import { attnRow, decodeMap, type MapPayload } from "./decode";
+import { rgbCanvas, type ImagePayload } from "./rgb_canvas";
 import type { CachedMap, Store } from "./store";
 import { renderTeaching } from "./teaching";
 
@@ -41,12 +42,6 @@ interface Intervention {
   new_top?: ClassProb;
   ms?: number;
   error?: string;
-}
-
-interface ImagePayload {
-  data: DataView;
-  height: number;
-  width: number;
 }
 
 interface CurvesPayload {
@@ -108,25 +103,6 @@ function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string,
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
   if (text !== undefined) e.textContent = text;
   return e;
-}
-
-/** An RGB uint8 payload drawn into a fresh canvas. */
-function rgbCanvas(im: ImagePayload | null | undefined): HTMLCanvasElement | null {
-  if (!im || !im.data) return null;
-  const rgb = bytesOf(im.data);
-  const c = document.createElement("canvas");
-  c.width = im.width;
-  c.height = im.height;
-  const ctx = c.getContext("2d")!;
-  const data = ctx.createImageData(im.width, im.height);
-  for (let i = 0, j = 0; i < im.width * im.height; i++, j += 3) {
-    data.data[i * 4] = rgb[j];
-    data.data[i * 4 + 1] = rgb[j + 1];
-    data.data[i * 4 + 2] = rgb[j + 2];
-    data.data[i * 4 + 3] = 255;
-  }
-  ctx.putImageData(data, 0, 0);
-  return c;
 }
 
 export const MODES = ["noise", "blur", "mean", "zero", "drop"];
