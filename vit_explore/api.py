@@ -15,7 +15,7 @@ from .errors import UnsupportedModelError
 from .explainers._registry import ExplainerResult, get_explainer
 from .explanation import Explanation
 from .inputs import ImageLike, as_batch, check_tensor
-from .targets import TargetLike, class_index, resolve_target
+from .targets import ScoreTarget, TargetLike, class_index, explained_class, is_score_fn, resolve_target
 
 
 def explain(
@@ -39,7 +39,9 @@ def explain(
             (or a list of them), then preprocessed with the model's own data config.
         method: a key of ``list_methods()``.
         target: None (top-1 per image), an int, or one int per image; a class name (or one per
-            image) where the model has class names.
+            image) where the model has class names; or a callable mapping the model's output to one
+            score per image (B,), e.g. ``vx.targets.similarity(embedding)`` for a model without a
+            head (``Explanation.target`` is then -1 and ``extras["target_score"]`` holds the scores).
         processor: a Hugging Face image processor for PIL / uint8 images (Hugging Face models;
             default: the model type's processor sized from ``config.image_size``).
             ``Explanation.extras["preprocessing"]`` records which preprocessing was applied.
@@ -57,18 +59,17 @@ def explain(
     target = class_index(model, target)
     model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     try:
-        info = inspect_model(model)
+        info = inspect_model(model, headless=is_score_fn(target))
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"method {method!r} cannot run on this model: {e}") from None
     if isinstance(info, ClassifierInfo) and method not in MODEL_AGNOSTIC:
         raise not_defined(info, f"method {method!r}")
     xb = as_batch(model, x, processor)
+    extras_in: dict[str, Any] = {}
     if not isinstance(x, torch.Tensor) and not (isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor)):
         from .inputs import preprocessing_of
 
-        extras_in = {"preprocessing": preprocessing_of(model, processor)}  # which preprocessing made xb (vx.preprocess)
-    else:
-        extras_in = {}
+        extras_in["preprocessing"] = preprocessing_of(model, processor)  # which preprocessing made xb (vx.preprocess)
     if spec.kind == "trace" and isinstance(info, ClassifierInfo):
         needs = spec.needs_for(bound)
         trace = capture_classifier(
@@ -88,12 +89,14 @@ def explain(
         logits, layout = out.logits, out.layout
         tgt = out.target if out.target is not None else resolve_target(target, logits)
     result = out if isinstance(out, ExplainerResult) else ExplainerResult(out)
+    if isinstance(tgt, ScoreTarget):  # a callable target: no class; its scores on x are kept
+        extras_in["target_score"] = tgt.values.detach().to(torch.float32)
     pm = result.patch_map
     if pm.shape != (xb.shape[0], *layout.grid):
         raise RuntimeError(f"{method} returned a map of shape {tuple(pm.shape)}, expected {(xb.shape[0], *layout.grid)}")
     return Explanation(
         patch_map=pm.detach().to(torch.float32),
-        target=tgt,
+        target=explained_class(tgt),
         logits=logits,
         method=method,
         params=bound,

@@ -36,7 +36,7 @@ from .capture.hf import as_vit
 from .capture.state import scan as _scan_model
 from .errors import CaptureError, InputError, suggest
 from .inputs import check_finite, check_tensor
-from .targets import TargetLike, class_index, resolve_target
+from .targets import TargetLike, class_index, needs_class, resolve_target
 
 __all__ = [
     "MODES",
@@ -205,7 +205,7 @@ class _Setup:
     token: int  # names the content of x for the caches (see _image_token)
 
 
-def _setup(model: nn.Module, x: torch.Tensor, fp: tuple | None = None) -> _Setup:
+def _setup(model: nn.Module, x: torch.Tensor, fp: tuple | None = None, info: ModelInfo | None = None) -> _Setup:
     """Check ``x`` against ``model``. With ``fp`` (``scan(model)[1]``), the setup of the last
     call is reused when the model is the same object, unchanged (parameters and hooks), and
     ``x`` equals that call's input: a brush on the same image skips the model inspection and
@@ -217,7 +217,7 @@ def _setup(model: nn.Module, x: torch.Tensor, fp: tuple | None = None) -> _Setup
             ref = _SETUP.get("model")
             if ref is not None and ref() is model and _SETUP["fp"] == fp and _same_tensor(_SETUP["raw"], x):
                 return _SETUP["setup"]
-    info = inspect_model(model)
+    info = inspect_model(model) if info is None else info  # info: a caller's (explain's) own
     xc = check_tensor(info, x, model, finite=False)
     token = _image_token(xc)
     if _LAST_X.get("finite") != token:  # a batch equal to one already checked is finite (NaN != NaN)
@@ -249,6 +249,11 @@ def _check_args(
     check_int("blur_size", blur_size, 1, fix="a positive odd number of pixels, e.g. 11")
     if batch_size is not None:
         check_int("batch_size", batch_size, 1, fix="or None for one pass")
+    needs_class(
+        target, "vx.intervene / causal_score / counterfactual (they report class probabilities, top-k and the "
+        "class that wins)", "give a class index (vx.zero_shot makes CLIP / SigLIP a classifier over text labels), "
+        "or measure a callable's drop per patch with vx.explain(..., 'occlusion', target=fn, score='logit')",
+    )
     return class_index(model, target)
 
 

@@ -71,8 +71,11 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
-def inspect_vit(model: object) -> ViTInfo:
+def inspect_vit(model: object, *, headless: bool = False) -> ViTInfo:
     """Check that ``model`` is a supported timm ViT and describe it.
+
+    ``headless=True`` accepts a model without a classifier head (``num_classes=0``: its output
+    is the pooled embedding), for a callable target (``vit_explore.targets``).
 
     Raises:
         UnsupportedModelError: not an ``nn.Module``, not a timm VisionTransformer,
@@ -128,10 +131,11 @@ def inspect_vit(model: object) -> ViTInfo:
     proj = getattr(pe, "proj", None)
     in_chans = int(getattr(proj, "in_channels", 3))
     num_classes = int(getattr(model, "num_classes", 0) or 0)
-    if num_classes <= 0:
+    if num_classes <= 0 and not headless:
         raise UnsupportedModelError(
             f"{name} has no classifier head (num_classes=0); explanations need class logits. "
-            "Create it with num_classes > 0."
+            "Create it with num_classes > 0, or explain a score of its embedding with a callable target "
+            "(target=vx.targets.similarity(embedding))."
         )
     return ViTInfo(
         attns=tuple(attns),

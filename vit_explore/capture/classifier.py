@@ -121,19 +121,21 @@ def _reductions(model: nn.Module) -> list[int]:
     return out
 
 
-def inspect_classifier(model: nn.Module, vit_error: str = "") -> ClassifierInfo:
+def inspect_classifier(model: nn.Module, vit_error: str = "", *, headless: bool = False) -> ClassifierInfo:
     """Describe an ``nn.Module`` image classifier (see the module docstring for the grid).
 
     Args:
         vit_error: why ``inspect_vit`` refused the model (quoted for single-grid transformers).
+        headless: accept a model without a head (``num_classes=0``), for a callable target.
     """
     name = type(model).__name__
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected an image classifier (torch.nn.Module), got {name}")
-    if getattr(model, "num_classes", None) == 0:
+    if getattr(model, "num_classes", None) == 0 and not headless:
         raise UnsupportedModelError(
             f"{name} has no classifier head (num_classes=0); explanations need class logits. "
-            "Create it with num_classes > 0."
+            "Create it with num_classes > 0, or explain a score of its embedding with a callable target "
+            "(target=vx.targets.similarity(embedding))."
         )
     red = _reductions(model)
     if not _has_attention(model):
@@ -169,20 +171,21 @@ def inspect_classifier(model: nn.Module, vit_error: str = "") -> ClassifierInfo:
     )
 
 
-def inspect_model(model: object) -> ModelInfo:
-    """``inspect_vit(model)`` for a supported ViT, else ``inspect_classifier(model)``.
+def inspect_model(model: object, *, headless: bool = False) -> ModelInfo:
+    """``inspect_vit(model)`` for a supported ViT, else ``inspect_classifier(model)``
+    (``headless``: accept a model without a head, see ``inspect_vit``).
 
     Raises:
         UnsupportedModelError: not an ``nn.Module``, or a ViT without a classifier head.
     """
     try:
-        return inspect_vit(model)
+        return inspect_vit(model, headless=headless)
     except UnsupportedModelError as e:
         if not isinstance(model, nn.Module):
             raise
         if "num_classes=0" in str(e):
             raise
-        return inspect_classifier(model, str(e))
+        return inspect_classifier(model, str(e), headless=headless)
 
 
 def layout_any(info: ModelInfo, height: int, width: int) -> TokenLayout:

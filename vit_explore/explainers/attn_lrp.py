@@ -21,7 +21,7 @@ from .._checks import checked_output
 from ..capture.adapters import ViTInfo, layout_for
 from ..capture.rules import lrp_rules
 from ..errors import CaptureError
-from ..targets import TargetLike, resolve_target
+from ..targets import TargetLike, resolve_target, target_score
 from ._registry import ExplainerResult, register_explainer
 
 
@@ -47,7 +47,9 @@ def attn_lrp(
 
     Args:
         x: (B, 3, H, W).
-        target: class per image (None: top-1).
+        target: class per image (None: top-1), or a callable score (``vit_explore.targets``): the
+            rules act inside the model, the callable is differentiated as it is, so the relevance
+            entering the model's output is ``output * d score / d output``.
         variant: ``"cp"`` (CP-LRP, the recommendation for ViTs) or ``"attnlrp"``.
         gamma_linear, gamma_conv: LRP-gamma on every Linear / Conv2d (0: epsilon rule).
         rules: False turns every rule off (plain gradient x input, a baseline).
@@ -66,7 +68,7 @@ def attn_lrp(
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise CaptureError("expected the model to return logits (B, num_classes)")
         tgt = resolve_target(target, logits)
-        y = logits.gather(1, tgt[:, None]).sum()
+        y = target_score(logits, tgt).sum()  # a callable target: relevance starts at its gradient x output
         (grad,) = torch.autograd.grad(y, xin)
     pixel = (xin.detach() * grad).sum(dim=1)
     _B, _, H, W = x.shape

@@ -45,7 +45,7 @@ from torch import nn
 from ..capture.adapters import ViTInfo
 from ..capture.rules import LRPBlock, LRPView, lrp_view
 from ..capture.session import Trace, capture
-from ..targets import TargetLike
+from ..targets import TargetLike, needs_class
 from ._fusion import check_start_layer
 from ._registry import ExplainerResult, register_explainer
 
@@ -328,6 +328,12 @@ def chefer_lrp(
     Returns:
         ``ExplainerResult`` with ``patch_map`` (B, gh, gw), raw.
     """
+    needs_class(
+        target, "chefer_lrp (its relevance starts from a one-hot vector at the class logits, Chefer et al. 2021)",
+        "a callable's score has no logit to put the one on. Use chefer_generic (the rule Chefer et al. apply to "
+        "CLIP, ICCV 2021), attn_lrp (relevance from the score's gradient x output) or a class target "
+        "(vx.zero_shot for CLIP / SigLIP)",
+    )
     view = lrp_view(model, info)
     start = check_start_layer(start_layer, info.num_layers)
     trace = capture(model, x, view.needs(start), target=target, info=info)

@@ -14,7 +14,7 @@ from ..capture.classifier import capture_any as capture
 from ..capture.session import Needs
 from ..errors import InputError
 from ..inputs import data_config
-from ..targets import TargetLike
+from ..targets import TargetLike, target_score
 from ._registry import ExplainerResult, register_explainer
 from .saliency import Reduce, reduce_channels
 
@@ -114,15 +114,17 @@ def integrated_gradients(
         xs = base[idx] + a * (x[idx] - base[idx])
         tr = capture(model, xs, Needs(input_grad=True), target=tgt[idx], info=info)
         total.index_add_(0, idx, w * tr.input_grad)
-        for j, (al, _, b) in enumerate(part):
-            if al == 0.0:
-                score_at[b] = tr.logits[j, tgt[b]]
+        if any(p[0] == 0.0 for p in part):
+            s_part = target_score(tr.logits, tgt, rows=idx)
+            for j, (al, _, b) in enumerate(part):
+                if al == 0.0:
+                    score_at[b] = s_part[j]
     attributions = (x - base) * total
     if len(score_at) < B:  # the right rule never evaluates the baseline itself
-        score_base = capture(model, base, Needs(), target=tgt, info=info).logits.gather(1, tgt[:, None])[:, 0]
+        score_base = target_score(capture(model, base, Needs(), target=tgt, info=info).logits, tgt)
     else:
         score_base = torch.stack([score_at[b] for b in range(B)])
-    score_x = ref.logits.gather(1, tgt[:, None])[:, 0]
+    score_x = target_score(ref.logits, tgt)
     delta = attributions.sum(dim=(1, 2, 3)) - (score_x - score_base)
     pixel = reduce_channels(attributions, reduce, abs=False)
     return ExplainerResult(

@@ -20,7 +20,7 @@ from torch import nn
 from ..capture.classifier import ClassifierInfo, ModelInfo, layout_any, not_token_mode
 from ..errors import InputError
 from ..interventions import MODES, _setup, base_logits, run_regions
-from ..targets import TargetLike, resolve_target
+from ..targets import TargetLike, resolve_target, target_score
 from ._registry import ExplainerResult, register_explainer
 
 
@@ -60,7 +60,8 @@ def occlusion(
     Args:
         window, stride: in patches.
         mode: how a window is removed (``vx.intervene`` modes).
-        score: ``"prob"`` (softmax) or ``"logit"``.
+        score: ``"prob"`` (softmax) or ``"logit"``; with a callable target only ``"logit"`` (the
+            callable's value as it is).
         batch_size: window positions per forward pass.
     """
     if mode not in MODES:
@@ -69,7 +70,7 @@ def occlusion(
         raise InputError(f"unknown mode {mode!r}{suggest(str(mode), MODES)} (modes: {', '.join(MODES)})")
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
-    st = _setup(model, x)
+    st = _setup(model, x, info=info)  # info: explain's (a headless model for a callable target)
     if mode == "drop" and isinstance(st.info, ClassifierInfo):
         raise not_token_mode(st.info)
     gh, gw = st.grid
@@ -91,13 +92,12 @@ def occlusion(
     img_idx = torch.arange(B).repeat_interleave(n)
     base = base_logits(model, st.x)
     tgt = resolve_target(target, base)
+    b_s = target_score(base, tgt, score)[:, None]  # (B, 1)
     lg, *_ = run_regions(
         model, st, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
         blur_sigma=blur_sigma, batch_size=batch_size, with_base=False,
     )
-    f = (lambda z: z.softmax(-1)) if score == "prob" else (lambda z: z)
-    b_s = f(base).gather(1, tgt[:, None])  # (B, 1)
-    o_s = f(lg).gather(1, tgt.repeat_interleave(n)[:, None]).reshape(B, n)
+    o_s = target_score(lg, tgt, score, rows=img_idx.to(base.device)).reshape(B, n)
     drop = (b_s - o_s).to(torch.float64)  # (B, n)
     Wf = W.reshape(n, -1).to(drop.device, torch.float64)
     cover = Wf.sum(0)

@@ -22,7 +22,7 @@ from .._checks import MAX_PASSES, check_int
 from ..capture.ablation import forward_logits
 from ..capture.classifier import ModelInfo, check_logits, layout_any
 from ..errors import InputError
-from ..targets import TargetLike, resolve_target
+from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from ._registry import ExplainerResult, register_explainer
 
 
@@ -108,7 +108,8 @@ def rise(
 
     Returns:
         ``patch_map`` (B, gh, gw): the pixel saliency averaged within each patch;
-        ``extras["pixel_map"]`` (B, H, W) the RISE map of the target class.
+        ``extras["pixel_map"]`` (B, H, W) the RISE map of the target class (of a callable
+        target's value, the score RISE weighs the masks by, in place of the class probability).
     """
     for name, v in (("n_masks", n_masks), ("s", s), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -120,6 +121,7 @@ def rise(
     B, _, H, W = x.shape
     logits = check_logits(model, forward_logits(model, x))
     tgt = resolve_target(target, logits)
+    sc = "logit" if isinstance(tgt, ScoreTarget) else "prob"  # a callable's own value, else the class probability
     grid, shifts = generate_masks(n_masks, s, float(p1), (H, W), seed)
     sal = torch.zeros(B, H * W, dtype=torch.float64, device=x.device)
     per = max(1, batch_size // B)  # masks per chunk, so that a chunk holds about batch_size images
@@ -128,8 +130,8 @@ def rise(
         m = build_masks(grid[i : i + per], shifts[i : i + per], s, (H, W), x.device, x.dtype)  # (n, H, W)
         n = m.shape[0]
         stack = (m[:, None, None] * x[None]).reshape(n * B, *x.shape[1:])  # mask-major, as RISEBatch
-        p = forward_logits(model, stack, batch_size).softmax(-1).reshape(n, B, -1)
-        pc = p[:, rows, tgt].to(torch.float64)  # (n, B)
+        out = forward_logits(model, stack, batch_size)
+        pc = target_score(out, tgt, sc, rows=rows.repeat(n)).reshape(n, B).to(torch.float64)  # (n, B)
         sal += pc.T @ m.reshape(n, -1).to(torch.float64)
     sal = (sal / (n_masks * float(p1))).reshape(B, H, W).to(torch.float32)
     layout = layout_any(info, H, W)

@@ -39,7 +39,7 @@ from ..capture.state import submodules
 from ..errors import InputError
 from ..inputs import check_finite
 from ..interventions import cached_noise
-from ..targets import TargetLike, resolve_target
+from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from ._registry import ExplainerResult, register_explainer
 
 
@@ -258,6 +258,9 @@ def vit_cx(
         distance_threshold: complete-linkage threshold on the cosine distance (0.1).
         sigma: noise standard deviation in normalised space (0.1).
 
+    With a callable target (``vit_explore.targets``) its value stands in for the class
+    probability ``P(.)[c]`` in every ``Delta_k``.
+
     Returns:
         ``patch_map`` (B, gh, gw): the pixel saliency averaged within each patch. ``extras``:
         ``pixel_map`` (B, H, W) the ViT-CX saliency itself, ``masks`` (list of (K_b, H, W)),
@@ -286,7 +289,8 @@ def vit_cx(
     act = acts[name][:, T:]  # (B, P, C), patch tokens only
     if act.shape[1] != gh * gw:
         raise InputError(f"block {L - 1} norm1 has {act.shape[1]} patch tokens, expected {gh * gw}")
-    p_c = [row[c] for row, c in zip(logits.softmax(-1).tolist(), tgt.tolist())]
+    sc = "logit" if isinstance(tgt, ScoreTarget) else "prob"  # a callable's own value, else the class probability
+    p_c = target_score(logits, tgt, sc).tolist()
     if not all(map(math.isfinite, p_c)):
         check_finite(x)  # a NaN or infinite pixel: the input's own error
         raise InputError("the model's output is NaN or infinite for this input (are its weights finite?)")
@@ -309,12 +313,13 @@ def vit_cx(
             torch.lerp(eps, x[b], Mx, out=fed[at : at + K])  # eps + M (x - eps)
             torch.addcmul(x[b], eps, 1 - Mx, out=fed[at + K : at + 2 * K])
             at += 2 * K
-        probs = forward_logits(model, fed, batch_size, mods).softmax(-1)
+        rows = torch.repeat_interleave(torch.arange(B, device=x.device), torch.tensor(counts, device=x.device) * 2)
+        probs = target_score(forward_logits(model, fed, batch_size, mods), tgt, sc, rows=rows)  # (2 sum K,)
     sal = x.new_empty(B, H * W)
     scores, at = [], 0
-    for b, c in enumerate(tgt.tolist()):
+    for b in range(B):
         K = counts[b]
-        p = probs[at : at + 2 * K, c]
+        p = probs[at : at + 2 * K]
         at += 2 * K
         delta = p[:K] - p[K:] + p_c[b]  # Delta_k[c] = P(x_k) - P(x'_k) + p_c
         scores.append(delta)
