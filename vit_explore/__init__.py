@@ -6,7 +6,7 @@ Public surface: ``explain``, ``Explanation``, ``list_methods``, ``preprocess``, 
 
 from __future__ import annotations
 
-from . import metrics
+from . import metrics, targets
 from ._version import __version__
 from .api import attention_maps, explain
 from .attribution import HeadAttribution, head_attribution
@@ -38,6 +38,7 @@ from .lens import LogitLens, logit_lens, token_similarity
 from .patching import patch_activations
 from .survey import Survey, survey
 from .widget import Atlas, Explorer
+from .zero_shot import ImageFeatures, ZeroShot, image_features, zero_shot
 from .zoo import EMBEDDED_MODELS, class_names, load_model, save_model
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Explanation",
     "Explorer",
     "HeadAttribution",
+    "ImageFeatures",
     "InputError",
     "Intervention",
     "LogitLens",
@@ -61,6 +63,7 @@ __all__ = [
     "UnsupportedModelError",
     "VitExploreError",
     "WeightsError",
+    "ZeroShot",
     "__version__",
     "ablate_heads",
     "attention_maps",
@@ -72,6 +75,7 @@ __all__ = [
     "explain",
     "get_explainer",
     "head_attribution",
+    "image_features",
     "intervene",
     "list_methods",
     "load_model",
@@ -83,5 +87,7 @@ __all__ = [
     "run_benchmark",
     "save_model",
     "survey",
+    "targets",
     "token_similarity",
+    "zero_shot",
 ]

@@ -1,0 +1,128 @@
+"""vx.zero_shot on small random-weight CLIPModel / SiglipModel (no tokenizer: token ids made here):
+the wrapper's logits are the model's own logits_per_image; a method on the wrapper equals the same
+method on the image tower (vx.image_features) with the equivalent callable target."""
+
+import pytest
+import torch
+
+import vit_explore as vx
+from vit_explore.errors import InputError, UnsupportedModelError
+from vit_explore.targets import similarity
+from vit_explore.zero_shot import image_features, zero_shot
+
+transformers = pytest.importorskip("transformers")
+
+SIZE, PATCH, K, T = 32, 8, 3, 6
+
+
+def _model(kind: str):
+    torch.manual_seed(0)
+    text = {"vocab_size": 50, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": T}
+    vision = {"image_size": SIZE, "patch_size": PATCH, "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4}
+    if kind == "clip":
+        cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+        m = transformers.CLIPModel(cfg)
+    else:
+        cfg = transformers.SiglipConfig(text_config=text, vision_config=vision)
+        m = transformers.SiglipModel(cfg)
+        with torch.no_grad():
+            m.logit_bias.fill_(-1.5)
+    with torch.no_grad():
+        m.logit_scale.fill_(2.0)
+    return m.eval()
+
+
+def _ids(kind: str):
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 49, (K, T), generator=g)
+    if kind == "clip":
+        ids[:, -1] = 49  # CLIP pools at the highest token id (its EOS)
+    return ids
+
+
+def _x(b: int = 2):
+    return torch.randn(b, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(params=["clip", "siglip"])
+def kind(request):
+    return request.param
+
+
+def test_logits_equal_the_models_logits_per_image(kind):
+    m, ids, x = _model(kind), _ids(kind), _x()
+    zs = zero_shot(m, ["a", "b", "c"], text_inputs=ids)
+    with torch.no_grad():
+        want = m(input_ids=ids, pixel_values=x).logits_per_image
+        got = zs(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert vx.class_names(zs) == ["a", "b", "c"]
+    # the same from the text embeddings
+    with torch.no_grad():
+        emb = m.get_text_features(input_ids=ids)
+    emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
+    torch.testing.assert_close(zero_shot(m, text_embeddings=emb)(x).detach(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, params", [
+    ("saliency", {}), ("integrated_gradients", {"steps": 3}), ("occlusion", {"score": "logit"}), ("grad_cam", {}),
+])
+def test_method_on_the_wrapper_equals_the_tower_with_a_callable(kind, method, params):
+    m, ids, x = _model(kind), _ids(kind), _x()
+    zs = zero_shot(m, text_inputs=ids)
+    c = 1
+    scale = float(m.logit_scale.detach().exp())
+    bias = float(m.logit_bias.detach()) if kind == "siglip" else 0.0
+    sim = similarity(zs.text_embeds[c])
+    a = vx.explain(zs, x, method, target=c, **params)
+    b = vx.explain(image_features(m), x, method, target=lambda e: sim(e) * scale + bias, **params)
+    torch.testing.assert_close(b.patch_map, a.patch_map, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.extras["target_score"], a.logits[:, c], rtol=1e-5, atol=1e-5)
+    assert a.layout.grid == (SIZE // PATCH, SIZE // PATCH)
+
+
+def test_interventions_run_on_the_wrapper(kind):
+    m, ids, x = _model(kind), _ids(kind), _x(1)
+    zs = zero_shot(m, text_inputs=ids)
+    iv = vx.intervene(zs, x, [0, 1, 2], mode="zero", target=0)
+    fed = x.clone()
+    fed[..., :PATCH, : 3 * PATCH] = 0  # patches 0, 1, 2 of the 4x4 analysis grid
+    with torch.no_grad():
+        want = m(input_ids=ids, pixel_values=fed).logits_per_image.softmax(-1)
+    torch.testing.assert_close(iv.probs, want, rtol=1e-5, atol=1e-6)
+
+
+def test_model_left_as_found_and_errors():
+    m = _model("clip").train()
+    zs = zero_shot(m, text_inputs=_ids("clip"))
+    assert all(mod.training for mod in m.modules())  # the text pass put the training flags back
+    assert all(p.requires_grad for p in m.parameters())
+    m.eval()
+    vx.explain(zs, _x(1), "saliency", target=0)
+    assert all(p.requires_grad for p in m.parameters()) and not m.training
+    with pytest.raises(InputError, match="exactly one text source"):
+        zero_shot(m, ["a"])
+    with pytest.raises(InputError, match="2 labels for 3 texts"):
+        zero_shot(m, ["a", "b"], text_inputs=_ids("clip"))
+    with pytest.raises(InputError, match="input_ids"):
+        zero_shot(m, text_inputs=torch.zeros(3, 4))
+    with pytest.raises(UnsupportedModelError, match="CLIPModel or SiglipModel"):
+        zero_shot(torch.nn.Linear(2, 2), text_inputs=_ids("clip"))
+    with pytest.raises(UnsupportedModelError, match="num_classes=0.*callable"):
+        vx.explain(image_features(m), _x(1), "saliency")
+
+
+def test_labels_go_through_the_processor(kind):
+    """labels + processor: the processor tokenises the labels (SigLIP padded to max_length)."""
+    m, ids = _model(kind), _ids(kind)
+    seen = {}
+
+    def processor(text, return_tensors, padding):
+        seen.update(text=text, padding=padding)
+        return {"input_ids": ids}
+
+    zs = zero_shot(m, ["x", "y", "z"], processor=processor)
+    assert seen == {"text": ["x", "y", "z"], "padding": "max_length" if kind == "siglip" else True}
+    torch.testing.assert_close(zs.text_embeds, zero_shot(m, text_inputs=ids).text_embeds)

@@ -1,0 +1,221 @@
+"""Zero-shot CLIP / SigLIP as a classifier over text labels, and a Hugging Face image tower as
+an embedding model.
+
+``zero_shot(model, labels=[...], processor=...)`` returns ``ZeroShot``: an ``nn.Module`` mapping
+pixel values (B, 3, H, W) to logits (B, K), the model's own image-text similarities over the K
+labels (``logit_scale.exp() * cos(image, text_k)``, + ``logit_bias`` for SigLIP; Radford et al.,
+ICML 2021; Zhai et al., ICCV 2023), with the labels as class names. ``vx.explain``, the
+interventions and the Explorer take it as any classifier, so the relevance methods explain the
+image side of the similarity, as Chefer et al. do for CLIP (Transformer-MM-Explainability,
+ICCV 2021). The text side is computed once, at construction, and kept as a buffer.
+
+``image_features(model)`` returns ``ImageFeatures``: the image embedding (B, D) of a Hugging Face
+CLIP / SigLIP model (``get_image_features``) or vision model (``image_embeds``, else
+``pooler_output``), for callable targets such as ``vx.targets.similarity``.
+
+Nothing here imports ``transformers``: the models are recognised by what they have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError, UnsupportedModelError
+
+__all__ = ["ImageFeatures", "ZeroShot", "image_features", "zero_shot"]
+
+# default pixel statistics of each model type's image processor (transformers' own defaults)
+_STATS = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def _pooled(out: Any, what: str) -> torch.Tensor:
+    """The embedding tensor of a Hugging Face output (a tensor, or ``image_embeds`` / ``pooler_output``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("image_embeds", "text_embeds", "pooler_output"):
+        t = getattr(out, name, None)
+        if isinstance(t, torch.Tensor):
+            return t
+    raise UnsupportedModelError(
+        f"{what} returned {type(out).__name__} without image_embeds or pooler_output; expected a Hugging Face "
+        "CLIP / SigLIP model or a vision model with a pooled output"
+    )
+
+
+class ImageFeatures(nn.Module):
+    """The image embedding (B, D) of a Hugging Face model (see the module docstring).
+
+    ``model`` is the model itself (not copied). Its ``config.vision_config`` (or ``config``)
+    gives the input size.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise UnsupportedModelError(f"expected a Hugging Face model (torch.nn.Module), got {type(model).__name__}")
+        self.model = model
+        cfg = getattr(model, "config", None)
+        vcfg = getattr(cfg, "vision_config", None) or cfg
+        size = getattr(vcfg, "image_size", None)
+        if size is None:
+            raise UnsupportedModelError(f"{type(model).__name__} has no config.image_size; expected a Hugging Face vision model")
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        kind = str(getattr(cfg, "model_type", ""))
+        mean, std = _STATS.get(kind.replace("_vision_model", ""), ((0.5,) * 3, (0.5,) * 3))
+        # timm's data config for PIL / uint8 inputs: resize the shorter side, centre crop, bicubic
+        self.pretrained_cfg = {
+            "input_size": (3, h, w), "mean": mean, "std": std, "interpolation": "bicubic", "crop_pct": 1.0,
+        }
+        self.num_classes = 0  # an embedding, not logits: explain it with a callable target
+        patch = getattr(vcfg, "patch_size", None)
+        if isinstance(patch, int):  # the analysis grid of the model-agnostic methods: one cell per patch
+            self.feature_info = [{"reduction": patch}]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        get = getattr(self.model, "get_image_features", None)
+        if callable(get):
+            return _pooled(get(pixel_values=x), "get_image_features")
+        return _pooled(self.model(pixel_values=x), type(self.model).__name__)
+
+
+def image_features(model: nn.Module) -> ImageFeatures:
+    """``ImageFeatures(model)``: a Hugging Face model's image embedding (B, D) as a module, for
+    callable targets (``vx.explain(image_features(m), x, "saliency", target=vx.targets.similarity(e))``)."""
+    return ImageFeatures(model)
+
+
+class ZeroShot(nn.Module):
+    """Zero-shot classifier over text labels (see the module docstring).
+
+    Attributes:
+        features: the ``ImageFeatures`` of the model.
+        text_embeds: (K, D) buffer, the labels' text embeddings, L2-normalised.
+        labels: the K class names; ``num_classes``: K.
+        sigmoid: True for SigLIP (a ``logit_bias`` is added; its probabilities are per-label sigmoids).
+    """
+
+    def __init__(self, model: nn.Module, text_embeds: torch.Tensor, labels: Sequence[str]) -> None:
+        super().__init__()
+        self.features = ImageFeatures(model)
+        self.register_buffer("text_embeds", text_embeds / text_embeds.norm(p=2, dim=-1, keepdim=True))
+        self.labels = [str(s) for s in labels]
+        self.num_classes = len(self.labels)
+        self.sigmoid = isinstance(getattr(model, "logit_bias", None), torch.Tensor)
+        self.pretrained_cfg = {**self.features.pretrained_cfg, "label_names": self.labels}
+        if hasattr(self.features, "feature_info"):
+            self.feature_info = self.features.feature_info
+
+    @property
+    def model(self) -> nn.Module:
+        return self.features.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        img = self.features(x)
+        img = img / img.norm(p=2, dim=-1, keepdim=True)
+        text = self.text_embeds.to(img.dtype)
+        logits_per_text = torch.matmul(text, img.t()) * self.model.logit_scale.exp()
+        if self.sigmoid:
+            logits_per_text = logits_per_text + self.model.logit_bias
+        return logits_per_text.t()
+
+
+def zero_shot(
+    model: nn.Module,
+    labels: Sequence[str] | None = None,
+    *,
+    processor: Any = None,
+    text_inputs: Any = None,
+    text_embeddings: torch.Tensor | None = None,
+) -> ZeroShot:
+    """A ``transformers`` ``CLIPModel`` or ``SiglipModel`` as a classifier over ``labels``.
+
+    Give the text side one way:
+        ``labels`` + ``processor``: a ``CLIPProcessor`` / ``SiglipProcessor`` or tokenizer
+            (``AutoProcessor.from_pretrained(name)``); SigLIP's text is padded to ``max_length``,
+            as it was trained.
+        ``text_inputs``: token ids (K, T), or a dict with ``input_ids`` (and ``attention_mask``).
+        ``text_embeddings``: (K, D) text embeddings (``get_text_features``), normalised here.
+    ``labels`` (the class names) default to ``"label i"`` without a processor.
+
+    Returns:
+        ``ZeroShot``, whose logits equal the model's ``logits_per_image`` for these texts.
+
+    Raises:
+        UnsupportedModelError: a model without ``get_image_features`` / ``get_text_features`` /
+            ``logit_scale``. InputError: none or several text sources, or mismatched counts.
+    """
+    if not all(hasattr(model, a) for a in ("get_image_features", "get_text_features", "logit_scale")):
+        raise UnsupportedModelError(
+            f"zero_shot needs a CLIP-style image-text model (transformers CLIPModel or SiglipModel, with "
+            f"get_image_features, get_text_features and logit_scale), got {type(model).__name__}"
+        )
+    given = [n for n, v in (("processor", processor), ("text_inputs", text_inputs),
+                            ("text_embeddings", text_embeddings)) if v is not None]
+    if len(given) != 1:
+        raise InputError(
+            "zero_shot needs exactly one text source: labels with processor=, text_inputs= (token ids) or "
+            f"text_embeddings=; got {', '.join(given) or 'none'}"
+        )
+    if labels is not None and (isinstance(labels, str) or not all(isinstance(s, str) for s in labels)):
+        raise InputError(f"labels must be a list of strings, got {labels!r}")
+    sigmoid = isinstance(getattr(model, "logit_bias", None), torch.Tensor)
+    device = next(model.parameters()).device
+    if text_embeddings is not None:
+        emb = torch.as_tensor(text_embeddings).detach()
+        if emb.ndim != 2 or not emb.dtype.is_floating_point:
+            raise InputError(f"text_embeddings must be a (K, D) float tensor, got {tuple(emb.shape)} {emb.dtype}")
+    else:
+        if processor is not None:
+            if not labels:
+                raise InputError("labels= (the texts to compare images with) are needed with processor=")
+            kw = {"padding": "max_length"} if sigmoid else {"padding": True}
+            try:
+                text_inputs = processor(text=list(labels), return_tensors="pt", **kw)
+            except TypeError as e:
+                raise InputError(f"processor {type(processor).__name__} did not take text=...: {e}") from None
+        inputs = _token_inputs(text_inputs)
+        emb = _text_embeddings(model, {k: v.to(device) for k, v in inputs.items()})
+    K = emb.shape[0]
+    if K == 0:
+        raise InputError("zero_shot needs at least one label")
+    labels = list(labels) if labels is not None else [f"label {i}" for i in range(K)]
+    if len(labels) != K:
+        raise InputError(f"{len(labels)} labels for {K} texts; give one label per text")
+    dim = getattr(getattr(model, "visual_projection", None), "out_features", None)
+    if dim is not None and emb.shape[1] != dim:
+        raise InputError(f"text_embeddings have {emb.shape[1]} dimensions, the image embeddings {dim}")
+    return ZeroShot(model, emb.to(device=device, dtype=torch.float32), labels)
+
+
+def _token_inputs(text_inputs: Any) -> dict[str, torch.Tensor]:
+    if isinstance(text_inputs, torch.Tensor):
+        text_inputs = {"input_ids": text_inputs}
+    if not hasattr(text_inputs, "keys") or "input_ids" not in text_inputs:
+        raise InputError(
+            "text_inputs must be token ids (K, T) or a dict with input_ids (and attention_mask), "
+            f"got {type(text_inputs).__name__}"
+        )
+    out = {k: torch.as_tensor(text_inputs[k]) for k in ("input_ids", "attention_mask", "position_ids") if k in text_inputs}
+    ids = out["input_ids"]
+    if ids.ndim != 2 or ids.dtype.is_floating_point:
+        raise InputError(f"input_ids must be a (K, T) integer tensor, got {tuple(ids.shape)} {ids.dtype}")
+    return out
+
+
+def _text_embeddings(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``get_text_features`` in eval mode without autograd; training flags put back."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            return _pooled(model.get_text_features(**inputs), "get_text_features").detach()
+    finally:
+        for m, t in flags:
+            m.training = t
