@@ -864,7 +864,10 @@ workflow on
 2. your own image, from a file path or a PIL image;
 3. the other ViT families, built here with random weights (`pretrained=False`) and small sizes
    just to show that the API handles their token layouts;
-4. a local checkpoint: saved and reloaded.
+4. a local checkpoint: saved and reloaded;
+5. a Hugging Face `transformers` model beside a timm one;
+6. beyond classifiers: explaining a similarity score of a backbone without a head, and zero-shot
+   CLIP over text labels.
 '''),
     code(r'''
 import tempfile
@@ -1005,6 +1008,116 @@ try:
     load_model(pth_path, arch="vit_tiny_patch16_224")
 except vx.VitExploreError as e:
     print(type(e).__name__ + ":", str(e)[:300])
+'''),
+    md(r'''
+## 5. A Hugging Face model
+
+With `pip install "vit-explore[hf]"`, a `transformers` classifier goes to the same calls as it comes
+(`ViTForImageClassification`, DeiT, DINOv2, ...): its attention is read whatever
+`attn_implementation` it was loaded with, and its class names come from `config.id2label`. The real
+use is the commented `from_pretrained` line; offline, we build the same architecture from a small
+config with random weights, beside a timm ViT of the same shape.
+'''),
+    code(r'''
+import transformers
+
+# hf_model = transformers.ViTForImageClassification.from_pretrained("google/vit-base-patch16-224")  # needs network once
+# processor = transformers.AutoImageProcessor.from_pretrained("google/vit-base-patch16-224")
+torch.manual_seed(0)
+hf_cfg = transformers.ViTConfig(image_size=96, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=256, num_labels=10)
+hf_model = transformers.ViTForImageClassification(hf_cfg).eval()
+timm_model = timm.create_model("vit_base_patch16_224", **SMALL).eval()   # the same shape in timm
+
+xm = torch.randn(2, 3, 96, 96)
+pair = {"transformers": hf_model, "timm": timm_model}
+maps = {(lib, meth): vx.explain(m, xm, meth) for lib, m in pair.items() for meth in ["rollout", "chefer_lrp", "saliency"]}
+for (lib, meth), e in maps.items():
+    print(f"{lib:12s} {meth:10s} map {tuple(e.patch_map.shape)}, read-out {e.layout.readout!r}")
+viz.show(viz.grid(overlay_tiles(hf_model, xm, [maps["transformers", m] for m in ["rollout", "chefer_lrp", "saliency"]])
+                  + overlay_tiles(timm_model, xm, [maps["timm", m] for m in ["rollout", "chefer_lrp", "saliency"]]),
+                  [f"{lib}: {m}" for lib in pair for m in ["rollout", "chefer_lrp", "saliency"]], scale=2))
+'''),
+    md(r'''
+A PIL image goes through the model's image processor when you pass one (`processor=`), else
+through the default processor of its model type sized from `config.image_size`; the explanation
+records which:
+'''),
+    code(r'''
+ex = vx.explain(hf_model, img, "rollout")       # img: the PIL image of section 2
+print(ex.extras["preprocessing"], "| class names:", vx.class_names(hf_model)[:3], "...")
+'''),
+    md(r'''
+## 6. Beyond classifiers
+
+**A callable target.** `target=` may be a function mapping the model's output to one score per
+image (B,). `vx.targets.similarity(e)` is the cosine similarity of the model's output, an image
+embedding, to `e`: with a backbone without a head (timm `num_classes=0`, e.g. DINOv2; or
+`vx.image_features(hf_model)` for a Hugging Face CLIP / SigLIP / DINOv2) it shows what in one
+image makes it similar to another. Methods that need a class read-out say so (`chefer_lrp` starts
+from a one-hot vector at the class logits; the interventions report class probabilities).
+'''),
+    code(r'''
+torch.manual_seed(0)
+backbone = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, depth=2, embed_dim=64,
+                             num_heads=2, num_classes=0, img_size=98).eval()
+# backbone = timm.create_model("vit_small_patch14_reg4_dinov2.lvd142m", pretrained=True, num_classes=0)
+xb = torch.randn(2, 3, 98, 98)
+with torch.no_grad():
+    emb = backbone(xb)                                  # (2, 64): image embeddings
+similar_to_1 = vx.targets.similarity(emb[1])
+sims = {meth: vx.explain(backbone, xb[:1], meth, target=similar_to_1) for meth in ["saliency", "chefer_generic", "attn_lrp"]}
+print("cosine similarity of image 0 to image 1:", round(float(sims["saliency"].extras["target_score"][0]), 4))
+try:
+    vx.explain(backbone, xb[:1], "chefer_lrp", target=similar_to_1)
+except vx.VitExploreError as e:
+    print(type(e).__name__ + ":", str(e)[:400])
+viz.show(viz.grid(overlay_tiles(backbone, xb[:1], list(sims.values())), list(sims), scale=2))
+'''),
+    md(r'''
+Any function of the output works, as long as it gives one floating-point score per image
+(a wrong shape or dtype is a clear error):
+'''),
+    code(r'''
+ex = vx.explain(timm_model, xm, "attn_grad_cam", target=lambda logits: logits[:, 3] - logits[:, 5])  # "3 rather than 5"
+print(tuple(ex.patch_map.shape), "| scores:", ex.extras["target_score"].tolist())
+'''),
+    md(r'''
+**Zero-shot CLIP and SigLIP.** `vx.zero_shot(model, labels=[...], processor=...)` turns a
+`transformers` `CLIPModel` or `SiglipModel` into a classifier whose logits are the model's own
+image-text similarities over the labels (with its logit scale, and SigLIP's bias), labels as class
+names; `vx.explain`, the interventions and the Explorer take it unchanged. Offline there is no
+tokenizer, so this cell gives token ids (`text_inputs=`); `text_embeddings=` takes precomputed
+text embeddings. The model-agnostic methods apply to it; the attention methods need the CLIP
+vision tower's attention, which this version does not read through the wrapper yet.
+'''),
+    code(r'''
+# clip = transformers.CLIPModel.from_pretrained("openai/clip-vit-base-patch32")
+# processor = transformers.CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32")
+# zs = vx.zero_shot(clip, labels=["a photo of a dog", "a photo of a cat", "a diagram"], processor=processor)
+torch.manual_seed(0)
+clip_cfg = transformers.CLIPConfig(
+    text_config=dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     max_position_embeddings=8, bos_token_id=0, eos_token_id=99, pad_token_id=1),
+    vision_config=dict(image_size=96, patch_size=16, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=2),
+    projection_dim=32)
+clip = transformers.CLIPModel(clip_cfg).eval()
+labels = ["a photo of a dog", "a photo of a cat", "a diagram"]
+token_ids = torch.randint(2, 99, (3, 8))
+token_ids[:, -1] = 99                                   # each text ends with the end-of-text token
+zs = vx.zero_shot(clip, labels, text_inputs=token_ids)
+
+with torch.no_grad():
+    same = torch.allclose(zs(xm), clip(input_ids=token_ids, pixel_values=xm).logits_per_image, atol=1e-5)
+print("class names:", vx.class_names(zs), "| logits = CLIP's logits_per_image:", same)
+iv = vx.intervene(zs, xm[:1], [0, 1, 6, 7], mode="blur", target="a photo of a cat")
+print("blurring 4 cells changes p('a photo of a cat') by", round(float(iv.delta[0]), 4))
+zmaps = [vx.explain(zs, xm, meth, target="a photo of a cat") for meth in ["saliency", "integrated_gradients", "grad_cam"]]
+viz.show(viz.grid(overlay_tiles(zs, xm, zmaps), ["saliency", "integrated_gradients", "grad_cam"], scale=2))
+'''),
+    code(r'''
+vx.Explorer(zs, xm, title="zero-shot CLIP (random weights)")
 '''),
 ]
 

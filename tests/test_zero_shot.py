@@ -18,7 +18,8 @@ SIZE, PATCH, K, T = 32, 8, 3, 6
 def _model(kind: str):
     torch.manual_seed(0)
     text = {"vocab_size": 50, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "max_position_embeddings": T}
+            "num_attention_heads": 4, "max_position_embeddings": T, "bos_token_id": 0, "eos_token_id": 49,
+            "pad_token_id": 1}
     vision = {"image_size": SIZE, "patch_size": PATCH, "hidden_size": 32, "intermediate_size": 64,
               "num_hidden_layers": 2, "num_attention_heads": 4}
     if kind == "clip":
@@ -36,9 +37,8 @@ def _model(kind: str):
 
 def _ids(kind: str):
     g = torch.Generator().manual_seed(5)
-    ids = torch.randint(1, 49, (K, T), generator=g)
-    if kind == "clip":
-        ids[:, -1] = 49  # CLIP pools at the highest token id (its EOS)
+    ids = torch.randint(2, 49, (K, T), generator=g)
+    ids[:, -1] = 49  # the end-of-text token, where CLIP's text tower pools
     return ids
 
 
