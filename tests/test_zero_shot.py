@@ -2,6 +2,7 @@
 the wrapper's logits are the model's own logits_per_image; a method on the wrapper equals the same
 method on the image tower (vx.image_features) with the equivalent callable target."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,23 @@ def test_labels_go_through_the_processor(kind):
     zs = zero_shot(m, ["x", "y", "z"], processor=processor)
     assert seen == {"text": ["x", "y", "z"], "padding": "max_length" if kind == "siglip" else True}
     torch.testing.assert_close(zs.text_embeds, zero_shot(m, text_inputs=ids).text_embeds)
+
+
+def test_pil_images_use_the_processor_statistics_and_squash_for_siglip(kind):
+    """A PIL image of another aspect ratio: CLIP resizes the short side and centre-crops, SigLIP
+    resizes to the input size; both normalise with the model type's mean and std (restated here)."""
+    from PIL import Image
+
+    zs = zero_shot(_model(kind), text_inputs=_ids(kind))
+    g = torch.Generator().manual_seed(7)
+    arr = (torch.rand(40, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
+    x = vx.preprocess(zs, Image.fromarray(arr))
+    img = Image.fromarray(arr)
+    if kind == "clip":
+        img = img.resize((51, 32), Image.BICUBIC).crop((10, 0, 42, 32))  # short side 32, then the centre
+        mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    else:
+        img = img.resize((32, 32), Image.BICUBIC)
+        mean, std = (0.5,) * 3, (0.5,) * 3
+    want = (torch.tensor(np.asarray(img), dtype=torch.float64) / 255 - torch.tensor(mean)) / torch.tensor(std)
+    torch.testing.assert_close(x[0].double(), want.permute(2, 0, 1), rtol=0, atol=1e-5)

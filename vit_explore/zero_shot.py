@@ -53,10 +53,14 @@ class ImageFeatures(nn.Module):
     """The image embedding (B, D) of a Hugging Face model (see the module docstring).
 
     ``model`` is the model itself (not copied). Its ``config.vision_config`` (or ``config``)
-    gives the input size.
+    gives the input size. PIL / uint8 images are prepared by timm's transform from
+    ``pretrained_cfg``: bicubic resize and centre crop (CLIP) or a resize to the input size
+    (SigLIP, ``crop_mode="squash"``), normalised with ``image_processor``'s mean and std when
+    given, else the model type's defaults; for the processor's exact pixels pass its
+    ``pixel_values`` tensor instead.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, image_processor: Any = None) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise UnsupportedModelError(f"expected a Hugging Face model (torch.nn.Module), got {type(model).__name__}")
@@ -68,10 +72,13 @@ class ImageFeatures(nn.Module):
             raise UnsupportedModelError(f"{type(model).__name__} has no config.image_size; expected a Hugging Face vision model")
         h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         kind = str(getattr(cfg, "model_type", ""))
-        mean, std = _STATS.get(kind.replace("_vision_model", ""), ((0.5,) * 3, (0.5,) * 3))
-        # timm's data config for PIL / uint8 inputs: resize the shorter side, centre crop, bicubic
-        self.pretrained_cfg = {
+        kind = kind.replace("_vision_model", "")
+        mean, std = _STATS.get(kind, ((0.5,) * 3, (0.5,) * 3))
+        mean = tuple(getattr(image_processor, "image_mean", None) or mean)
+        std = tuple(getattr(image_processor, "image_std", None) or std)
+        self.pretrained_cfg = {  # timm's data config for PIL / uint8 inputs
             "input_size": (3, h, w), "mean": mean, "std": std, "interpolation": "bicubic", "crop_pct": 1.0,
+            "crop_mode": "squash" if kind == "siglip" else "center",
         }
         self.num_classes = 0  # an embedding, not logits: explain it with a callable target
         patch = getattr(vcfg, "patch_size", None)
@@ -85,10 +92,10 @@ class ImageFeatures(nn.Module):
         return _pooled(self.model(pixel_values=x), type(self.model).__name__)
 
 
-def image_features(model: nn.Module) -> ImageFeatures:
+def image_features(model: nn.Module, image_processor: Any = None) -> ImageFeatures:
     """``ImageFeatures(model)``: a Hugging Face model's image embedding (B, D) as a module, for
     callable targets (``vx.explain(image_features(m), x, "saliency", target=vx.targets.similarity(e))``)."""
-    return ImageFeatures(model)
+    return ImageFeatures(model, image_processor)
 
 
 class ZeroShot(nn.Module):
@@ -101,9 +108,11 @@ class ZeroShot(nn.Module):
         sigmoid: True for SigLIP (a ``logit_bias`` is added; its probabilities are per-label sigmoids).
     """
 
-    def __init__(self, model: nn.Module, text_embeds: torch.Tensor, labels: Sequence[str]) -> None:
+    def __init__(
+        self, model: nn.Module, text_embeds: torch.Tensor, labels: Sequence[str], image_processor: Any = None
+    ) -> None:
         super().__init__()
-        self.features = ImageFeatures(model)
+        self.features = ImageFeatures(model, image_processor)
         self.register_buffer("text_embeds", text_embeds / text_embeds.norm(p=2, dim=-1, keepdim=True))
         self.labels = [str(s) for s in labels]
         self.num_classes = len(self.labels)
@@ -191,7 +200,8 @@ def zero_shot(
     dim = getattr(getattr(model, "visual_projection", None), "out_features", None)
     if dim is not None and emb.shape[1] != dim:
         raise InputError(f"text_embeddings have {emb.shape[1]} dimensions, the image embeddings {dim}")
-    return ZeroShot(model, emb.to(device=device, dtype=torch.float32), labels)
+    image_processor = getattr(processor, "image_processor", None)  # a CLIPProcessor's: its mean and std
+    return ZeroShot(model, emb.to(device=device, dtype=torch.float32), labels, image_processor)
 
 
 def _token_inputs(text_inputs: Any) -> dict[str, torch.Tensor]:
