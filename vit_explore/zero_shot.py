@@ -128,10 +128,11 @@ class ZeroShot(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         img = self.features(x)
         img = img / img.norm(p=2, dim=-1, keepdim=True)
-        text = self.text_embeds.to(img.dtype)
-        logits_per_text = torch.matmul(text, img.t()) * self.model.logit_scale.exp()
+        text = torch.as_tensor(self.text_embeds).to(img.dtype)
+        scale: torch.Tensor = getattr(self.model, "logit_scale")  # noqa: B009 - a Parameter, typed
+        logits_per_text = torch.matmul(text, img.t()) * scale.exp()
         if self.sigmoid:
-            logits_per_text = logits_per_text + self.model.logit_bias
+            logits_per_text = logits_per_text + getattr(self.model, "logit_bias")  # noqa: B009
         return logits_per_text.t()
 
 
@@ -225,7 +226,8 @@ def _text_embeddings(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch
     try:
         model.eval()
         with torch.no_grad():
-            return _pooled(model.get_text_features(**inputs), "get_text_features").detach()
+            get = getattr(model, "get_text_features")  # noqa: B009
+            return _pooled(get(**inputs), "get_text_features").detach()
     finally:
         for m, t in flags:
             m.training = t

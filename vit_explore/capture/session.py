@@ -19,7 +19,7 @@ from torch import nn
 from .._checks import checked_output
 from ..errors import CaptureError, InputError, suggest
 from ..inputs import check_tensor
-from ..targets import TargetLike, resolve_target, target_score
+from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
 from .hf import as_vit
 from .layout import TokenLayout
@@ -103,7 +103,8 @@ class Trace:
 
     Attributes:
         logits: (B, C).
-        target: (B,) long, the class whose score was differentiated (argmax if not given).
+        target: (B,) long, the class whose score was differentiated (argmax if not given), or the
+            ``ScoreTarget`` of a callable target (``vit_explore.targets``).
         layout: token layout of this input.
         attn: L entries (B, H, N, N), None for blocks not recorded.
         attn_grad: same layout as ``attn``, ``dy/dA``.
@@ -119,7 +120,7 @@ class Trace:
     """
 
     logits: torch.Tensor
-    target: torch.Tensor
+    target: torch.Tensor | ScoreTarget
     layout: TokenLayout
     input: torch.Tensor
     attn: tuple[torch.Tensor | None, ...] | None = None

@@ -18,6 +18,7 @@ from .._checks import check_annotated, param_hints
 from ..capture.layout import TokenLayout
 from ..capture.session import Needs
 from ..errors import InputError, UnknownMethodError, suggest
+from ..targets import ScoreTarget
 
 Kind = Literal["trace", "model"]
 
@@ -39,7 +40,7 @@ class ExplainerResult:
     patch_map: torch.Tensor
     extras: dict[str, Any] = field(default_factory=dict)
     logits: torch.Tensor | None = None
-    target: torch.Tensor | None = None
+    target: torch.Tensor | ScoreTarget | None = None
     layout: TokenLayout | None = None
 
 
