@@ -131,8 +131,12 @@ def test_methods_that_need_a_class_say_so():
         vx.explain(model, x, "chefer_lrp", target=logit_c)
     with pytest.raises(InputError, match=r"vx.intervene.*class probabilities"):
         vx.intervene(model, x, [0], target=logit_c)
-    with pytest.raises(InputError, match=r"score='prob' is a softmax.*score='logit'"):
+    with pytest.raises(InputError, match=r"score 'prob' is a softmax.*score='logit'"):
         vx.explain(model, x, "occlusion", target=logit_c)  # occlusion's default score is the probability
+    with pytest.raises(InputError, match=r"score 'prob' is a softmax.*target_score='logit'"):
+        vx.explain(model, x, "tam", target=logit_c, target_score="prob", steps=2)
+    with pytest.raises(InputError, match=r"causal_score.*class probabilities"):
+        vx.causal_score(model, x, [0], target=logit_c)
 
 
 def test_similarity_input_errors():

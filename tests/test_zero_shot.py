@@ -69,6 +69,7 @@ def test_logits_equal_the_models_logits_per_image(kind):
 
 @pytest.mark.parametrize("method, params", [
     ("saliency", {}), ("integrated_gradients", {"steps": 3}), ("occlusion", {"score": "logit"}), ("grad_cam", {}),
+    ("rise", {"n_masks": 8, "s": 2, "batch_size": 8}),
 ])
 def test_method_on_the_wrapper_equals_the_tower_with_a_callable(kind, method, params):
     m, ids, x = _model(kind), _ids(kind), _x()
@@ -78,9 +79,18 @@ def test_method_on_the_wrapper_equals_the_tower_with_a_callable(kind, method, pa
     bias = float(m.logit_bias.detach()) if kind == "siglip" else 0.0
     sim = similarity(zs.text_embeds[c])
     a = vx.explain(zs, x, method, target=c, **params)
-    b = vx.explain(image_features(m), x, method, target=lambda e: sim(e) * scale + bias, **params)
+    if method == "rise":  # RISE weighs masks by the class probability: the softmax over the labels' logits
+        text = zs.text_embeds
+
+        def fn(e):
+            return ((e / e.norm(dim=-1, keepdim=True)) @ text.T * scale + bias).softmax(-1)[:, c]
+    else:
+        def fn(e):
+            return sim(e) * scale + bias
+    b = vx.explain(image_features(m), x, method, target=fn, **params)
     torch.testing.assert_close(b.patch_map, a.patch_map, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(b.extras["target_score"], a.logits[:, c], rtol=1e-5, atol=1e-5)
+    want = a.logits.softmax(-1)[:, c] if method == "rise" else a.logits[:, c]
+    torch.testing.assert_close(b.extras["target_score"], want, rtol=1e-5, atol=1e-5)
     assert a.layout.grid == (SIZE // PATCH, SIZE // PATCH)
 
 
@@ -147,3 +157,20 @@ def test_pil_images_use_the_processor_statistics_and_squash_for_siglip(kind):
         mean, std = (0.5,) * 3, (0.5,) * 3
     want = (torch.tensor(np.asarray(img), dtype=torch.float64) / 255 - torch.tensor(mean)) / torch.tensor(std)
     torch.testing.assert_close(x[0].double(), want.permute(2, 0, 1), rtol=0, atol=1e-5)
+
+
+def test_image_features_of_a_vision_model_without_a_head():
+    """A Dinov2Model's pooled output (its normed CLS) as the embedding; saliency of the similarity
+    equals the input gradient of cos(pooler_output, e) computed here by autograd."""
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(image_size=SIZE, patch_size=PATCH, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, mlp_ratio=2)
+    m = transformers.Dinov2Model(cfg).eval()
+    x = _x(1)
+    e = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    ex = vx.explain(image_features(m), x, "saliency", target=similarity(e))
+    xin = x.clone().requires_grad_(True)
+    s = torch.nn.functional.cosine_similarity(m(pixel_values=xin).pooler_output, e[None], dim=-1)
+    (g,) = torch.autograd.grad(s.sum(), xin)
+    torch.testing.assert_close(ex.extras["pixel_map"], g.abs().amax(1), rtol=1e-4, atol=1e-7)
+    assert ex.layout.grid == (SIZE // PATCH, SIZE // PATCH)

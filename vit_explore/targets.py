@@ -166,9 +166,9 @@ def target_score(
     if isinstance(target, ScoreTarget):
         if score != "logit":
             raise InputError(
-                f"score={score!r} is a softmax over class logits, but the target is a callable "
-                f"({_name(target.fn)}) whose value is the score itself; pass score='logit' (the callable's "
-                "value as is) or fold a softmax into the callable"
+                f"the score {score!r} is a softmax over class logits, but the target is a callable "
+                f"({_name(target.fn)}) whose value is the score itself; use 'logit' (the callable's value as "
+                "is: score='logit', or tam's target_score='logit') or fold a softmax into the callable"
             )
         return target(logits, rows)
     if score == "logit":
