@@ -46,8 +46,15 @@ CASES = {
     "chefer_generic": ({}, logit_c),
     "vit_cx": ({}, prob_c),
     "attn_lrp": ({}, logit_c),
-    "rollout": ({}, logit_c),
+    "rollout": ({}, logit_c),  # the class-agnostic maps do not depend on the target at all
+    "raw_attention": ({}, logit_c),
+    "attention_flow": ({}, logit_c),
 }
+NEEDS_CLASS = {"chefer_lrp"}  # says so (test_methods_that_need_a_class_say_so)
+
+
+def test_every_method_is_covered():
+    assert set(vx.list_methods()) == set(CASES) | NEEDS_CLASS
 
 
 @pytest.mark.parametrize("method", sorted(CASES))
@@ -56,9 +63,10 @@ def test_callable_equal_to_the_class_score_gives_the_class_map(method):
     params, fn = CASES[method]
     a = vx.explain(model, x, method, target=C, **params)
     b = vx.explain(model, x, method, target=fn, **params)
-    torch.testing.assert_close(b.patch_map, a.patch_map, rtol=1e-5, atol=1e-6)
+    # the same operations on the same numbers: bit-equal
+    assert torch.equal(b.patch_map, a.patch_map)
     if "pixel_map" in a.extras:
-        torch.testing.assert_close(b.extras["pixel_map"], a.extras["pixel_map"], rtol=1e-5, atol=1e-6)
+        assert torch.equal(b.extras["pixel_map"], a.extras["pixel_map"])
     assert b.target.tolist() == [-1] * B and a.target.tolist() == [C] * B
     with torch.no_grad():
         want = fn(model(x))
