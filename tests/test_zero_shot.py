@@ -174,3 +174,32 @@ def test_image_features_of_a_vision_model_without_a_head():
     (g,) = torch.autograd.grad(s.sum(), xin)
     torch.testing.assert_close(ex.extras["pixel_map"], g.abs().amax(1), rtol=1e-4, atol=1e-7)
     assert ex.layout.grid == (SIZE // PATCH, SIZE // PATCH)
+
+
+@pytest.mark.parametrize("siglip", [False, True])
+def test_open_clip_model(siglip):
+    """A small random open_clip CLIP (and one with SigLIP's logit bias): the wrapper's logits are
+    open_clip's own ``logit_scale.exp() * img @ txt.T (+ logit_bias)`` from its forward; a method
+    on it equals the image tower with the callable target."""
+    open_clip = pytest.importorskip("open_clip")
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(0)
+    m = open_clip.CLIP(
+        embed_dim=16, vision_cfg=CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=PATCH, image_size=SIZE),
+        text_cfg=CLIPTextCfg(context_length=T, vocab_size=50, width=32, heads=2, layers=2),
+        init_logit_bias=-2.0 if siglip else None,
+    ).eval()
+    ids, x = _ids("clip"), _x()
+    zs = zero_shot(m, ["a", "b", "c"], processor=lambda texts: ids)
+    with torch.no_grad():
+        img, txt, scale = m(x, ids)[:3]
+        want = scale * img @ txt.T + (m.logit_bias if siglip else 0.0)
+        torch.testing.assert_close(zs(x), want, rtol=1e-5, atol=1e-5)
+    assert zs.features.pretrained_cfg["crop_mode"] == ("squash" if siglip else "center")
+    sim = similarity(zs.text_embeds[1])
+    s, b = float(m.logit_scale.detach().exp()), float(m.logit_bias.detach()) if siglip else 0.0
+    a = vx.explain(zs, x, "saliency", target=1)
+    t = vx.explain(image_features(m), x, "saliency", target=lambda e: sim(e) * s + b)
+    torch.testing.assert_close(t.patch_map, a.patch_map, rtol=1e-4, atol=1e-5)
+    assert a.layout.grid == (SIZE // PATCH, SIZE // PATCH)

@@ -13,7 +13,9 @@ ICCV 2021). The text side is computed once, at construction, and kept as a buffe
 CLIP / SigLIP model (``get_image_features``) or vision model (``image_embeds``, else
 ``pooler_output``), for callable targets such as ``vx.targets.similarity``.
 
-Nothing here imports ``transformers``: the models are recognised by what they have.
+open_clip models (``encode_image`` / ``encode_text``, ``logit_scale``, SigLIP's ``logit_bias``)
+are taken the same way. Nothing here imports ``transformers`` or ``open_clip``: the models are
+recognised by what they have.
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ _STATS = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+
+
+def _is_open_clip(model: object) -> bool:
+    return type(model).__module__.startswith("open_clip") and hasattr(model, "encode_image")
+
+
+def _input_geometry(model: nn.Module) -> tuple[Any, Any, str]:
+    """(image_size, patch_size, model type) from a Hugging Face config or an open_clip ``visual``."""
+    if _is_open_clip(model):
+        vis = getattr(model, "visual", None)
+        kind = "siglip" if isinstance(getattr(model, "logit_bias", None), torch.Tensor) else "clip"
+        return getattr(vis, "image_size", None), getattr(vis, "patch_size", None), kind
+    cfg = getattr(model, "config", None)
+    vcfg = getattr(cfg, "vision_config", None) or cfg
+    kind = str(getattr(cfg, "model_type", "")).replace("_vision_model", "")
+    return getattr(vcfg, "image_size", None), getattr(vcfg, "patch_size", None), kind
 
 
 def _pooled(out: Any, what: str) -> torch.Tensor:
@@ -65,27 +83,30 @@ class ImageFeatures(nn.Module):
         if not isinstance(model, nn.Module):
             raise UnsupportedModelError(f"expected a Hugging Face model (torch.nn.Module), got {type(model).__name__}")
         self.model = model
-        cfg = getattr(model, "config", None)
-        vcfg = getattr(cfg, "vision_config", None) or cfg
-        size = getattr(vcfg, "image_size", None)
+        size, patch, kind = _input_geometry(model)
         if size is None:
-            raise UnsupportedModelError(f"{type(model).__name__} has no config.image_size; expected a Hugging Face vision model")
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no config.image_size; expected a Hugging Face vision model or an "
+                "open_clip model"
+            )
         h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        kind = str(getattr(cfg, "model_type", ""))
-        kind = kind.replace("_vision_model", "")
         mean, std = _STATS.get(kind, ((0.5,) * 3, (0.5,) * 3))
-        mean = tuple(getattr(image_processor, "image_mean", None) or mean)
-        std = tuple(getattr(image_processor, "image_std", None) or std)
+        vis = getattr(model, "visual", None)  # open_clip keeps its pretrained statistics there
+        mean = tuple(getattr(image_processor, "image_mean", None) or getattr(vis, "image_mean", None) or mean)
+        std = tuple(getattr(image_processor, "image_std", None) or getattr(vis, "image_std", None) or std)
         self.pretrained_cfg = {  # timm's data config for PIL / uint8 inputs
             "input_size": (3, h, w), "mean": mean, "std": std, "interpolation": "bicubic", "crop_pct": 1.0,
             "crop_mode": "squash" if kind == "siglip" else "center",
         }
         self.num_classes = 0  # an embedding, not logits: explain it with a callable target
-        patch = getattr(vcfg, "patch_size", None)
+        if isinstance(patch, (tuple, list)) and len(set(patch)) == 1:
+            patch = int(patch[0])
         if isinstance(patch, int):  # the analysis grid of the model-agnostic methods: one cell per patch
             self.feature_info = [{"reduction": patch}]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _is_open_clip(self.model):
+            return getattr(self.model, "encode_image")(x)  # noqa: B009
         get = getattr(self.model, "get_image_features", None)
         if callable(get):
             return _pooled(get(pixel_values=x), "get_image_features")
@@ -144,12 +165,13 @@ def zero_shot(
     text_inputs: Any = None,
     text_embeddings: torch.Tensor | None = None,
 ) -> ZeroShot:
-    """A ``transformers`` ``CLIPModel`` or ``SiglipModel`` as a classifier over ``labels``.
+    """A ``transformers`` ``CLIPModel`` or ``SiglipModel`` (or an open_clip model) as a classifier
+    over ``labels``.
 
     Give the text side one way:
         ``labels`` + ``processor``: a ``CLIPProcessor`` / ``SiglipProcessor`` or tokenizer
             (``AutoProcessor.from_pretrained(name)``); SigLIP's text is padded to ``max_length``,
-            as it was trained.
+            as it was trained. For open_clip, its tokenizer (``open_clip.get_tokenizer(name)``).
         ``text_inputs``: token ids (K, T), or a dict with ``input_ids`` (and ``attention_mask``).
         ``text_embeddings``: (K, D) text embeddings (``get_text_features``), normalised here.
     ``labels`` (the class names) default to ``"label i"`` without a processor.
@@ -161,10 +183,11 @@ def zero_shot(
         UnsupportedModelError: a model without ``get_image_features`` / ``get_text_features`` /
             ``logit_scale``. InputError: none or several text sources, or mismatched counts.
     """
-    if not all(hasattr(model, a) for a in ("get_image_features", "get_text_features", "logit_scale")):
+    open_clip = _is_open_clip(model) and hasattr(model, "encode_text")
+    if not open_clip and not all(hasattr(model, a) for a in ("get_image_features", "get_text_features", "logit_scale")):
         raise UnsupportedModelError(
             f"zero_shot needs a CLIP-style image-text model (transformers CLIPModel or SiglipModel, with "
-            f"get_image_features, get_text_features and logit_scale), got {type(model).__name__}"
+            f"get_image_features, get_text_features and logit_scale; or an open_clip model), got {type(model).__name__}"
         )
     given = [n for n, v in (("processor", processor), ("text_inputs", text_inputs),
                             ("text_embeddings", text_embeddings)) if v is not None]
@@ -187,11 +210,13 @@ def zero_shot(
                 raise InputError("labels= (the texts to compare images with) are needed with processor=")
             kw = {"padding": "max_length"} if sigmoid else {"padding": True}
             try:
-                text_inputs = processor(text=list(labels), return_tensors="pt", **kw)
+                text_inputs = processor(list(labels)) if open_clip else processor(text=list(labels), return_tensors="pt", **kw)
             except TypeError as e:
                 raise InputError(f"processor {type(processor).__name__} did not take text=...: {e}") from None
         inputs = _token_inputs(text_inputs)
-        emb = _text_embeddings(model, {k: v.to(device) for k, v in inputs.items()})
+        if open_clip and set(inputs) != {"input_ids"}:
+            raise InputError("an open_clip model takes token ids only (its tokenizer's output), not an attention mask")
+        emb = _text_embeddings(model, {k: v.to(device) for k, v in inputs.items()}, open_clip)
     K = emb.shape[0]
     if K == 0:
         raise InputError("zero_shot needs at least one label")
@@ -220,12 +245,15 @@ def _token_inputs(text_inputs: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def _text_embeddings(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``get_text_features`` in eval mode without autograd; training flags put back."""
+def _text_embeddings(model: nn.Module, inputs: dict[str, torch.Tensor], open_clip: bool = False) -> torch.Tensor:
+    """``get_text_features`` (open_clip: ``encode_text``) in eval mode without autograd; training
+    flags put back."""
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         with torch.no_grad():
+            if open_clip:
+                return getattr(model, "encode_text")(inputs["input_ids"]).detach()  # noqa: B009
             get = getattr(model, "get_text_features")  # noqa: B009
             return _pooled(get(**inputs), "get_text_features").detach()
     finally:
