@@ -126,6 +126,7 @@ def test_headless_model_still_refuses_a_class_target():
         (lambda out: out.argmax(-1), r"floating-point scores, got dtype torch.int64"),
         (lambda out: out.tolist(), r"must return a tensor of one score per image"),
         (lambda out: out[0], r"one score per image, shape \(2,\), got \(5,\)"),
+        (lambda out: out[:, C] / 0.0 * torch.tensor([0.0, 1.0]), r"NaN or inf for row\(s\) \[0, 1\]"),
     ],
 )
 def test_wrong_callable_output_is_a_clear_error(fn, match):

@@ -86,6 +86,12 @@ class ScoreTarget:
                 f"{where} must return one score per image, shape ({n},), got {tuple(s.shape)}; "
                 "reduce each image's output to a scalar, e.g. lambda out: out[:, 3] (not out[:, 3:4])"
             )
+        with torch.no_grad():
+            bad = (~torch.isfinite(s)).nonzero().reshape(-1)
+        if bad.numel():
+            raise InputError(
+                f"{where} returned NaN or inf for row(s) {bad[:8].tolist()} of the output; a score must be finite"
+            )
         return s
 
 
