@@ -170,3 +170,19 @@ def test_target_score_class_path_is_unchanged():
     st = resolve_target(lambda o: o[:, 1] * 2, lg)
     assert isinstance(st, ScoreTarget) and torch.equal(st.values, lg[:, 1] * 2)
     assert torch.equal(st[torch.tensor([2])].values, lg[2:, 1] * 2)
+
+
+@pytest.mark.parametrize("method", ["saliency", "attn_grad_cam", "attn_lrp", "occlusion"])
+def test_callable_on_a_hugging_face_classifier(method):
+    """The callable sees the Hugging Face model's logits (its ``.logits``), as a class target does."""
+    pytest.importorskip("transformers")
+    from .capture.hf_models import SIZE, hf_vit
+
+    model = hf_vit()
+    x = torch.randn(B, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    kw = {"score": "logit"} if method == "occlusion" else {}
+    a = vx.explain(model, x, method, target=C, **kw)
+    b = vx.explain(model, x, method, target=logit_c, **kw)
+    assert torch.equal(b.patch_map, a.patch_map)
+    with torch.no_grad():
+        torch.testing.assert_close(b.extras["target_score"], model(pixel_values=x).logits[:, C])

@@ -21,7 +21,8 @@ class Explanation:
     Attributes:
         patch_map: (B, gh, gw) float32, the raw values exactly as the reference algorithm
             computes them, before any upsampling or normalisation.
-        target: (B,) long, the explained class of each image.
+        target: (B,) long, the explained class of each image (-1 for a callable target, whose
+            scores are in ``extras["target_score"]``).
         logits: (B, C) logits of the unmodified input.
         method: method key; params: the parameters used (defaults filled in).
         layout: token layout (grid, prefix tokens, read-out rows, input size).

@@ -175,7 +175,8 @@ def capture(
         model: a timm VisionTransformer (any image/patch size, CLS, distilled, registers, GAP).
         x: (B, C, H, W) float tensor, already preprocessed.
         needs: what to record.
-        target: class(es) for the backward pass: None (top-1 per image), an int, or B ints.
+        target: class(es) for the backward pass: None (top-1 per image), an int, or B ints; or a
+            callable mapping the output to one score per image (``vit_explore.targets``).
         score: differentiate the ``"logit"`` (default), the softmax ``"prob"`` or ``"log_prob"``.
 
     Returns:
