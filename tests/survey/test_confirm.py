@@ -97,3 +97,42 @@ def test_confirm_rejects_bad_patches(surveyed):
         s.confirm(c, 0, patches=[99])
     with pytest.raises(InputError, match="every patch"):
         s.confirm(c, 0, patches=np.ones(s.grid, bool))
+
+
+def test_contrast_map_and_its_hot_patches_restated(surveyed):
+    _, _, s = surveyed
+    for c in s.classes:
+        idx = s.indices(c)
+        maps = np.asarray(s.store.maps[idx], np.float64)
+        norm = maps / np.abs(maps).reshape(len(idx), -1).max(1)[:, None, None]
+        np.testing.assert_allclose(s.class_mean_map(c), norm.mean(0), rtol=1e-12)
+        lab = s.clusters(c)
+        for k in range(s.n_clusters(c)):
+            ref = norm[lab == k].mean(0) - norm.mean(0)
+            np.testing.assert_allclose(s.contrast_map(c, k), ref, rtol=1e-12, atol=1e-15)
+            # hot patches of the contrast map, restated: the fewest top cells holding half its positive mass
+            pos = np.clip(ref, 0, None).ravel()
+            hot = s.hot_patches(c, k, 0.5, contrast=True).ravel()
+            if pos.sum() == 0:
+                assert not hot.any()
+                continue
+            order = np.argsort(-pos, kind="stable")
+            need = int(np.flatnonzero(np.cumsum(pos[order]) >= 0.5 * pos.sum() * (1 - 1e-12))[0]) + 1
+            assert set(np.flatnonzero(hot)) == set(order[:need].tolist())
+
+
+def test_scan_is_confirm_of_every_cluster_sorted(surveyed):
+    _, _, s = surveyed
+    c = int(s.classes[np.argmax([len(s.indices(c)) for c in s.classes])])
+    rows = s.scan(classes=[c], mass=0.3)
+    expect = [k for k in range(s.n_clusters(c)) if s.hot_patches(c, k, 0.3, contrast=True).any()]
+    assert sorted(r["cluster"] for r in rows) == expect
+    for r in rows:
+        ref = s.confirm(c, r["cluster"], mass=0.3, contrast=True)
+        assert (r["patches"] == ref["patches"]).all() and r["flip_rate"] == ref["flip_rate"]
+        assert (r["control_patches"] == ref["control_patches"]).all()
+        assert r["control_flip_rate"] == ref["control_flip_rate"]
+    gaps = [r["flip_rate"] - r["control_flip_rate"] for r in rows]
+    assert gaps == sorted(gaps, reverse=True)
+    with pytest.raises(InputError, match="no images"):
+        s.scan(classes=[99])

@@ -255,9 +255,21 @@ class Survey:
         m = spray.normalise(np.asarray(self.store.maps[self.members(c, k)], dtype=np.float32))
         return m.mean(axis=0).reshape(self.grid)
 
-    def hot_patches(self, c: int, k: int, mass: float = 0.5) -> np.ndarray:
-        """(gh, gw) bool: the fewest patches holding ``mass`` of the mean map's positive mass."""
-        return spray.hot_mask(self.mean_map(c, k), mass)
+    def class_mean_map(self, c: int) -> np.ndarray:
+        """(gh, gw) float64 mean of every class-``c`` image's map, each scaled by its largest absolute value."""
+        m = spray.normalise(np.asarray(self.store.maps[self.indices(c)], dtype=np.float32))
+        return m.mean(axis=0).reshape(self.grid)
+
+    def contrast_map(self, c: int, k: int) -> np.ndarray:
+        """(gh, gw) float64 ``mean_map(c, k) - class_mean_map(c)``: where cluster ``k`` looks more (> 0)
+        or less (< 0) than its class as a whole. A shortcut that only part of a class uses shows here
+        even where the object holds most of every member's relevance."""
+        return self.mean_map(c, k) - self.class_mean_map(c)
+
+    def hot_patches(self, c: int, k: int, mass: float = 0.5, contrast: bool = False) -> np.ndarray:
+        """(gh, gw) bool: the fewest patches holding ``mass`` of the positive mass of the cluster's mean
+        map, or with ``contrast=True`` of its :meth:`contrast_map` (what sets the cluster apart)."""
+        return spray.hot_mask(self.contrast_map(c, k) if contrast else self.mean_map(c, k), mass)
 
     def embedding(self, c: int) -> np.ndarray:
         """(n_c, 2) float32 display coordinates of ``indices(c)`` (t-SNE, or UMAP when installed)."""
@@ -293,10 +305,10 @@ class Survey:
         return out.reshape(gh, gw)
 
     def confirm(self, c: int, k: int, patches: Any = None, mode: str = "mean", batch_size: int = 64,
-                mass: float = 0.5) -> dict[str, Any]:
+                mass: float = 0.5, contrast: bool = False) -> dict[str, Any]:
         """Test a cluster's hypothesis causally with ``vx.intervene``.
 
-        ``patches`` (default: ``hot_patches(c, k, mass)``; a (gh, gw) bool grid or row-major indices)
+        ``patches`` (default: ``hot_patches(c, k, mass, contrast)``; a (gh, gw) bool grid or row-major indices)
         are replaced (``mode``, see ``vx.intervene``) in every member of cluster ``k``; the control
         replaces as many patches, the coldest of the cluster's mean map outside ``patches``, in the
         same images. The same two sets are applied to the rest of the class.
@@ -310,7 +322,7 @@ class Survey:
         """
         if self.model is None or self.source is None:
             raise InputError("this Survey has no model or data attached; reopen it with Survey.load(path, model, data)")
-        hot = self.hot_patches(c, k, mass) if patches is None else self._grid_mask(patches)
+        hot = self.hot_patches(c, k, mass, contrast) if patches is None else self._grid_mask(patches)
         size = int(hot.sum())
         if size == 0:
             raise InputError(f"cluster {k} of class {c} has no positive mean-map mass: no hot patches to test")
@@ -332,3 +344,24 @@ class Survey:
                 for key in ("flip_rate", "flip_rate_ci", "delta_p", "delta_p_ci"):
                     out[f"{prefix}{tag}{key}"] = s[key]
         return out
+
+    def scan(self, mode: str = "mean", mass: float = 0.5, contrast: bool = True, batch_size: int = 64,
+             classes: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Confirm every suggested cluster of every class (or of ``classes``): the search for a shortcut
+        without knowing where it is. Each cluster's hot patches (by default of its :meth:`contrast_map`)
+        are removed from its members, against the same number of its coldest patches as the control.
+
+        Returns:
+            One :meth:`confirm` result per cluster, most telling first: sorted by ``flip_rate -
+            control_flip_rate`` (descending), then by class and cluster. Clusters with no positive mass
+            to test are left out.
+        """
+        rows: list[dict[str, Any]] = []
+        for c in (self.classes if classes is None else classes):
+            c = self._check_class(int(c))
+            for k in range(self.n_clusters(c)):
+                if not self.hot_patches(c, k, mass, contrast).any():
+                    continue
+                rows.append(self.confirm(c, k, mode=mode, batch_size=batch_size, mass=mass, contrast=contrast))
+        rows.sort(key=lambda r: (-(r["flip_rate"] - r["control_flip_rate"]), r["class"], r["cluster"]))
+        return rows
