@@ -156,6 +156,8 @@ def inspect_classifier(model: nn.Module, vit_error: str = "") -> ClassifierInfo:
         kind = "vit"
         why = vit_error.replace(" Only Vision Transformers can be explained; CNNs and hybrid models are not supported.", "")
         reason = f"capture does not read {name}'s attention ({why or 'an unknown attention module'})"
+    if hasattr(model, "vx_kind"):  # a view that says what it is (capture/hf_classifier.py)
+        kind, reason = model.vx_kind, model.vx_reason
     pe = getattr(model, "patch_embed", None)
     cell = red[-1] if red else _pair(getattr(pe, "patch_size", 32))[0] if pe is not None else 32
     dynamic = bool(getattr(model, "dynamic_img_size", False)) or not getattr(pe, "strict_img_size", False)
