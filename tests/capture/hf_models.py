@@ -167,3 +167,17 @@ def timm_encoder_twin(hf) -> torch.nn.Module:
             sd[p + dst + ".weight"], sd[p + dst + ".bias"] = src.weight, src.bias
     m.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=True)
     return m
+
+
+def hf_swin(seed: int = 0):
+    """A small Swin (window attention in 2 stages): the model-agnostic methods only."""
+    torch.manual_seed(seed)
+    cfg = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                  window_size=4, num_labels=CLASSES)
+    return _randomise(transformers.SwinForImageClassification(cfg).eval())
+
+
+def hf_convnext(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = transformers.ConvNextConfig(num_labels=CLASSES, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], patch_size=4)
+    return _randomise(transformers.ConvNextForImageClassification(cfg).eval())
