@@ -142,3 +142,25 @@ def test_a_model_without_logits_says_so():
     with pytest.raises(UnsupportedModelError, match="without .logits"):
         vx.explain(transformers.ConvNextModel(cfg).eval(), image(), "saliency")
     assert isinstance(as_vit(transformers.ConvNextModel(cfg)), HFClassifier)
+
+
+@pytest.mark.parametrize("method", ["saliency", "grad_cam", "occlusion"])
+def test_left_as_found_also_after_an_error(method):
+    from ..conftest import boom
+
+    m = hf_swin()
+    m.train()
+    m.classifier.weight.requires_grad_(False)
+
+    def state():
+        return ([(x.training, tuple(x._forward_hooks), dict(x._modules)) for x in m.modules()],
+                [p.requires_grad for p in m.parameters()])
+
+    before = state()
+    vx.explain(m, image(), method)
+    assert state() == before
+    h = m.swin.layernorm.register_forward_hook(boom)
+    with pytest.raises((RuntimeError, UnsupportedModelError), match="boom"):  # the classifier path says which model
+        vx.explain(m, image(), method)
+    h.remove()
+    assert state() == before

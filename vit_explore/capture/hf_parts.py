@@ -19,6 +19,7 @@ classifier's read-out, read from the installed transformers (5.x) sources:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -77,7 +78,7 @@ def _size(cfg) -> tuple[int, int]:
     return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
 
-def parts_of(model: nn.Module) -> HFParts:
+def parts_of(model: Any) -> HFParts:
     """The parts of a supported classifier (see the module docstring).
 
     Raises:

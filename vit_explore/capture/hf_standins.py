@@ -76,7 +76,9 @@ class _Scale(nn.Module):
     @property
     def gamma(self) -> torch.Tensor:
         layer, name = self._at
-        return layer._parameters[name]
+        gamma = layer._parameters[name]
+        assert gamma is not None
+        return gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
