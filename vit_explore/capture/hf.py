@@ -183,13 +183,14 @@ class HFBlock(nn.Module):
         # lambda_2 as ``_Scale`` (the layer multiplies by 1.0 for the pass), identities where there is none
         own = getattr(inner, "layer_scale1", None) is not None
         self._scales = scales
-        if own:
-            self.ls1, self.ls2 = inner.layer_scale1, inner.layer_scale2
+        self._slots: tuple[str, str] | None = None
+        if own:  # DINOv2: its layer-scale modules' slots hold ``_Scale`` views of their parameters for the pass
+            self.ls1, self.ls2 = _Scale(inner.layer_scale1, "lambda1"), _Scale(inner.layer_scale2, "lambda1")
+            self._slots = ("layer_scale1", "layer_scale2")
         elif scales is not None:
             self.ls1, self.ls2 = _Scale(inner, scales[0]), _Scale(inner, scales[1])
         else:
             self.ls1, self.ls2 = nn.Identity(), nn.Identity()
-        self._route_ls = not own
         self.drop_path1, self.drop_path2 = nn.Identity(), nn.Identity()
         self._call = (_Positional(attn),)  # a tuple: not a child
 
@@ -199,8 +200,14 @@ class HFBlock(nn.Module):
         return self._call[0]
 
     def forward(self, *args, **kwargs):
-        if not self._route_ls:
-            return self.inner(*args, **kwargs)
+        mods = self.inner._modules
+        if self._slots is not None:
+            saved = [mods[n] for n in self._slots]
+            try:
+                mods[self._slots[0]], mods[self._slots[1]] = self.ls1, self.ls2
+                return self.inner(*args, **kwargs)
+            finally:
+                mods[self._slots[0]], mods[self._slots[1]] = saved
         handles = [
             self.attn.register_forward_hook(lambda m, a, out: (self.ls1(out[0]), *out[1:])),
             self.mlp.register_forward_hook(lambda m, a, out: self.ls2(out)),
