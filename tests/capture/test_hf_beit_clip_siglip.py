@@ -182,3 +182,16 @@ def test_logit_lens_reads_out_as_the_model():
         x = image()
         lens = vx.logit_lens(m, x)
         torch.testing.assert_close(lens.readout[:, -1], m(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_drop_on_beit_batches_sets_as_one_at_a_time():
+    m, x = hf_beit(), image(batch=1)
+    sets = torch.zeros(3, 4, 4, dtype=torch.bool)
+    sets[0, 0, :2] = True
+    sets[1, 2:, 1] = True
+    sets[2, 3, 2:] = True  # three sets of 2 patches: one batched pass
+    both = vx.intervene(m, x, sets, mode="drop").logits
+    for k in range(3):
+        one = vx.intervene(m, x, sets[k], mode="drop").logits
+        torch.testing.assert_close(both[k : k + 1], one, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(both[0], both[1])

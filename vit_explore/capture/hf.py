@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import UnsupportedModelError
+from ..errors import CaptureError, UnsupportedModelError
 from .attn_base import AttentionAdapter
 from .hf_classifier import HFClassifier, logits_of
 from .hf_parts import SUPPORTED, parts_of
@@ -134,8 +134,9 @@ class HFAttention(nn.Module):
         kept = self.view._kept if self.view is not None else None
         if kept is None or bias.shape[-1] == n:
             return bias
-        rows = torch.cat([torch.arange(n - kept.shape[1], device=kept.device).expand(kept.shape[0], -1),
-                          kept.to(bias.device)], 1)  # (K, n): the prefix, then the kept patch positions
+        if kept.shape[1] != n:
+            raise CaptureError(f"a token drop kept {kept.shape[1]} tokens but the attention sees {n}")
+        rows = kept.to(bias.device)  # (K, n): the positions of the kept tokens (prefix included)
         K, H, N = rows.shape[0], bias.shape[1], bias.shape[-1]
         b = bias.expand(K, -1, -1, -1).gather(2, rows[:, None, :, None].expand(-1, H, -1, N))
         return b.gather(3, rows[:, None, None, :].expand(-1, H, n, -1))
@@ -262,13 +263,13 @@ class HFViT(nn.Module):
         )
 
     def _embedded(self, module, args, out: torch.Tensor) -> torch.Tensor:
-        y = self.patch_drop(out)
-        if self.blocks[0].attn.view is not None and y.shape[1] != out.shape[1]:
-            # a token drop (ablation.drop_tokens) on a model with a relative position bias: the positions
-            # of the kept tokens, from the same drop applied to the position indices
+        if self.blocks[0].attn.view is not None and self.patch_drop._forward_hooks:
+            # a token drop (ablation.drop_tokens) on a model with a relative position bias: the positions of
+            # the kept tokens, from the same drop applied first to the position indices (B, N, 1)
             pos = torch.arange(out.shape[1], device=out.device, dtype=torch.float64)
-            self._kept = self.patch_drop(pos[None, :, None].expand(out.shape[0], -1, 1))[..., 0].round().long()
-        return y
+            kept = self.patch_drop(pos[None, :, None].expand(out.shape[0], -1, 1))[..., 0]
+            self._kept = kept.round().long() if kept.shape[1] != out.shape[1] else None
+        return self.patch_drop(out)
 
     @contextmanager
     def _standing_in(self) -> Iterator[None]:
