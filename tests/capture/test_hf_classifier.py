@@ -45,7 +45,7 @@ def _targets(ref, x):
 def test_reads_as_a_classifier(name):
     m = MAKERS[name]()
     info = inspect_model(as_vit(m))
-    assert info.name == "HFClassifier" and info.patch_size == (CELL, CELL) and info.num_classes == 5
+    assert info.name == type(m).__name__ and info.patch_size == (CELL, CELL) and info.num_classes == 5
     assert info.kind == ("hierarchical" if name == "swin" else "cnn")
     with pytest.raises(UnsupportedModelError, match="grad_cam, integrated_gradients, occlusion, rise, saliency"):
         vx.explain(m, image(), "rollout")

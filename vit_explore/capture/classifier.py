@@ -127,7 +127,7 @@ def inspect_classifier(model: nn.Module, vit_error: str = "") -> ClassifierInfo:
     Args:
         vit_error: why ``inspect_vit`` refused the model (quoted for single-grid transformers).
     """
-    name = type(model).__name__
+    name = getattr(model, "vx_name", type(model).__name__)  # a view names the model it stands for (hf_classifier.py)
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected an image classifier (torch.nn.Module), got {name}")
     if getattr(model, "num_classes", None) == 0:

@@ -40,8 +40,8 @@ class HFClassifier(nn.Module):
 
     Attributes (what ``capture.classifier.inspect_classifier`` reads): ``num_classes``
     (``config.num_labels``), ``in_chans`` (``config.num_channels``), ``feature_info`` (the
-    stages' reductions, where the config has them), ``vx_kind`` / ``vx_reason`` (why no
-    token-to-token attention method applies).
+    stages' reductions, where the config has them), ``vx_name`` (the model's class name),
+    ``vx_kind`` / ``vx_reason`` (why no token-to-token attention method applies).
     """
 
     _active = 0
@@ -52,7 +52,7 @@ class HFClassifier(nn.Module):
             self.add_module(name, child)
         object.__setattr__(self, "_hf", model)  # not a child: the children above are its modules
         cfg = model.config
-        name = type(model).__name__
+        name = self.vx_name = type(model).__name__
         self.num_classes = int(getattr(cfg, "num_labels", 0) or 0)
         self.in_chans = int(getattr(cfg, "num_channels", 3) or 3)
         red = _reductions(cfg)
