@@ -17,6 +17,7 @@ from torch import nn
 
 from .capture.ablation import ablate_heads, forward_logits
 from .capture.adapters import ViTInfo
+from .capture.hf import as_vit
 from .capture.residual import Stream, check_decomposable, record_stream
 from .lens import _prepare
 from .targets import TargetLike, resolve_target
@@ -80,6 +81,11 @@ def _readout_directions(
         G[:, 0] = 0.5 * model.head.weight.double()[target]
         G[:, 1] = 0.5 * model.head_dist.weight.double()[target]
         const = 0.5 * (_bias(model.head, target) + _bias(model.head_dist, target))
+    elif info.readout == "cls_avg":  # Hugging Face DINOv2: head(concat(y_0, mean of the patch rows))
+        u, T = model.head.weight.double()[target], info.num_prefix  # (B, 2D)
+        G[:, 0] = u[:, :D]
+        G[:, T:] = u[:, None, D:] / (N - T)
+        const = _bias(model.head, target)
     else:
         u = model.head.weight.double()[target]  # (B, D)
         const = _bias(model.head, target)
@@ -157,6 +163,7 @@ def head_attribution(model: nn.Module, x: torch.Tensor, target: TargetLike = Non
         UnsupportedModelError: post-norm blocks or a norm inside the attention before ``proj``
             (the per-head split would not be exact); ``ablation`` alone still applies there.
     """
+    model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     info, x, _ = _prepare(model, x)
     check_decomposable(model, info)
     st = record_stream(model, x, parts=True, info=info)

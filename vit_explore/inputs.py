@@ -60,9 +60,9 @@ def preprocess(model: nn.Module, image: ImageLike, processor: Any = None) -> tor
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     if not images:
         raise InputError("no images given")
-    from .capture.hf import HFViT, is_hf
+    from .capture.hf import is_hf, source_model
 
-    hf = model.hf if isinstance(model, HFViT) else model
+    hf = source_model(model)
     if processor is not None and not is_hf(hf):
         raise InputError("processor= applies to Hugging Face models only; timm models use their own data config")
     if is_hf(hf):
@@ -81,9 +81,9 @@ def preprocess(model: nn.Module, image: ImageLike, processor: Any = None) -> tor
 
 def preprocessing_of(model: nn.Module, processor: Any = None) -> str:
     """Which preprocessing ``preprocess`` applies to ``model``'s images, in words."""
-    from .capture.hf import HFViT, is_hf
+    from .capture.hf import is_hf, source_model
 
-    hf = model.hf if isinstance(model, HFViT) else model
+    hf = source_model(model)
     if not is_hf(hf):
         return "timm data config"
     if processor is not None:

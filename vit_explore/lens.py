@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .capture.adapters import ViTInfo, inspect_vit, layout_for
+from .capture.hf import as_vit
 from .capture.layout import TokenLayout
 from .capture.residual import readout_logits, record_stream, token_logits
 from .errors import InputError
@@ -98,6 +99,7 @@ def logit_lens(model: nn.Module, x: torch.Tensor, tokens: Literal["readout", "al
     """
     if tokens not in ("readout", "all"):
         raise InputError(f"tokens must be 'readout' or 'all', got {tokens!r}")
+    model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     info, x, layout = _prepare(model, x)
     st = record_stream(model, x, info=info)
     B, L = x.shape[0], info.num_layers
@@ -128,6 +130,7 @@ def token_similarity(
         matrix: instead return the whole (B, N, N) matrix over all N tokens (prefix tokens
             first, then the patches row-major; ``query`` is then ignored).
     """
+    model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     info, x, layout = _prepare(model, x)
     li = check_layer(layer, info.num_layers)
     if not matrix:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .capture.ablation import forward_logits
 from .capture.adapters import inspect_vit, layout_for
+from .capture.hf import as_vit
 from .capture.layout import TokenLayout
 from .capture.residual import record_stream, replace_head, replace_tokens
 from .errors import InputError
@@ -87,6 +88,7 @@ def patch_activations(
     At block 0 with every position, the result is the source's prediction (the prefix tokens
     enter block 0 the same for every image, unless ``positions`` leaves patches out).
     """
+    model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     info = inspect_vit(model)
     src = check_tensor(info, source, model)
     tgt = check_tensor(info, target_image, model)

@@ -14,12 +14,12 @@ from .attn_base import AttentionAdapter, GenericAttention
 from .attn_relbias import RelativeBiasAttention
 from .attn_rotary import RotaryAttention
 from .attn_timm import TimmAttention
-from .hf import HFAttentionAdapter  # Hugging Face (capture/hf.py); imports no transformers
+from .hf import HFAttentionAdapter, HFRelBiasAdapter  # Hugging Face (capture/hf.py); imports no transformers
 from .layout import Readout, TokenLayout
 
 #: adapters tried in order; the first whose ``matches`` accepts the module is used
 ADAPTERS: tuple[type[AttentionAdapter], ...] = (
-    HFAttentionAdapter, RotaryAttention, RelativeBiasAttention, TimmAttention
+    HFAttentionAdapter, HFRelBiasAdapter, RotaryAttention, RelativeBiasAttention, TimmAttention
 )
 
 

@@ -128,7 +128,7 @@ def inspect_classifier(model: nn.Module, vit_error: str = "", *, headless: bool 
         vit_error: why ``inspect_vit`` refused the model (quoted for single-grid transformers).
         headless: accept a model without a head (``num_classes=0``), for a callable target.
     """
-    name = type(model).__name__
+    name = getattr(model, "vx_name", type(model).__name__)  # a view names the model it stands for (hf_classifier.py)
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected an image classifier (torch.nn.Module), got {name}")
     if getattr(model, "num_classes", None) == 0 and not headless:
@@ -158,6 +158,8 @@ def inspect_classifier(model: nn.Module, vit_error: str = "", *, headless: bool 
         kind = "vit"
         why = vit_error.replace(" Only Vision Transformers can be explained; CNNs and hybrid models are not supported.", "")
         reason = f"capture does not read {name}'s attention ({why or 'an unknown attention module'})"
+    if hasattr(model, "vx_kind"):  # a view that says what it is (capture/hf_classifier.py)
+        kind, reason = model.vx_kind, model.vx_reason
     pe = getattr(model, "patch_embed", None)
     cell = red[-1] if red else _pair(getattr(pe, "patch_size", 32))[0] if pe is not None else 32
     dynamic = bool(getattr(model, "dynamic_img_size", False)) or not getattr(pe, "strict_img_size", False)

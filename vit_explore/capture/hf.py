@@ -20,21 +20,31 @@ stand in the model's own places, and are put back in ``finally``:
   ``attention_mask``.
 
 The output of the embeddings (position embedding included) passes through ``patch_drop``
-(``ablation.drop_tokens``). Nothing in ``vit_explore`` imports ``transformers``: a model is
-recognised by its class's module name.
+(``ablation.drop_tokens``); on BEiT the relative position bias then follows the kept tokens (its
+rows and columns at their positions). BEiT's layer scales (``lambda_1`` / ``lambda_2``, parameters
+the layer multiplies by) are ``blocks[i].ls1`` / ``ls2`` for the pass (the layer multiplies by 1.0
+meanwhile); CLIP / SigLIP layers, which pass their attention keywords, hand it ``hidden_states``
+positionally. Nothing in ``vit_explore`` imports ``transformers``: a model is recognised by its
+class's module name.
 
-Supported: ``ViTForImageClassification``, ``DeiTForImageClassification``,
-``DeiTForImageClassificationWithTeacher`` (read-out: mean of the CLS and distillation rows,
-as its logits are the mean of the two heads') and ``Dinov2ForImageClassification``, whose
-classifier reads ``concat(h_cls, mean(h_patches))``: its read-out row is
-``0.5 * row_cls + 0.5 * mean(patch rows)`` (``TokenLayout.readout == "cls_avg"``: both
-halves of the classifier's input have equal width; the classifier itself is not a single
-read-out row, so chefer_lrp refuses it).
+Supported (``hf_parts.py`` says where each keeps its parts and how its classifier reads out):
+``ViTForImageClassification``, ``DeiTForImageClassification``,
+``DeiTForImageClassificationWithTeacher`` (mean of the CLS and distillation rows),
+``Dinov2ForImageClassification`` (``concat(h_cls, mean(h_patches))``: read-out row
+``0.5 * row_cls + 0.5 * mean(patch rows)``, ``"cls_avg"``; not one read-out row of one head,
+so chefer_lrp refuses it), ``BeitForImageClassification`` (relative position bias in the scores;
+mean of the patch tokens, then the pooler's layernorm as ``fc_norm``), ``CLIPForImageClassification``
+(mean of the patch tokens, no final norm) and ``SiglipForImageClassification`` (no class token;
+mean of all tokens after ``post_layernorm``). Any other classifier whose output has ``.logits``
+gets ``HFClassifier`` (``hf_classifier.py``): the model-agnostic methods.
+
+One view per model (``as_vit``): reused while the model's modules are the same objects.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,31 +54,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import UnsupportedModelError
+from ..errors import CaptureError, UnsupportedModelError
 from .attn_base import AttentionAdapter
+from .hf_classifier import HFClassifier, logits_of
+from .hf_parts import SUPPORTED, parts_of
+from .hf_standins import _QKV, _MLPView, _PatchEmbedView, _Positional, _Scale
 
 __all__ = [
-    "HFAttention", "HFAttentionAdapter", "HFBlock", "HFViT", "as_vit", "id2label", "is_hf", "logits_of", "mask_pre_hook",
+    "HFAttention", "HFAttentionAdapter", "HFBlock", "HFClassifier", "HFRelBiasAdapter", "HFViT", "as_vit", "id2label",
+    "is_hf", "logits_of", "mask_pre_hook", "source_model",
 ]
-
-SUPPORTED = (
-    "ViTForImageClassification",
-    "DeiTForImageClassification",
-    "DeiTForImageClassificationWithTeacher",
-    "Dinov2ForImageClassification",
-)
 
 
 def is_hf(model: object) -> bool:
     """True for a ``transformers`` model (recognised without importing ``transformers``)."""
     return isinstance(model, nn.Module) and type(model).__module__.startswith("transformers.")
-
-
-def logits_of(out: object) -> object:
-    """``out.logits`` for a Hugging Face ``ModelOutput`` (or any object with a tensor ``.logits``),
-    else ``out`` unchanged."""
-    lg = getattr(out, "logits", None)
-    return lg if isinstance(lg, torch.Tensor) and not isinstance(out, torch.Tensor) else out
 
 
 class _ProbMode(TorchFunctionMode):
@@ -105,24 +105,46 @@ class HFAttention(nn.Module):
 
     fused_attn = True
 
-    def __init__(self, inner: nn.Module, num_heads: int) -> None:
+    def __init__(self, inner: nn.Module, num_heads: int, view: HFViT | None = None) -> None:
         super().__init__()
-        if not all(hasattr(inner, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling", "config")):
+        proj = getattr(inner, "o_proj", None) or getattr(inner, "out_proj", None)
+        scale = getattr(inner, "scaling", getattr(inner, "scale", None))
+        if not all(hasattr(inner, n) for n in ("q_proj", "k_proj", "v_proj", "config")) or proj is None or scale is None:
             raise UnsupportedModelError(
-                f"{type(inner).__name__} lacks q_proj/k_proj/v_proj/o_proj/scaling; vit_explore reads the attention "
-                "modules of transformers >= 5.25 (pip install 'vit-explore[hf]')"
+                f"{type(inner).__name__} lacks q_proj/k_proj/v_proj/o_proj (or out_proj)/scaling; vit_explore reads the "
+                "attention modules of transformers >= 5.25 (pip install 'vit-explore[hf]')"
             )
         self.inner = inner
         self.attn_drop = nn.Identity()
-        self.proj = inner.o_proj
+        self.proj = proj
         self.q_proj, self.k_proj, self.v_proj = inner.q_proj, inner.k_proj, inner.v_proj
         self.qkv = _QKV(inner.q_proj, inner.k_proj, inner.v_proj)
         self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
         self.num_heads = num_heads
-        self.scale = float(inner.scaling)
+        self.scale = float(scale)
+        # BEiT: the view whose token drop this attention's relative position bias follows (a tuple: not a child)
+        self._view = (view,)
+
+    @property
+    def view(self) -> HFViT | None:
+        return self._view[0]
+
+    def _kept_bias(self, bias: torch.Tensor, n: int) -> torch.Tensor:
+        """The relative position bias (1 or B, H, N, N) between the tokens a drop kept (B, H, n, n)."""
+        kept = self.view._kept if self.view is not None else None
+        if kept is None or bias.shape[-1] == n:
+            return bias
+        if kept.shape[1] != n:
+            raise CaptureError(f"a token drop kept {kept.shape[1]} tokens but the attention sees {n}")
+        rows = kept.to(bias.device)  # (K, n): the positions of the kept tokens (prefix included)
+        K, H, N = rows.shape[0], bias.shape[1], bias.shape[-1]
+        b = bias.expand(K, -1, -1, -1).gather(2, rows[:, None, :, None].expand(-1, H, -1, N))
+        return b.gather(3, rows[:, None, None, :].expand(-1, H, n, -1))
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args,
                 attn_mask: torch.Tensor | None = None, **kwargs):
+        if attention_mask is not None and self.view is not None:
+            attention_mask = self._kept_bias(attention_mask, hidden_states.shape[1])
         if attn_mask is not None:
             attention_mask = attn_mask if attention_mask is None else attention_mask + attn_mask
         handles = self.qkv.route() if self.qkv._forward_hooks or self.qkv._forward_pre_hooks else []
@@ -144,114 +166,70 @@ class HFAttention(nn.Module):
                 h.remove()
 
 
-class _QKV(nn.Module):
-    """timm's ``qkv``: ``[q | k | v] = x [Wq; Wk; Wv]ᵀ + [bq; bk; bv]`` from the model's own three
-    projections (their parameters, concatenated per call). It runs only while hooks are registered on
-    it (relevance propagation records its input and output): then, for that forward, ``q_proj``,
-    ``k_proj`` and ``v_proj`` return the three slices of its output (the same values)."""
-
-    def __init__(self, q: nn.Linear, k: nn.Linear, v: nn.Linear) -> None:
-        super().__init__()
-        self._lin = (q, k, v)  # a tuple: not registered twice as children
-        self._out: list[torch.Tensor] = []
-
-    linear_view = True  # reads as an nn.Linear (weight (3C, C), bias (3C,)) for rules.lrp_view
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return torch.cat([m.weight for m in self._lin])
-
-    @property
-    def bias(self) -> torch.Tensor:
-        return torch.cat([m.bias if m.bias is not None else torch.zeros_like(m.weight[:, 0]) for m in self._lin])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-    def route(self) -> list[torch.utils.hooks.RemovableHandle]:
-        """Hooks (to remove after the forward) that make the three projections return slices of this."""
-        sizes = [m.out_features for m in self._lin]
-
-        def pre(mod, args):
-            self._out = list(torch.split(self(args[0]), sizes, dim=-1))
-
-        def post(i):
-            return lambda mod, args, out: self._out[i]
-
-        first = self._lin[0].register_forward_pre_hook(pre)
-        return [first, *(m.register_forward_hook(post(i)) for i, m in enumerate(self._lin))]
-
-
 class HFBlock(nn.Module):
     """Stands in for one Hugging Face encoder layer during a ``HFViT`` pass; names its parts
-    as timm's ``Block`` does (``norm1``, ``attn``, ``norm2``, ``mlp`` with ``fc1``/``act``/``fc2``)."""
+    as timm's ``Block`` does (``norm1``, ``attn``, ``norm2``, ``mlp`` with ``fc1``/``act``/``fc2``,
+    ``ls1`` / ``ls2``)."""
 
-    def __init__(self, inner: nn.Module, attn: HFAttention, norm1: nn.Module, norm2: nn.Module) -> None:
+    def __init__(self, inner: nn.Module, attn: HFAttention, norm1: nn.Module, norm2: nn.Module, mlp: nn.Module,
+                 scales: tuple[str, str] | None = None) -> None:
         super().__init__()
         self.inner = inner
         self.attn = attn
         self.norm1 = norm1
         self.norm2 = norm2
-        self.mlp = _MLPView(inner.mlp)
-        # the branch outputs before the residual sums: DINOv2's own layer scales, else identities
-        # that the branch outputs pass through (so hooks there see them, as on timm's ls1 / ls2)
+        self.mlp = _MLPView(mlp)
+        # the branch outputs before the residual sums: DINOv2's own layer-scale modules; else modules the
+        # branch outputs pass through (so hooks there see them, as on timm's ls1 / ls2): BEiT's lambda_1 /
+        # lambda_2 as ``_Scale`` (the layer multiplies by 1.0 for the pass), identities where there is none
         own = getattr(inner, "layer_scale1", None) is not None
-        self.ls1 = inner.layer_scale1 if own else nn.Identity()
-        self.ls2 = inner.layer_scale2 if own else nn.Identity()
-        self._route_ls = not own
+        self._scales = scales
+        self._slots: tuple[str, str] | None = None
+        if own:  # DINOv2: its layer-scale modules' slots hold ``_Scale`` views of their parameters for the pass
+            self.ls1, self.ls2 = _Scale(inner.layer_scale1, "lambda1"), _Scale(inner.layer_scale2, "lambda1")
+            self._slots = ("layer_scale1", "layer_scale2")
+        elif scales is not None:
+            self.ls1, self.ls2 = _Scale(inner, scales[0]), _Scale(inner, scales[1])
+        else:
+            self.ls1, self.ls2 = nn.Identity(), nn.Identity()
         self.drop_path1, self.drop_path2 = nn.Identity(), nn.Identity()
+        self._call = (_Positional(attn),)  # a tuple: not a child
+
+    @property
+    def attn_call(self) -> nn.Module:
+        """What stands in the layer's attention slot: ``attn`` called with ``hidden_states`` positional."""
+        return self._call[0]
 
     def forward(self, *args, **kwargs):
-        if not self._route_ls:
-            return self.inner(*args, **kwargs)
+        mods = self.inner._modules
+        if self._slots is not None:
+            saved = [mods[n] for n in self._slots]
+            try:
+                mods[self._slots[0]], mods[self._slots[1]] = self.ls1, self.ls2
+                return self.inner(*args, **kwargs)
+            finally:
+                mods[self._slots[0]], mods[self._slots[1]] = saved
         handles = [
             self.attn.register_forward_hook(lambda m, a, out: (self.ls1(out[0]), *out[1:])),
             self.mlp.register_forward_hook(lambda m, a, out: self.ls2(out)),
         ]
+        own = self.inner.__dict__
         try:
+            for name in self._scales or ():
+                own[name] = 1.0  # shadows the parameter (still registered) for this call: ls1 / ls2 multiply
             return self.inner(*args, **kwargs)
         finally:
+            for name in self._scales or ():
+                own.pop(name, None)
             for h in handles:
                 h.remove()
-
-
-class _MLPView(nn.Module):
-    """Stands in for a Hugging Face layer's ``mlp`` during a ``HFViT`` pass: calls it, so hooks
-    on ``blocks.i.mlp`` see its output (``fc2``'s, before the layer scale) as on timm's ``Mlp``;
-    names its parts ``fc1`` / ``act`` / ``fc2``."""
-
-    def __init__(self, mlp: nn.Module) -> None:
-        super().__init__()
-        if not (isinstance(getattr(mlp, "fc1", None), nn.Module) and isinstance(getattr(mlp, "fc2", None), nn.Module)):
-            raise UnsupportedModelError(
-                f"the layer's MLP is a {type(mlp).__name__} without fc1/fc2 (a gated SwiGLU MLP, e.g. DINOv2 with "
-                "use_swiglu_ffn=True): the Hugging Face view supports the plain two-layer MLP of ViT, DeiT and DINOv2. "
-                "The model-agnostic methods (saliency, integrated_gradients, occlusion, rise) apply to any classifier."
-            )
-        self._inner = (mlp,)  # a tuple: the model's module, not registered a second time
-        self.fc1, self.fc2 = mlp.fc1, mlp.fc2
-        act = getattr(mlp, "activation_fn", None)
-        if isinstance(act, nn.Module):
-            self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._inner[0](x)
-
-
-class _PatchEmbedView(nn.Module):
-    def __init__(self, proj: nn.Conv2d, img_size: tuple[int, int] | None) -> None:
-        super().__init__()
-        self.proj = proj
-        self.patch_size = tuple(proj.kernel_size)
-        self.img_size = img_size
-        self.strict_img_size = img_size is not None
-        self.dynamic_img_pad = False
 
 
 class HFViT(nn.Module):
     """timm-shaped view of a supported Hugging Face ViT classifier (see the module docstring).
 
-    ``hf`` is the model itself; calling the view returns ``hf(pixel_values=x).logits``.
+    ``hf`` is the model itself; calling the view returns ``hf(pixel_values=x).logits``. Build it
+    with ``as_vit`` (one view per model, reused).
     """
 
     global_pool = "token"
@@ -259,69 +237,84 @@ class HFViT(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        kind = type(model).__name__
-        if kind not in SUPPORTED:
-            raise UnsupportedModelError(
-                f"{kind} from transformers is not supported by the attention methods; supported: "
-                f"{', '.join(SUPPORTED)}. Model-agnostic methods (saliency, integrated_gradients, occlusion, rise) "
-                "need only the model's .logits."
-            )
-        cfg = model.config
+        parts = parts_of(model)
         self.hf = model
-        self.head_dist = None
-        self.dist_token = None
-        self.vx_readout = "cls"
-        if kind == "Dinov2ForImageClassification":
-            base, layers = model.dinov2, model.dinov2.encoder.layer
-            self.head = model.classifier
-            self.vx_readout = "cls_avg"
-            norms = [(lyr.norm1, lyr.norm2) for lyr in layers]
-            img = None  # Dinov2 interpolates its position embedding to any input size
-        else:
-            base = model.vit if kind.startswith("ViT") else model.deit
-            layers = base.layers
-            norms = [(lyr.layernorm_before, lyr.layernorm_after) for lyr in layers]
-            size = cfg.image_size
-            img = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-            if kind == "DeiTForImageClassificationWithTeacher":
-                self.head, self.head_dist = model.cls_classifier, model.distillation_classifier
-                self.dist_token = base.embeddings.distillation_token
-                self.vx_readout = "cls_dist"
-            else:
-                self.head = model.classifier
-        self.num_prefix_tokens = 2 if kind.startswith("DeiT") else 1
-        self.norm = base.layernorm
-        self.embeddings = base.embeddings
+        self.vx_readout = parts.readout
+        self.head, self.head_dist = parts.head, parts.head_dist
+        self.dist_token = model.deit.embeddings.distillation_token if parts.head_dist is not None else None
+        self.fc_norm = parts.fc_norm if parts.fc_norm is not None else nn.Identity()
+        self.num_prefix_tokens = parts.num_prefix
+        self.norm = parts.norm
+        # CLIP's classifier reads the last layer's output itself: an identity ``norm`` it passes through
+        self._route_norm = not any(m is parts.norm for m in model.modules())
+        self.embeddings = parts.embeddings
         self.patch_drop = nn.Identity()
-        self.patch_embed = _PatchEmbedView(base.embeddings.patch_embeddings.projection, img)
+        self.patch_embed = _PatchEmbedView(parts.proj, parts.img_size)
         self.num_classes = int(getattr(self.head, "out_features", 0))
-        self._layers = weakref.ref(layers)  # the ModuleList whose entries the blocks stand in for
+        self._layers = weakref.ref(parts.layers)  # the ModuleList whose entries the blocks stand in for
+        self._names = (parts.attn, parts.mlp)
+        self._kept: torch.Tensor | None = None  # (K, n) positions kept by a token drop (relative bias only)
+        self._active = 0
+        heads = int(getattr(model.config, "vision_config", model.config).num_attention_heads)
         self.blocks = nn.ModuleList(
-            HFBlock(lyr, HFAttention(lyr.attention, int(cfg.num_attention_heads)), n1, n2)
-            for lyr, (n1, n2) in zip(layers, norms)
+            HFBlock(lyr, HFAttention(getattr(lyr, parts.attn), heads, self if parts.rel_bias else None),
+                    n1, n2, getattr(lyr, parts.mlp), ls)
+            for lyr, (n1, n2), ls in zip(parts.layers, parts.norms, parts.layer_scales)
         )
+
+    def _embedded(self, module, args, out: torch.Tensor) -> torch.Tensor:
+        if self.blocks[0].attn.view is not None and self.patch_drop._forward_hooks:
+            # a token drop (ablation.drop_tokens) on a model with a relative position bias: the positions of
+            # the kept tokens, from the same drop applied first to the position indices (B, N, 1)
+            pos = torch.arange(out.shape[1], device=out.device, dtype=torch.float64)
+            kept = self.patch_drop(pos[None, :, None].expand(out.shape[0], -1, 1))[..., 0]
+            self._kept = kept.round().long() if kept.shape[1] != out.shape[1] else None
+        return self.patch_drop(out)
 
     @contextmanager
     def _standing_in(self) -> Iterator[None]:
         layers = self._layers()
-        handles = [self.embeddings.register_forward_hook(lambda m, a, out: self.patch_drop(out))]
+        attn_name, mlp_name = self._names
+        handles = [self.embeddings.register_forward_hook(self._embedded)]
+        if self._route_norm:
+            handles.append(self.blocks[-1].register_forward_hook(
+                lambda m, a, out: (self.norm(out[0]), *out[1:]) if isinstance(out, tuple) else self.norm(out)))
+        self._active += 1
         try:
             for i, blk in enumerate(self.blocks):
                 layers._modules[str(i)] = blk
-                blk.inner._modules["attention"] = blk.attn
-                blk.inner._modules["mlp"] = blk.mlp
+                blk.inner._modules[attn_name] = blk.attn_call
+                blk.inner._modules[mlp_name] = blk.mlp
             yield
         finally:
             for i, blk in enumerate(self.blocks):
-                blk.inner._modules["attention"] = blk.attn.inner
-                blk.inner._modules["mlp"] = blk.mlp._inner[0]
+                blk.inner._modules[attn_name] = blk.attn.inner
+                blk.inner._modules[mlp_name] = blk.mlp._inner[0]
                 layers._modules[str(i)] = blk.inner
             for h in handles:
                 h.remove()
+            self._kept = None
+            self._active -= 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blocks[0].attn.view is not None and torch.is_inference_mode_enabled():
+            # transformers keeps BEiT's relative position index in an lru_cache shared by all calls: made
+            # under inference mode it would break every later pass with gradients, so this pass runs without
+            with torch.inference_mode(False), torch.no_grad(), self._standing_in():
+                return self.hf(pixel_values=x).logits
         with self._standing_in():
             return self.hf(pixel_values=x).logits
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier on a normed sequence (B, N, D) -> (B, classes), as the model reads it out."""
+        T = self.num_prefix_tokens
+        if self.vx_readout == "cls_dist":
+            return 0.5 * (self.head(x[:, 0]) + self.head_dist(x[:, 1]))
+        if self.vx_readout == "cls_avg":
+            return self.head(torch.cat([x[:, 0], x[:, T:].mean(1)], -1))
+        if self.vx_readout == "avg":
+            return self.head(self.fc_norm(x[:, T:].mean(1)))
+        return self.head(x[:, 0])
 
 
 def mask_pre_hook(hook):
@@ -341,9 +334,14 @@ def mask_pre_hook(hook):
     return hf_hook
 
 
+def source_model(model: object) -> object:
+    """The Hugging Face model behind a view (``HFViT``, ``HFClassifier``), else ``model``."""
+    return model.hf if isinstance(model, (HFViT, HFClassifier)) else model
+
+
 def id2label(model: object) -> list[str] | None:
     """Class names from ``model.config.id2label`` (Hugging Face), in index order, or None."""
-    hf = model.hf if isinstance(model, HFViT) else model
+    hf = source_model(model)
     labels = getattr(getattr(hf, "config", None), "id2label", None)
     if not is_hf(hf) or not isinstance(labels, dict) or not labels:
         return None
@@ -353,11 +351,37 @@ def id2label(model: object) -> list[str] | None:
         return None
 
 
+#: model -> (its modules when the view was built, a weak reference to the view)
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LAST: list[nn.Module] = []  # the last view handed out, kept alive between two calls
+_LOCK = threading.Lock()
+
+
 def as_vit(model: object) -> object:
-    """``HFViT(model)`` for a Hugging Face model, anything else unchanged."""
-    if isinstance(model, HFViT) or not is_hf(model):
+    """The view of a Hugging Face model (``HFViT``, or ``HFClassifier`` for any other classifier
+    with ``.logits``), anything else unchanged.
+
+    One view per model: the view built for a model is returned again while the model's modules
+    are the same objects (a replaced module builds a new view). The views are held weakly
+    (the model and the view live as long as the caller keeps either), except the last one
+    handed out, so that consecutive calls on one model share it (and the interventions' caches).
+    """
+    if isinstance(model, (HFViT, HFClassifier)) or not is_hf(model):
         return model
-    return HFViT(model)  # type: ignore[arg-type]
+    with _LOCK:
+        got = _VIEWS.get(model)
+        view = got[1]() if got is not None else None
+        if view is not None and (view._active or got[0] == _modules_of(model)):
+            _LAST[:] = [view]
+            return view
+        view = HFViT(model) if type(model).__name__ in SUPPORTED else HFClassifier(model)  # type: ignore[arg-type]
+        _VIEWS[model] = (_modules_of(model), weakref.ref(view))
+        _LAST[:] = [view]
+        return view
+
+
+def _modules_of(model: nn.Module) -> tuple[int, ...]:
+    return tuple(map(id, model.modules()))
 
 
 class HFAttentionAdapter(AttentionAdapter):
@@ -370,4 +394,17 @@ class HFAttentionAdapter(AttentionAdapter):
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:
-        return isinstance(attn, HFAttention)
+        return isinstance(attn, HFAttention) and attn.view is None
+
+
+class HFRelBiasAdapter(HFAttentionAdapter):
+    """Adapter of a BEiT ``HFAttention``: ``softmax(q kᵀ·scaling + B (+ attention_mask))``, B the
+    relative position bias the layer hands to its attention as ``attention_mask``."""
+
+    family = "transformers eager attention with relative position bias (BEiT)"
+    score_terms = "(q kᵀ)·scaling + relative position bias (+ attention_mask)"
+    score_bias = True
+
+    @classmethod
+    def matches(cls, attn: nn.Module) -> bool:
+        return isinstance(attn, HFAttention) and attn.view is not None

@@ -171,6 +171,11 @@ def token_logits(model: nn.Module, tokens: torch.Tensor, info: ViTInfo | None = 
     for its two read-out tokens.
     """
     info = info or inspect_vit(model)
+    if info.readout == "cls_avg":
+        raise UnsupportedModelError(
+            "the classifier reads concat(CLS, mean of patches) (Hugging Face DINOv2): one token alone has no "
+            "read-out; use the read-out of the whole sequence (logit_lens(tokens='readout'))"
+        )
     with torch.inference_mode(), eval_mode(model):
         t = model.norm(tokens)
         if info.readout == "cls_dist":
