@@ -81,8 +81,11 @@ export function brushPanel(ctx: ViewCtx) {
     for (const b of modeBtns) if (b.dataset.mode === "drop") b.hidden = !tokens;
     // query and similarity act on the token attention view only
     const isAttn = ctx.isAttn() && tokens;
-    for (const b of toolBtns) if (b.dataset.tool === "query" || b.dataset.tool === "similarity") b.hidden = !isAttn;
-    if (!isAttn && (ctx.brush.tool === "query" || ctx.brush.tool === "similarity")) ctx.brush.tool = "brush";
+    // (similarity needs a running kernel: not on a saved page)
+    const simOk = isAttn && !ctx.offline();
+    for (const b of toolBtns) if (b.dataset.tool === "query") b.hidden = !isAttn;
+    for (const b of toolBtns) if (b.dataset.tool === "similarity") b.hidden = !simOk;
+    if ((!isAttn && ctx.brush.tool === "query") || (!simOk && ctx.brush.tool === "similarity")) ctx.brush.tool = "brush";
     for (const b of toolBtns) b.setAttribute("aria-checked", String(b.dataset.tool === ctx.brush.tool));
     const off = ctx.offline();
     for (const b of [...modeBtns, clearBtn, cfBtn]) b.disabled = off;

@@ -9,7 +9,7 @@ import { h } from "./dom";
 import { composeExport } from "./exportpng";
 import { exportName, fmt } from "./format";
 import { maskedImage, selectedMask } from "./masks";
-import type { similarityTool } from "./similarity";
+import { SIM_ABOUT, type similarityTool } from "./similarity";
 import type { CachedMap } from "./store";
 import type { ViewCtx } from "./view_context";
 
@@ -145,7 +145,7 @@ export function canvasPanel(ctx: ViewCtx, sim: ReturnType<typeof similarityTool>
     const m = currentMap();
     const s = sim.current();
     canvas.dataset.sim = s && "values" in s ? s.key : "";
-    about.textContent = ctx.methodInfo(model.get("method")).about ?? "";
+    about.textContent = s ? SIM_ABOUT : ctx.methodInfo(model.get("method")).about ?? "";
     const sm = "values" in m && !s ? selectedMask(ctx) : null;
     if (sm && base) {
       lastMap = m as Shown;

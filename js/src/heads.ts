@@ -9,7 +9,7 @@ import { attnRow } from "./decode";
 import { h } from "./dom";
 import { fmt, signedFmt } from "./format";
 import { f32, probsTable, type TeachMsg } from "./teach_common";
-import { headPairs } from "./teach_geom";
+import { headPairs, headScale } from "./teach_geom";
 import type { ViewCtx } from "./view_context";
 
 export type AttrMode = "off" | "direct" | "ablation";
@@ -118,12 +118,9 @@ export function headsPanel(ctx: ViewCtx) {
     const d = mode === "off" ? undefined : data.get(key());
     if (!d) return null;
     const all = mode === "direct" ? d.direct : d.ablation;
-    let m = 0;
-    for (const v of all) m = Math.max(m, Math.abs(v));
     const layer = Math.min(model.get("layer"), d.L - 1);
     const vals = all.subarray(layer * d.H, (layer + 1) * d.H);
-    // one scale over all blocks, so that colours compare across layers
-    const t = new Float32Array(vals.length).map((_, i) => (m > 0 ? 0.5 + vals[i] / (2 * m) : 0.5));
+    const { t, max: m } = headScale(all, layer, d.H);
     return { vals, rgba: colorize(t, "rdbu", 255), m, d };
   }
 
@@ -196,8 +193,8 @@ export function headsPanel(ctx: ViewCtx) {
 
   function sync(): void {
     const show = ctx.isAttn() && model.get("token_attention") !== false;
-    for (const e of [title, bar, grid, note, result]) e.hidden = !show;
-    for (const b of modeBtns) b.disabled = ctx.offline() && b.dataset.attr !== "off";
+    for (const e of [title, grid, note, result]) e.hidden = !show;
+    bar.hidden = !show || ctx.offline(); // attribution and ablation need a running kernel
   }
 
   return { els: [title, bar, grid, note, result], draw, sync, setMode };

@@ -4,6 +4,11 @@
 import { f32, type TeachMsg } from "./teach_common";
 import type { ViewCtx } from "./view_context";
 
+/** What the similarity map shows (in place of the method's line while it is on screen). */
+export const SIM_ABOUT =
+  "Token similarity (as in EL-VIT): the cosine of the picked patch's token with every patch token after this block; " +
+  "high = the model represents the two patches alike at this depth.";
+
 export type SimView = { values: Float32Array; signed: true; shape: number[]; label: string; key: string; query: number } | { note: string };
 
 export function similarityTool(ctx: ViewCtx): { pick(cell: number): void; current(): SimView | null; refresh(): void } {

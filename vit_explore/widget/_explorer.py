@@ -625,7 +625,7 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
         return (self.image_index, self.method, self.target, self.layer, self.head, self.query, self.params_version)
 
     def _view_js(self, st: tuple) -> str:
-        """The front end's key of a view (js/src/view.ts ``viewKey``): the map key; raw attention adds layer, head, query."""
+        """The front end's key of a view (js/src/view_context.ts ``viewKey``): the map key; raw attention adds layer, head, query."""
         i, method, target, layer, head, query, pv = st
         if method == ATTN:
             return attention_view_key(i, layer, head, query, pv)
