@@ -16,8 +16,8 @@ Models: ``small`` is the embedded ``toy-shapes`` model when its weights are inst
 (the line printed says which); ``vitb`` is ViT-B/16 with random weights
 (``timm.create_model("vit_base_patch16_224", pretrained=False)``, 224 px, 14x14 patches).
 Targets (issue 6): brush -> probabilities p50 < 100 ms (small), < 400 ms (ViT-B/16).
-Teaching clicks (issue 15; ``--teaching-only`` runs just these): similarity, head ablation and
-patching, click -> answer drawn, p50/p95 over ``--clicks`` clicks each on the small model, target
+Teaching clicks (issue 15; ``--teaching-only`` runs just these): the Similarity tool on the main
+canvas, head ablation in the head grid, and patching, click -> answer drawn, p50/p95 over ``--clicks`` clicks each on the small model, target
 p50 < 100 ms, against the empty round trip.
 The load average is printed with the figures: this machine is shared.
 Needs chromium (apt-get install chromium) and the built front end.
@@ -212,38 +212,45 @@ def report(title: str, r: dict, target_ms: float) -> None:
 
 
 TEACH_CLICKS = """async ([kind, n, gh, gw, nl, nh]) => {
+    // similarity: the Similarity tool, a click (pointerdown) on a patch of the main canvas;
+    // ablation: the head grid in ablation mode, a click on a head thumbnail; patching: the Patching tab
     const v = window.__vx.views[0], dbg = v.debug.teaching, root = v.el;
-    const tab = { similarity: 'similarity', ablation: 'heads', patching: 'patching' }[kind];
-    root.querySelector(`[data-testid=vx-tab-${tab}]`).click();
+    const q = (id) => root.querySelector(`[data-testid=${id}]`);
     const wait = (k) => new Promise((res, rej) => { const t0 = performance.now();
         const poll = () => dbg.results > k ? res() : performance.now() - t0 > 60000 ? rej(`${kind}: no answer`) : setTimeout(poll, 2);
         poll(); });
-    const clickCell = async (testid, cell) => {
-        const c = root.querySelector(`[data-testid=${testid}]`), r = c.getBoundingClientRect();
+    const until = async (ok, what) => { const t0 = performance.now();
+        while (!ok()) { if (performance.now() - t0 > 120000) throw what; await new Promise((r) => setTimeout(r, 20)); } };
+    const clickCell = async (testid, cell, type) => {
+        const c = q(testid), r = c.getBoundingClientRect();
         const x = r.left + ((cell % gw) + 0.5) * r.width / gw, y = r.top + (Math.floor(cell / gw) + 0.5) * r.height / gh;
         const k = dbg.results;
-        c.dispatchEvent(new MouseEvent('click', { clientX: x, clientY: y, bubbles: true }));
+        const init = { clientX: x, clientY: y, button: 0, bubbles: true };
+        c.dispatchEvent(type === 'pointerdown' ? new PointerEvent(type, init) : new MouseEvent(type, init));
         await wait(k);
     };
+    if (kind === 'similarity') q('vx-tool-similarity').click();
+    if (kind === 'patching') q('vx-tab-patching').click();
     if (kind === 'ablation') {
-        const t0 = performance.now();
-        while (!root.querySelector('[data-testid=vx-attr-0-0]')) { if (performance.now() - t0 > 120000) throw 'no heads';
-            await new Promise((r) => setTimeout(r, 20)); }
-        root.querySelector('[data-testid=vx-attr-ablation]').click();
+        if (nh < 2) throw 'ablation clicks need two heads';
+        q('vx-attr-ablation').click();
+        await until(() => root.querySelector('[data-testid=vx-head-0][data-attr-value]'), 'no head attribution');
     }
     const out = [];
     for (let i = 0; i < n; i++) {
         await new Promise((r) => setTimeout(r, 150));
-        if (kind === 'similarity') await clickCell('vx-sim-map', (i * 7) % (gh * gw));
-        else if (kind === 'patching') await clickCell('vx-patch-map', (i * 5) % (gh * gw));
+        if (kind === 'similarity') await clickCell('vx-canvas', (i * 7) % (gh * gw), 'pointerdown');
+        else if (kind === 'patching') await clickCell('vx-patch-map', (i * 5) % (gh * gw), 'click');
         else {
+            // head 0 switched off first and kept off; then heads 1.. toggled in turn (never all back on)
             const k = dbg.results;
-            const cell = i % (nl * nh);  // each head switched off in turn (never all back on)
-            root.querySelector(`[data-testid=vx-attr-${Math.floor(cell / nh)}-${cell % nh}]`).click();
+            q(`vx-head-${i === 0 ? 0 : 1 + ((i - 1) % (nh - 1))}`).click();
             await wait(k);
         }
         out.push(dbg.resultAt - dbg.clickAt);
     }
+    if (kind === 'similarity') q('vx-tool-brush').click();
+    if (kind === 'ablation') { q('vx-attr-reset').click(); q('vx-attr-off').click(); }
     return out;
 }"""
 

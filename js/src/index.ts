@@ -4,6 +4,7 @@ import "./styles.css";
 import { type BlobRange, blobView, revive } from "./decode";
 import { LocalModel } from "./local_model";
 import { dropStore, handleAttnMessage, storeFor, type AttnMessage } from "./store";
+import type { Traits } from "./traits";
 import { renderView, type DebugInfo, type Model } from "./view";
 
 export { LocalModel };
@@ -27,8 +28,8 @@ function register(uid: string, el: HTMLElement, debug: DebugInfo, model: Model, 
 
 function requestMissing(model: Model): void {
   const store = storeFor(model.get("_uid"));
-  const img = model.get("image_index") as number;
-  const nl = model.get("num_layers") as number;
+  const img = model.get("image_index");
+  const nl = model.get("num_layers");
   if (model.get("offline")) return;
   const missing = store.missingLayers(img, nl);
   if (missing.length === 0) return;
@@ -39,7 +40,7 @@ function requestMissing(model: Model): void {
 }
 
 function initialize({ model, signal }: { model: Model; signal?: AbortSignal }) {
-  const uid = model.get("_uid") as string;
+  const uid = model.get("_uid");
   const store = storeFor(uid);
   const onMsg = (msg: { kind?: string }, buffers: DataView[]) => {
     if (msg?.kind === "attn") {
@@ -68,7 +69,7 @@ function initialize({ model, signal }: { model: Model; signal?: AbortSignal }) {
 function render({ model, el, signal }: { model: Model; el: HTMLElement; signal?: AbortSignal }) {
   const ctrl = new AbortController();
   signal?.addEventListener("abort", () => ctrl.abort());
-  const uid = model.get("_uid") as string;
+  const uid = model.get("_uid");
   const debug = renderView(model, el, storeFor(uid), ctrl.signal);
   register(uid, el, debug, model, ctrl.signal);
   // asking here too covers a view re-rendered after the stack was dropped
@@ -90,9 +91,9 @@ export interface StandaloneData {
 }
 
 /** Mount an Explorer from exported data into `el` (used by the HTML written by Explorer.to_html()). */
-export function mountStandalone(el: HTMLElement, data: StandaloneData, blob: ArrayBuffer): LocalModel {
-  const model = new LocalModel(revive({ ...data.state, offline: true }));
-  const uid = model.get("_uid") as string;
+export function mountStandalone(el: HTMLElement, data: StandaloneData, blob: ArrayBuffer): LocalModel<Traits> {
+  const model = new LocalModel<Traits>(revive({ ...data.state, offline: true }) as Traits);
+  const uid = model.get("_uid");
   const store = storeFor(uid);
   for (const a of data.attn) {
     handleAttnMessage(store, { kind: "attn", ...a }, [blobView(blob, a.data), blobView(blob, a.scales)]);

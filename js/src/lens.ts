@@ -30,8 +30,8 @@ export function lensPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: Te
 
   const data = new Map<number, LensData>();
   const asked = new Set<string>();
-  const img = () => model.get("image_index") as number;
-  const target = () => model.get("target") as number;
+  const img = () => model.get("image_index");
+  const target = () => model.get("target");
 
   function ensure(): void {
     if (model.get("offline")) return;
@@ -56,7 +56,7 @@ export function lensPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: Te
     const d = data.get(i);
     chartBox.replaceChildren();
     legend.replaceChildren();
-    const layer = model.get("layer") as number;
+    const layer = model.get("layer");
     const c = target();
     const names = classNames(model);
     if (!d) {
@@ -114,7 +114,7 @@ export function lensPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: Te
     });
     chartBox.append(s);
     const pp = d.patches.get(c);
-    const [gh, gw] = (model.get("grid") as [number, number]) ?? [1, 1];
+    const [gh, gw] = model.get("grid") ?? [1, 1];
     const P = gh * gw;
     drawMap(map, model, pp ? pp.subarray(layer * P, (layer + 1) * P) : null, "viridis", [0, 1]);
     cap.textContent = pp

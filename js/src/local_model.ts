@@ -1,23 +1,30 @@
 // The widget model of a standalone page (no kernel): state, change events, recorded messages.
+import type { AnyModel } from "@anywidget/types";
 
 type Json = any;
 
-/** A minimal in-memory model with the anywidget model API, for the standalone pages (the Explorer's
- *  and the Atlas's `to_html`): there is no kernel, so `send` only records the message. */
-export class LocalModel {
-  private state: Record<string, Json>;
+/** A minimal in-memory model with the anywidget model API (`AnyModel<T>`), for the standalone pages
+ *  (the Explorer's and the Atlas's `to_html`): there is no kernel, so `send` only records the message,
+ *  and there is no widget manager to look other widgets up in. */
+export class LocalModel<T extends Record<string, Json> = Record<string, Json>> implements AnyModel<T> {
+  private state: T;
   private handlers = new Map<string, Set<(...a: any[]) => void>>();
   sent: unknown[] = [];
-  constructor(state: Record<string, Json>) {
+  readonly widget_manager = {
+    get_model(): Promise<never> {
+      return Promise.reject(new Error("a saved page has no widget manager: it holds this widget only"));
+    },
+  };
+  constructor(state: T) {
     this.state = { ...state };
   }
-  get(key: string) {
+  get<K extends keyof T>(key: K): T[K] {
     return this.state[key];
   }
-  set(key: string, value: unknown) {
+  set<K extends keyof T>(key: K, value: T[K]): void {
     const old = this.state[key];
     this.state[key] = value;
-    if (old !== value) this.emit(`change:${key}`, value);
+    if (old !== value) this.emit(`change:${String(key)}`, value);
   }
   save_changes() {}
   on(ev: string, cb: (...a: any[]) => void) {

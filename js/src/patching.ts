@@ -22,8 +22,8 @@ export function patchingPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m
   let source = -1;
 
   function options(): void {
-    const n = model.get("num_images") as number;
-    const cur = model.get("image_index") as number;
+    const n = model.get("num_images");
+    const cur = model.get("image_index");
     srcSel.replaceChildren();
     for (let i = 0; i < n; i++) {
       if (i === cur) continue;

@@ -8,8 +8,8 @@ export interface ImagePayload {
 }
 
 /** An RGB uint8 payload drawn into a fresh canvas. */
-export function rgbCanvas(im: ImagePayload | null | undefined): HTMLCanvasElement | null {
-  if (!im || !im.data) return null;
+export function rgbCanvas(im: Partial<ImagePayload> | null | undefined): HTMLCanvasElement | null {
+  if (!im || !im.data || im.width === undefined || im.height === undefined) return null;
   const rgb = bytesOf(im.data);
   const c = document.createElement("canvas");
   c.width = im.width;

@@ -1,55 +1,54 @@
-// Token similarity: click a patch (or pick a query patch in the main view) to see the cosine similarity
-// of its token to every patch token after the current block (EL-VIT).
-import { cellOf, drawMap, f32, h, type TeachContext, type TeachMsg } from "./teach_common";
+// The "Similarity" tool beside "Pick query patch": clicking a patch on the main canvas shows the cosine
+// similarity of its token to every patch token after the current block (EL-VIT), drawn as the map.
+// One kernel request per pick (and per block while the tool is on); the last answer is kept.
+import { f32, type TeachMsg } from "./teach_common";
+import type { ViewCtx } from "./view_context";
 
-export function similarityPanel(ctx: TeachContext): { el: HTMLElement; onMessage(m: TeachMsg, b: DataView[]): void; refresh(): void } {
+/** What the similarity map shows (in place of the method's line while it is on screen). */
+export const SIM_ABOUT =
+  "Token similarity (as in EL-VIT): the cosine of the picked patch's token with every patch token after this block; " +
+  "high = the model represents the two patches alike at this depth.";
+
+export type SimView = { values: Float32Array; signed: true; shape: number[]; label: string; key: string; query: number } | { note: string };
+
+export function similarityTool(ctx: ViewCtx): { pick(cell: number): void; current(): SimView | null; refresh(): void } {
   const { model } = ctx;
-  const el = h("div", { class: "vx-teach-panel", "data-testid": "vx-sim-panel" });
-  const map = h("canvas", { class: "vx-teach-map", "data-testid": "vx-sim-map", role: "img", tabindex: "0" });
-  const cap = h("div", { class: "vx-muted", "data-testid": "vx-sim-caption" }, "Click a patch: its token's cosine similarity to every patch token after the current block.");
-  const fig = h("figure", { class: "vx-teach-fig" });
-  fig.append(map, cap);
-  el.append(fig);
   let query = -1;
   let last: { key: string; values: Float32Array } | null = null;
+  let error: { key: string; text: string } | null = null;
+  const on = () => ctx.brush.tool === "similarity" && ctx.isAttn();
   const key = () => `${model.get("image_index")}|${model.get("layer")}|${query}`;
 
   function ask(click: boolean): void {
-    if (query < 0 || model.get("offline")) return;
+    if (query < 0 || ctx.offline() || !on()) return;
     if (last && last.key === key()) return;
-    ctx.request({ kind: "similarity", image_index: model.get("image_index"), layer: model.get("layer"), query }, click);
+    ctx.bus.request({ kind: "similarity", image_index: model.get("image_index"), layer: model.get("layer"), query }, click);
   }
-  function draw(): void {
-    const ok = last && last.key === key();
-    drawMap(map, model, ok ? last!.values : null, "rdbu", [-1, 1], query >= 0 ? [query] : []);
-    if (ok) cap.textContent = `cosine similarity to patch ${query} after block ${model.get("layer")} (−1 to 1)`;
-    map.setAttribute("data-key", ok ? last!.key : "");
-  }
-  map.addEventListener("click", (e: MouseEvent) => {
-    const c = cellOf(map, model, e);
-    if (c < 0) return;
-    query = c;
-    draw();
-    ask(true);
-  }, { signal: ctx.signal });
-  const onQuery = () => {
-    const q = model.get("query") as number;
-    if (q >= 0 && ctx.active()) {
-      query = q;
-      refresh();
-    }
+  ctx.bus.subscribe((m: TeachMsg, b: DataView[]) => {
+    if (m.kind !== "similarity") return;
+    const k = `${m.image_index}|${m.layer}|${m.query}`;
+    if (m.error) error = { key: k, text: m.error };
+    else last = { key: k, values: f32(b[0]) };
+    if (on() && k === key()) ctx.ui.draw();
+  });
+  return {
+    pick(cell) {
+      query = cell;
+      ask(true);
+      ctx.ui.draw();
+    },
+    current() {
+      if (!on() || query < 0) return null;
+      const k = key();
+      if (last && last.key === k) {
+        const label = `similarity to patch ${query} after block ${model.get("layer")} (cosine)`;
+        return { values: last.values, signed: true, shape: ctx.grid(), label, key: k, query };
+      }
+      if (error && error.key === k) return { note: error.text };
+      return { note: ctx.offline() ? "similarity needs a running kernel" : "computing the similarity…" };
+    },
+    refresh() {
+      ask(false);
+    },
   };
-  model.on("change:query", onQuery);
-  ctx.signal.addEventListener("abort", () => model.off("change:query", onQuery));
-
-  function onMessage(m: TeachMsg, b: DataView[]): void {
-    if (m.kind !== "similarity" || m.error) return;
-    last = { key: `${m.image_index}|${m.layer}|${m.query}`, values: f32(b[0]) };
-    if (ctx.active()) draw();
-  }
-  function refresh(): void {
-    ask(false);
-    draw();
-  }
-  return { el, onMessage, refresh };
 }

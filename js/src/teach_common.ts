@@ -2,14 +2,12 @@
 // All user strings (class names, tour texts) go in as textContent.
 import { bytesOf } from "./decode";
 import { colorize, normalize } from "./colormap";
-import { rgbCanvas, type ImagePayload } from "./rgb_canvas";
-import type { Model } from "./view";
+import { TEACHING_KINDS } from "./contract";
+import { h } from "./dom";
+import { rgbCanvas } from "./rgb_canvas";
+import type { ClassProb, Model } from "./traits";
 
-export interface ClassProb {
-  index: number;
-  name: string;
-  prob: number;
-}
+export { h };
 
 export interface TeachMsg {
   kind: string;
@@ -27,6 +25,44 @@ export interface TeachDebug {
   lensMessages: number;
 }
 
+/** One router for the kernel's teaching answers of a view, and the request ids of its clicks. */
+export interface TeachBus {
+  /** Send a request; `click` marks it as a user click for the latency figures. */
+  request(content: Record<string, unknown>, click?: boolean): number;
+  /** Handle every teaching answer (handlers run in order; a click's answer is timed after all of them). */
+  subscribe(handler: (m: TeachMsg, b: DataView[]) => void): void;
+}
+
+export function teachBus(model: Model, signal: AbortSignal, debug: TeachDebug): TeachBus {
+  let nextId = 1;
+  let clickId = -1;
+  const handlers: ((m: TeachMsg, b: DataView[]) => void)[] = [];
+  const onMsg = (msg: TeachMsg, buffers: DataView[]) => {
+    if (!msg || !TEACHING_KINDS.has(msg.kind)) return;
+    for (const f of handlers) f(msg, buffers ?? []);
+    if (msg.id === clickId) {
+      debug.resultAt = performance.now();
+      debug.results++;
+    }
+  };
+  model.on("msg:custom", onMsg);
+  signal.addEventListener("abort", () => model.off("msg:custom", onMsg));
+  return {
+    request(content, click = false) {
+      const id = nextId++;
+      if (click) {
+        clickId = id;
+        debug.clickAt = performance.now();
+      }
+      model.send({ ...content, id });
+      return id;
+    },
+    subscribe(handler) {
+      handlers.push(handler);
+    },
+  };
+}
+
 export interface TeachContext {
   model: Model;
   signal: AbortSignal;
@@ -35,16 +71,6 @@ export interface TeachContext {
   request(content: Record<string, unknown>, click?: boolean): number;
   /** Whether the panel is the one shown. */
   active(): boolean;
-}
-
-export function h<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text?: string): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else e.setAttribute(k, v);
-  }
-  if (text !== undefined) e.textContent = text;
-  return e;
 }
 
 export const fmt = (p: number | undefined | null, d = 3) => (p === undefined || p === null || !Number.isFinite(p) ? "–" : p.toFixed(d));
@@ -59,7 +85,7 @@ export function f32(dv: DataView | ArrayBuffer | undefined): Float32Array {
 }
 
 export function classNames(model: Model): string[] {
-  return (model.get("class_names") as string[]) ?? [];
+  return model.get("class_names") ?? [];
 }
 
 /** Draw the current image with a (gh, gw) map over it into `canvas` (CSS size `px`). */
@@ -80,9 +106,9 @@ export function drawMap(
   const ctx = canvas.getContext("2d")!;
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, px, px);
-  const c = rgbCanvas(model.get("image") as ImagePayload | undefined);
+  const c = rgbCanvas(model.get("image"));
   if (c) ctx.drawImage(c, 0, 0, px, px);
-  const [gh, gw] = (model.get("grid") as [number, number]) ?? [1, 1];
+  const [gh, gw] = model.get("grid") ?? [1, 1];
   if (values && values.length === gh * gw) {
     let t: Float32Array;
     if (range) {
@@ -117,7 +143,7 @@ export function drawMap(
 /** Row-major patch under a pointer event on a map canvas, or -1. */
 export function cellOf(canvas: HTMLCanvasElement, model: Model, e: MouseEvent): number {
   const r = canvas.getBoundingClientRect();
-  const [gh, gw] = (model.get("grid") as [number, number]) ?? [1, 1];
+  const [gh, gw] = model.get("grid") ?? [1, 1];
   const c = Math.floor(((e.clientX - r.left) / r.width) * gw);
   const row = Math.floor(((e.clientY - r.top) / r.height) * gh);
   if (c < 0 || c >= gw || row < 0 || row >= gh) return -1;

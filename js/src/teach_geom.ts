@@ -29,3 +29,15 @@ export function tourStep(k: number, delta: number, n: number): number {
 export function headPairs(off: Iterable<string>): number[][] {
   return Array.from(off, (s) => s.split(",").map(Number)).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
 }
+
+/** Colour positions in [0, 1] (0.5 = zero) of the heads of block `layer` from the (L, H) attributions
+ *  `all`, on one symmetric scale over every block (so colours compare across layers); and that scale. */
+export function headScale(all: ArrayLike<number>, layer: number, H: number): { t: Float32Array; max: number } {
+  if (H <= 0 || all.length % H !== 0) throw new Error(`expected (L, ${H}) attributions, got ${all.length} values`);
+  if (layer < 0 || layer >= all.length / H) throw new Error(`block ${layer} is out of range (0..${all.length / H - 1})`);
+  let max = 0;
+  for (let i = 0; i < all.length; i++) max = Math.max(max, Math.abs(all[i]));
+  const t = new Float32Array(H);
+  for (let h = 0; h < H; h++) t[h] = max > 0 ? 0.5 + all[layer * H + h] / (2 * max) : 0.5;
+  return { t, max };
+}

@@ -1,49 +1,28 @@
-// The Explorer's teaching section: a guided tour bar and four panels (logit lens, similarity, head
-// attribution, patching), mounted by one call from view.ts. Kernel answers arrive as custom messages
-// of the request's kind (vit_explore/widget/_teaching.py).
+// The Explorer's teaching section: a guided tour bar and two tabbed panels (logit lens, patching),
+// mounted by one call from view.ts. Similarity and head attribution live in the main view (the
+// "Similarity" tool, the head grid's attribution toggle); a tour step naming them is passed to
+// `showElsewhere`. Kernel answers arrive through the view's TeachBus (vit_explore/widget/_teaching.py).
 import "./teaching.css";
-import { headsPanel } from "./headattr";
 import { lensPanel } from "./lens";
 import { patchingPanel } from "./patching";
-import { similarityPanel } from "./similarity";
-import { h, type TeachContext, type TeachDebug, type TeachMsg } from "./teach_common";
+import { h, type TeachBus, type TeachContext, type TeachDebug } from "./teach_common";
 import { tourBar } from "./tour";
-import type { Model } from "./view";
+import type { Model } from "./traits";
 
-const KINDS = new Set(["lens_request", "lens_class", "similarity", "head_attr", "ablate", "patch"]);
 const TABS: [string, string][] = [
   ["lens", "Logit lens"],
-  ["similarity", "Similarity"],
-  ["heads", "Head attribution"],
   ["patching", "Patching"],
 ];
 
-export function renderTeaching(model: Model, root: HTMLElement, signal: AbortSignal): TeachDebug {
-  const debug: TeachDebug = { clickAt: 0, resultAt: 0, results: 0, lensMessages: 0 };
+export function renderTeaching(model: Model, root: HTMLElement, bus: TeachBus, debug: TeachDebug, signal: AbortSignal,
+  showElsewhere: (panel: string) => void): void {
   let current = "lens";
-  let nextId = 1;
-  let clickId = -1;
-  const ctxFor = (name: string): TeachContext => ({
-    model,
-    signal,
-    debug,
-    request(content, click = false) {
-      const id = nextId++;
-      if (click) {
-        clickId = id;
-        debug.clickAt = performance.now();
-      }
-      model.send({ ...content, id });
-      return id;
-    },
-    active: () => current === name,
-  });
+  const ctxFor = (name: string): TeachContext => ({ model, signal, debug, request: bus.request, active: () => current === name });
   const panels: Record<string, ReturnType<typeof lensPanel>> = {
     lens: lensPanel(ctxFor("lens")),
-    similarity: similarityPanel(ctxFor("similarity")),
-    heads: headsPanel(ctxFor("heads")),
     patching: patchingPanel(ctxFor("patching")),
   };
+  for (const p of Object.values(panels)) bus.subscribe((m, b) => p.onMessage(m, b));
 
   const section = h("section", { class: "vx-teach", "data-testid": "vx-teach", "aria-label": "How the model sees" });
   const tabs = h("div", { class: "vx-seg", role: "tablist", "aria-label": "Teaching views" });
@@ -55,7 +34,10 @@ export function renderTeaching(model: Model, root: HTMLElement, signal: AbortSig
     return b;
   });
   function show(name: string): void {
-    if (!(name in panels)) return;
+    if (!(name in panels)) {
+      showElsewhere(name);
+      return;
+    }
     current = name;
     TABS.forEach(([k], i) => tabBtns[i].setAttribute("aria-selected", String(k === name)));
     body.replaceChildren(panels[name].el);
@@ -67,22 +49,11 @@ export function renderTeaching(model: Model, root: HTMLElement, signal: AbortSig
   root.append(section);
   signal.addEventListener("abort", () => section.remove());
 
-  const onMsg = (msg: TeachMsg, buffers: DataView[]) => {
-    if (!msg || !KINDS.has(msg.kind)) return;
-    for (const p of Object.values(panels)) p.onMessage(msg, buffers ?? []);
-    if (msg.id === clickId) {
-      debug.resultAt = performance.now();
-      debug.results++;
-    }
-  };
-  model.on("msg:custom", onMsg);
   const redraw = () => panels[current].refresh();
-  const evs = ["change:layer", "change:target", "change:image_index", "change:image"];
+  const evs = ["change:layer", "change:target", "change:image_index", "change:image"] as const;
   for (const ev of evs) model.on(ev, redraw);
   signal.addEventListener("abort", () => {
-    model.off("msg:custom", onMsg);
     for (const ev of evs) model.off(ev, redraw);
   });
   show(current);
-  return debug;
 }

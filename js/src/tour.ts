@@ -2,18 +2,9 @@
 // text each; Back / Next buttons, and the keys n / b (or PageDown / PageUp) anywhere in the widget.
 import { h, type TeachContext } from "./teach_common";
 import { tourStep } from "./teach_geom";
+import type { TourStep } from "./traits";
 
-export interface TourStep {
-  title?: string;
-  text?: string;
-  method?: string;
-  layer?: number;
-  head?: number;
-  query?: number;
-  opacity?: number;
-  show_grid?: boolean;
-  panel?: string;
-}
+export type { TourStep };
 
 const VIEW_KEYS = ["method", "layer", "head", "query", "opacity", "show_grid"] as const;
 
@@ -27,11 +18,11 @@ export function tourBar(ctx: TeachContext, root: HTMLElement, showPanel: (p: str
   const text = h("span", { class: "vx-tour-text", "data-testid": "vx-tour-text", "aria-live": "polite" });
   el.append(back, count, next, title, text);
 
-  const steps = () => (model.get("tour") as TourStep[]) ?? [];
+  const steps = () => model.get("tour") ?? [];
   function show(): void {
     const s = steps();
     el.hidden = s.length === 0;
-    const k = model.get("tour_step") as number;
+    const k = model.get("tour_step");
     back.disabled = k <= -1;
     next.disabled = k >= s.length - 1;
     if (k < 0 || k >= s.length) {
@@ -46,17 +37,17 @@ export function tourBar(ctx: TeachContext, root: HTMLElement, showPanel: (p: str
   }
   function go(k: number): void {
     const s = steps();
-    if (k === (model.get("tour_step") as number)) return;
+    if (k === model.get("tour_step")) return;
     model.set("tour_step", k);
     const step = s[k];
     if (step) {
-      for (const key of VIEW_KEYS) if (step[key] !== undefined) model.set(key, step[key]);
+      for (const key of VIEW_KEYS) if (step[key] !== undefined) model.set(key, step[key] as never);
       if (step.panel) showPanel(step.panel);
     }
     model.save_changes();
     show();
   }
-  const move = (delta: number) => go(tourStep(model.get("tour_step") as number, delta, steps().length));
+  const move = (delta: number) => go(tourStep(model.get("tour_step"), delta, steps().length));
   back.addEventListener("click", () => move(-1), { signal: ctx.signal });
   next.addEventListener("click", () => move(1), { signal: ctx.signal });
   window.addEventListener("keydown", (e: KeyboardEvent) => {

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { headPairs, layerAtX, topClasses, tourStep, xOfLayer } from "../src/teach_geom";
+import { headPairs, headScale, layerAtX, topClasses, tourStep, xOfLayer } from "../src/teach_geom";
 
 test("topClasses ranks by the last block and adds the target", () => {
   // L = 2 blocks, C = 4 classes; the last block's probabilities are 0.1 0.5 0.3 0.1
@@ -29,4 +29,16 @@ test("tourStep stays within -1..n-1", () => {
 
 test("headPairs sorts numerically", () => {
   assert.deepEqual(headPairs(new Set(["10,1", "2,3", "2,0"])), [[2, 0], [2, 3], [10, 1]]);
+});
+
+test("headScale: one symmetric scale over every block", () => {
+  // L = 2 blocks, H = 2 heads; the largest |value| (2, block 1) sets the scale for block 0 too
+  const all = [-1, 0.5, 2, -2];
+  const a = headScale(all, 0, 2);
+  assert.equal(a.max, 2);
+  assert.deepEqual(Array.from(a.t), [0.25, 0.625]);
+  assert.deepEqual(Array.from(headScale(all, 1, 2).t), [1, 0]);
+  assert.deepEqual(Array.from(headScale([0, 0], 0, 2).t), [0.5, 0.5]);
+  assert.throws(() => headScale(all, 2, 2), /block 2 is out of range/);
+  assert.throws(() => headScale([1, 2, 3], 0, 2), /expected \(L, 2\)/);
 });

@@ -389,6 +389,7 @@ def __vx_ablated(heads, t):
 
 
 def teaching_click(page, testid: str, index: int, gh: int, gw: int) -> None:
+    page.locator(f"[data-testid={testid}]").scroll_into_view_if_needed()
     box = page.locator(f"[data-testid={testid}]").bounding_box()
     r, c = divmod(index, gw)
     page.mouse.click(box["x"] + (c + 0.5) * box["width"] / gw, box["y"] + (r + 0.5) * box["height"] / gh)
@@ -396,8 +397,8 @@ def teaching_click(page, testid: str, index: int, gh: int, gw: int) -> None:
 
 def test_teaching_views_in_lab(shots: Path) -> None:
     """Each new control once: lens chart (a click picks the block, redrawn with no kernel message),
-    similarity map, head attribution with two heads ablated and reset, patching, and the tour
-    (buttons and the n key)."""
+    the Similarity tool on the main canvas, the head grid coloured by attribution (direct, then ablation
+    with two heads off and reset), patching, and the tour (buttons and the n key)."""
     cells = [explorer_cells(METHODS)[0].replace('title="toy shapes")', 'title="toy shapes", tour="default")')]
     server = JupyterServer("lab")
     server.start()
@@ -416,30 +417,52 @@ def test_teaching_views_in_lab(shots: Path) -> None:
                 page.locator("[data-testid=vx-lens-chart]").wait_for(timeout=120_000)
                 top = kernel_eval(kc, "w.class_names[int(vx.logit_lens(model, x[:1]).readout[0, -1].argmax())]")
                 assert top in page.locator("[data-testid=vx-lens-legend]").inner_text()
+                page.locator("[data-testid=vx-lens-chart]").scroll_into_view_if_needed()
                 chart = page.locator("[data-testid=vx-lens-chart]").bounding_box()
                 page.mouse.click(chart["x"] + 24, chart["y"] + chart["height"] / 2)
                 kernel_poll(kc, "w.layer", lambda v: v == 0)
                 page.wait_for_function("() => document.querySelector('[data-testid=vx-lens-map]').dataset.layer === '0'")
                 assert page.evaluate("window.__vx.views[0].debug.teaching.lensMessages") == 1
 
-                # 2. similarity: a click on patch 5 shows its map at the current block
-                page.locator("[data-testid=vx-tab-similarity]").click()
-                teaching_click(page, "vx-sim-map", 5, gh, gw)
-                page.wait_for_function("() => document.querySelector('[data-testid=vx-sim-map]').dataset.key === '0|0|5'",
+                # 2. the "Similarity" tool beside "Pick query patch": a click on patch 5 of the main canvas
+                #    shows its similarity map at the current block; the value under the pointer is Python's
+                page.locator("[data-testid=vx-tool-similarity]").click()
+                teaching_click(page, "vx-canvas", 5, gh, gw)
+                page.wait_for_function("() => document.querySelector('[data-testid=vx-canvas]').dataset.sim === '0|0|5'",
                                        timeout=60_000)
+                assert "similarity to patch 5 after block 0" in page.locator("[data-testid=vx-canvas]").get_attribute("data-map")
+                want = kernel_eval(kc, "float(vx.token_similarity(model, x[:1], 0, 5)[0].flatten()[6])")
+                box = page.locator("[data-testid=vx-canvas]").bounding_box()
+                page.mouse.move(box["x"] + 6.5 * box["width"] / gw, box["y"] + 0.5 * box["height"] / gh)
+                got = page.locator("[data-testid=vx-readout]").inner_text().split(":")[-1]
+                assert abs(float(got) - want) < 1e-3, (got, want)
+                page.locator("[data-testid=vx-tool-brush]").click()
+                page.wait_for_function("() => document.querySelector('[data-testid=vx-canvas]').dataset.sim === ''")
 
-                # 3. heads: ablation mode, two heads off, the probabilities Python computes; reset
-                page.locator("[data-testid=vx-tab-heads]").click()
-                page.locator(f"[data-testid=vx-attr-{nl - 1}-{nh - 1}]").wait_for(timeout=120_000)
+                # 3. the head grid coloured by attribution: direct values are Python's; ablation mode, two
+                #    heads off (in two layers), the probabilities Python computes; reset
+                page.locator("[data-testid=vx-attr-direct]").click()
+                page.locator("[data-testid=vx-head-1][data-attr-value]").wait_for(timeout=120_000)
+                assert page.locator("[data-testid=vx-heads] [data-attr-value]").count() == nh  # every head, not the mean
+                want = kernel_eval(kc, "float(vx.head_attribution(model, x[:1], w.target).direct[0, 0, 1])")
+                got = float(page.locator("[data-testid=vx-head-1]").get_attribute("data-attr-value"))
+                assert abs(got - want) < 1e-4 * max(1.0, abs(want)), (got, want)
                 page.locator("[data-testid=vx-attr-ablation]").click()
-                page.locator("[data-testid=vx-attr-0-1]").click()
-                page.locator(f"[data-testid=vx-attr-{nl - 1}-0]").click()
+                page.locator("[data-testid=vx-head-1]").click()
+                page.get_by_text("with 1 head switched off").wait_for(timeout=60_000)
+                kc.execute_interactive(f"w.layer = {nl - 1}", timeout=60, store_history=False)
+                page.wait_for_function(f"() => document.querySelector('[data-testid=vx-layer]').value === '{nl - 1}'")
+                page.locator("[data-testid=vx-head-0]").click()
                 page.get_by_text("with 2 heads switched off").wait_for(timeout=60_000)
+                assert page.locator("[data-testid=vx-head-0]").get_attribute("aria-pressed") == "true"
                 kc.execute_interactive(ABLATED_PROB, timeout=60, store_history=False)
                 want = kernel_eval(kc, f"__vx_ablated({{0: [1], {nl - 1}: [0]}}, w.target)")
                 assert want in page.locator("[data-testid=vx-attr-result]").inner_text()
                 page.locator("[data-testid=vx-attr-reset]").click()
                 assert page.locator("[data-testid=vx-attr-result]").inner_text().strip() == ""
+                assert page.locator("[data-testid=vx-head-0]").get_attribute("aria-pressed") == "false"
+                kc.execute_interactive("w.layer = 0", timeout=60, store_history=False)
+                page.wait_for_function("() => document.querySelector('[data-testid=vx-layer]').value === '0'")
 
                 # 4. patching: patch 0 and 1 from image 2 at block 0
                 page.locator("[data-testid=vx-tab-patching]").click()
@@ -456,9 +479,10 @@ def test_teaching_views_in_lab(shots: Path) -> None:
                 page.locator("[data-testid=vx-tour-next]").focus()
                 page.keyboard.press("n")
                 kernel_poll(kc, "w.tour_step", lambda v: v == 1)
-                assert page.locator("[data-testid=vx-tab-similarity]").get_attribute("aria-selected") == "true"
+                assert page.locator("[data-testid=vx-tool-similarity]").get_attribute("aria-checked") == "true"
                 page.locator("[data-testid=vx-tour-next]").click()
                 kernel_poll(kc, "[w.tour_step, w.layer, w.method]", lambda v: v == [2, 0, "raw_attention"])
+                assert page.locator("[data-testid=vx-attr-direct]").get_attribute("aria-checked") == "true"
                 page.locator("[data-testid=vx-tour-back]").click()
                 kernel_poll(kc, "w.tour_step", lambda v: v == 1)
                 page.locator("[data-testid=vx-teach]").screenshot(path=str(shots / "teaching-lab.png"))

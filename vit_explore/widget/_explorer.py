@@ -51,30 +51,10 @@ from ..inputs import ImageLike, as_batch, check_tensor, data_config
 from . import _serialize as ser
 from . import _state
 from ._about import ABOUT
+from ._contract import ATTN, LABELS, MODES, attention_view_key, map_key
 from ._teaching import Teaching, TeachingTraits
 
 STATIC = Path(__file__).resolve().parent / "static"
-MODES = ("noise", "blur", "mean", "zero", "drop")
-ATTN = "raw_attention"
-
-#: Button labels of the known methods (anything else registered shows its key).
-LABELS = {
-    "raw_attention": "Attention",
-    "rollout": "Rollout",
-    "attention_flow": "Attention flow",
-    "tam": "TAM",
-    "chefer_lrp": "Chefer LRP",
-    "chefer_generic": "Chefer generic",
-    "attn_grad_cam": "Attn Grad-CAM",
-    "grad_cam": "Grad-CAM",
-    "ag_cam": "AG-CAM",
-    "vit_cx": "ViT-CX",
-    "attn_lrp": "AttnLRP",
-    "saliency": "Saliency",
-    "integrated_gradients": "Integrated gradients",
-    "occlusion": "Occlusion",
-    "rise": "RISE",
-}
 
 _MISSING_BUNDLE = """export default { render({ el }) {
   el.textContent = "vit_explore's front end is not built: run `npm ci && npm run build` in js/ (or reinstall with pip).";
@@ -568,7 +548,7 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
     @staticmethod
     def _js_key(key: tuple) -> str:
         i, method, target, pv = key
-        return f"{i}|{method}|{'-' if target is None else target}|{pv}"
+        return map_key(i, method, target, pv)
 
     def _map_message(self, key: tuple, ex: Explanation) -> dict[str, Any]:
         pm = ex.patch_map[0]
@@ -645,10 +625,10 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
         return (self.image_index, self.method, self.target, self.layer, self.head, self.query, self.params_version)
 
     def _view_js(self, st: tuple) -> str:
-        """The front end's key of a view (js/src/view.ts ``viewKey``): the map key; raw attention adds layer, head, query."""
+        """The front end's key of a view (js/src/view_context.ts ``viewKey``): the map key; raw attention adds layer, head, query."""
         i, method, target, layer, head, query, pv = st
         if method == ATTN:
-            return f"{i}|{ATTN}|{layer}|{head}|{query}|{pv}"
+            return attention_view_key(i, layer, head, query, pv)
         return self._js_key(self._map_key(i, method, target)[:3] + (pv,))
 
     def _explain_view(self, st: tuple, x: torch.Tensor | None = None) -> Explanation:

@@ -23,9 +23,10 @@ from ..capture.ablation import ablate_heads, forward_logits
 from ..errors import InputError
 from ..lens import logit_lens, token_similarity
 from ..patching import patch_activations
+from ._contract import TEACHING_KINDS, TOUR_PANELS
 
-KINDS = ("lens_request", "lens_class", "similarity", "head_attr", "ablate", "patch")
-PANELS = ("lens", "similarity", "heads", "patching")
+KINDS = TEACHING_KINDS
+PANELS = TOUR_PANELS
 STEP_KEYS = ("title", "text", "method", "layer", "head", "query", "opacity", "show_grid", "panel")
 
 
