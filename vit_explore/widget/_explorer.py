@@ -53,7 +53,7 @@ _MISSING_BUNDLE = """export default { render({ el }) {
 
 
 class Explorer(ExplorerJobs, anywidget.AnyWidget):
-    """Interactive explanations of a timm ViT on a few images (JupyterLab 4, Notebook 7, Voilà, marimo; README "Where the Explorer runs").
+    """Interactive explanations of a timm ViT on a few images (JupyterLab 4, Notebook 7, Voilà, marimo).
 
     Args:
         model: a timm ViT (any variant ``vx.explain`` supports), in eval mode.
