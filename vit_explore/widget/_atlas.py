@@ -91,7 +91,7 @@ class Atlas(anywidget.AnyWidget):
         self._members = int(members)
         names = list(class_names) if class_names is not None else self._names()
         self._names_list = names
-        self.explorer = None
+        self.explorer: Any = None
         import ipywidgets
 
         self.output = ipywidgets.Output()

@@ -22,15 +22,15 @@ class _Worker:
     """One daemon thread running jobs by slot; a new job replaces the pending job of its slot."""
 
     def __init__(self, on_state: Callable[[bool, str], None],
-                 on_error: Callable[[str, BaseException], None] | None = None):
+                 on_error: Callable[[str, BaseException], object] | None = None):
         self._on_error = on_error
         self._cv = threading.Condition()
-        self._pending: dict[str, tuple[str, Callable[[], None]]] = {}
+        self._pending: dict[str, tuple[str, Callable[[], object]]] = {}
         self._running: str | None = None
         self._thread: threading.Thread | None = None
         self._on_state = on_state
 
-    def submit(self, slot: str, label: str, fn: Callable[[], None]) -> None:
+    def submit(self, slot: str, label: str, fn: Callable[[], object]) -> None:
         with self._cv:
             self._pending.pop(slot, None)  # superseded
             self._pending[slot] = (label, fn)
