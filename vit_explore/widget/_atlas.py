@@ -4,15 +4,19 @@ Wire format: per class, float32 (n_c, 2) embedding points, int32 (n_c,) cluster 
 indices, and per cluster a float32 (gh, gw) mean map; the selected image as RGB uint8 (H, W, 3) plus
 its float32 (gh, gw) map. User strings (class names, title) travel as JSON text and are set with
 ``textContent`` in the browser.
+
+Front-end values pass the Explorer's validation layer (``_state``: ``ATLAS_WRITABLE`` and
+``parse_atlas_message``), and ``Survey.confirm`` runs on a worker thread (``_worker``) with
+request ids, so the kernel keeps answering while it runs.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import html
 import json
+import threading
+import traceback
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +24,17 @@ import anywidget
 import numpy as np
 import traitlets as t
 
-from .._files import write_text_atomically
 from ..errors import InputError
+from . import _state
+from ._export import STATIC, built, bundle, gzip_b64, standalone_page
+from ._worker import RequestIds, _Worker, model_lock
 
-STATIC = Path(__file__).resolve().parent / "static"
+__all__ = ["STATIC", "Atlas"]
+
 _MISSING = (
     "export default { render({ el }) { el.textContent = 'vit_explore: the Atlas front end is not built "
     "(run npm ci && npm run build in js/).'; } };"
 )
-
-
-def _bundle(name: str, fallback: str) -> Any:
-    p = STATIC / name
-    return p if p.exists() else fallback
 
 
 def _f32(a: np.ndarray) -> bytes:
@@ -57,8 +59,8 @@ class Atlas(anywidget.AnyWidget):
         title: a caption (shown as text).
     """
 
-    _esm = _bundle("atlas.js", _MISSING)
-    _css = _bundle("atlas.css", "")
+    _esm = bundle("atlas.js", _MISSING)
+    _css = bundle("atlas.css", "")
 
     _uid = t.Unicode("").tag(sync=True)
     title = t.Unicode("").tag(sync=True)
@@ -79,12 +81,17 @@ class Atlas(anywidget.AnyWidget):
 
         if not isinstance(survey, Survey):
             raise InputError(f"Atlas needs a vx.survey(...) result, got {type(survey).__name__}")
-        super().__init__()
         self.survey = survey
+        self.errors: list[str] = []
+        """Tracebacks of failed requests (the widget shows a one-line message)."""
+        self._ids = RequestIds()
+        self._lock = model_lock(survey.model) if survey.model is not None else threading.RLock()
+        self._worker = _Worker(self._set_busy, self._fail)
+        super().__init__()
         self._members = int(members)
         names = list(class_names) if class_names is not None else self._names()
         self._names_list = names
-        self.explorer = None
+        self.explorer: Any = None
         import ipywidgets
 
         self.output = ipywidgets.Output()
@@ -141,6 +148,59 @@ class Atlas(anywidget.AnyWidget):
                 "map": _f32(s.map(i)), "class": c, "name": self._name(c), "cluster": int(s.clusters(c)[pos]),
                 "pred": int(s.predictions[i]), "prob": float(s.store.arrays["prob"][i])}
 
+    # ------------------------------------------------------------------ validation (``_state``)
+
+    @_state.validator("class_index")
+    def _valid_class_index(self, proposal: Any) -> int:
+        v = proposal["value"]
+        classes = [int(c) for c in self.survey.classes]
+        if v not in classes:
+            raise InputError(f"class_index must be a surveyed class ({', '.join(map(str, classes))}), got {v}")
+        return v
+
+    @_state.validator("selected")
+    def _valid_selected(self, proposal: Any) -> int:
+        v, n = proposal["value"], len(self.survey.targets)
+        if not -1 <= v < n:
+            raise InputError(f"selected must be -1 (none) or a dataset index in 0..{n - 1}, got {v}")
+        return v
+
+    @_state.validator("status")
+    def _valid_status(self, proposal: Any) -> str:
+        v = proposal["value"]
+        if len(v) > 2000:
+            raise InputError(f"status must be at most 2000 characters, got {len(v)}")
+        return v
+
+    def set_state(self, sync_data: dict) -> None:
+        """A state update from the front end: only ``_state.ATLAS_WRITABLE``, each validated; an
+        invalid value rolls the whole update back (``TraitError``) and the kept values are resent."""
+        try:
+            _state.check_update(sync_data, _state.ATLAS_WRITABLE)
+            super().set_state(sync_data)
+        except t.TraitError as e:
+            keys = [k for k in sync_data if k in self.keys] if isinstance(sync_data, Mapping) else []
+            self._fail("a front-end update", e)
+            if keys and self.comm is not None:
+                self.send_state(keys)
+            raise
+
+    # ------------------------------------------------------------------ jobs
+
+    def _set_busy(self, busy: bool, label: str) -> None:
+        if busy:
+            self.status = label
+        elif not self.status.startswith("error"):
+            self.status = ""
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        self.errors.append(traceback.format_exc())
+        self.status = f"error: {what} failed — {type(exc).__name__}: {exc}"[:2000]
+
+    def wait(self, timeout: float | None = 60.0) -> bool:
+        """Block until the background work (confirm requests) is done; False on time-out."""
+        return self._worker.wait(timeout)
+
     # ------------------------------------------------------------------ events
 
     def _on_class(self, change: dict) -> None:
@@ -157,29 +217,58 @@ class Atlas(anywidget.AnyWidget):
             self.status = f"error: {e}"
 
     def _on_msg(self, widget: Any, content: dict, buffers: list) -> None:
-        kind = content.get("kind")
+        s = self.survey
         try:
-            if kind == "confirm":
-                self.run_confirm(int(content["c"]), int(content["k"]), content.get("patches"),
-                                 req=content.get("id"))
-            elif kind == "open":
-                self.open_in_explorer(int(content["index"]))
-        except Exception as e:  # noqa: BLE001 - shown in the widget
-            self.status = f"error: {e}"
+            msg = _state.parse_atlas_message(content, [int(c) for c in s.classes], s.n_clusters,
+                                             len(s.targets), int(s.grid[0] * s.grid[1]))
+        except InputError as e:
+            self._fail("a front-end message", e)
+            return
+        if msg["kind"] == "confirm":
+            self.request_confirm(msg["c"], msg["k"], msg["patches"], req=msg["id"])
+        elif msg["kind"] == "open":
+            try:
+                self.open_in_explorer(msg["index"])
+            except Exception as e:  # noqa: BLE001 - shown in the widget
+                self._fail(f"opening image {msg['index']}", e)
+
+    def request_confirm(self, c: int, k: int, patches: list[int] | None = None, req: Any = None) -> int:
+        """``run_confirm`` on the worker thread (what a brush in the front end asks for): returns at
+        once with this request's id; a newer request supersedes it (its result is dropped)."""
+        rid = self._ids.new("confirm")
+
+        def job() -> None:
+            try:
+                with self._lock:
+                    r = self.survey.confirm(c, k, patches=None if not patches else list(patches))
+            except Exception as e:  # noqa: BLE001 - shown in the widget
+                self._fail("Survey.confirm", e)
+                return
+            if self._ids.current("confirm", rid):
+                self.confirmed = self._confirmed_payload(r, req)
+
+        self._worker.submit("confirm", "confirming...", job)
+        return rid
 
     def run_confirm(self, c: int, k: int, patches: list[int] | None = None, req: Any = None) -> dict:
         """``Survey.confirm`` for cluster ``k`` of class ``c`` (``patches``: row-major indices, None for
-        the hot patches); the figures go to the ``confirmed`` trait the front end shows."""
+        the hot patches), here and now; the figures go to the ``confirmed`` trait the front end shows."""
+        self._ids.new("confirm")  # a request still running is superseded
         self.status = "confirming..."
-        r = self.survey.confirm(c, k, patches=None if not patches else list(patches))
+        with self._lock:
+            r = self.survey.confirm(c, k, patches=None if not patches else list(patches))
+        self.confirmed = self._confirmed_payload(r, req)
+        self.status = ""
+        return r
+
+    @staticmethod
+    def _confirmed_payload(r: dict, req: Any) -> dict:
         keep = {key: v for key, v in r.items() if not isinstance(v, np.ndarray)}
         keep = {key: (list(v) if isinstance(v, tuple) else v) for key, v in keep.items()}
         keep["patches"] = np.flatnonzero(r["patches"].ravel()).astype(int).tolist()
         keep["control_patches"] = np.flatnonzero(r["control_patches"].ravel()).astype(int).tolist()
         keep["id"] = req
-        self.confirmed = json.loads(json.dumps(keep, default=float).replace("NaN", "null"))
-        self.status = ""
-        return r
+        return json.loads(json.dumps(keep, default=float).replace("NaN", "null"))
 
     def open_in_explorer(self, i: int) -> Any:
         """A ``vx.Explorer`` on dataset image ``i`` (kept as ``atlas.explorer``, shown in ``atlas.output``)."""
@@ -202,11 +291,9 @@ class Atlas(anywidget.AnyWidget):
     def to_html(self, path: str | Path | None = None) -> str:
         """A standalone HTML page (no kernel, no network) with every class's scatter and cards and the
         images of the members the cards show; brushing needs a kernel and is disabled there."""
-        js_path = STATIC / "atlas.js"
-        if not js_path.exists():
-            raise FileNotFoundError(f"{js_path} is missing: build the front end with `npm ci && npm run build` in js/")
         from ._serialize import jsonable_state, script_json
 
+        built("atlas.js")
         classes = {str(int(c)): self._class_payload(int(c)) for c in self.survey.classes}
         images = {}
         if self.survey.source is not None:
@@ -219,29 +306,14 @@ class Atlas(anywidget.AnyWidget):
                  "selected_payload": {}, "confirmed": {}, "status": "", "offline": True,
                  "offline_data": {"classes": classes, "images": images}}
         payload = script_json(jsonable_state(state))
-        page = _HTML.format(
-            title=html.escape(self.title or "vit_explore Atlas"),
-            css=(STATIC / "atlas.css").read_text(encoding="utf-8") if (STATIC / "atlas.css").exists() else "",
-            data=base64.b64encode(gzip.compress(payload.encode(), 6, mtime=0)).decode("ascii"),
-            bundle=script_json(js_path.read_text(encoding="utf-8")),
+        return standalone_page(
+            title=self.title or "vit_explore Atlas", css_name="atlas.css", js_name="atlas.js",
+            scripts=[("vx-data", "application/octet-stream", "gzip+base64", gzip_b64(payload.encode()))],
+            mount=_MOUNT, path=path,
         )
-        if path is not None:
-            write_text_atomically(path, page)
-        return page
 
 
-_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>body{{margin:16px;font-family:system-ui,sans-serif}}{css}</style></head>
-<body class="vx-standalone"><div id="vx-app"></div>
-<script type="application/octet-stream" id="vx-data" data-encoding="gzip+base64">{data}</script>
-<script type="application/json" id="vx-bundle">{bundle}</script>
-<script type="module">
-const src = JSON.parse(document.getElementById("vx-bundle").textContent);
-const url = URL.createObjectURL(new Blob([src], {{ type: "text/javascript" }}));
-const mod = await import(url);
+_MOUNT = """
 window.__vxAtlasModel = await mod.mountStandalone(document.getElementById("vx-app"),
   document.getElementById("vx-data").textContent);
-</script></body></html>
 """

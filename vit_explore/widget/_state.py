@@ -6,13 +6,15 @@
   nothing invalid reaches a job or the export.
 * Custom messages (``parse_message``): checked into plain ints and lists before any job is
   scheduled; a malformed message is reported, never run.
+
+The Atlas goes through the same layer: ``ATLAS_WRITABLE`` and ``parse_atlas_message``.
 """
 
 from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import traitlets as t
@@ -27,6 +29,11 @@ FRONTEND_WRITABLE = frozenset({
     "smooth", "brushed", "mode", "keep", "compare", "compare_methods", "cx_mask", "recompute",
     "pinned", "tour_step",
 })
+
+#: Traits the Atlas's front end (js/src/atlas.ts) sets. ``status`` too: the front end writes
+#: "confirming..." locally before a confirm request, and ipywidgets sends that buffered change
+#: with the next ``save_changes`` (of ``selected`` or ``class_index``); it is shown as text.
+ATLAS_WRITABLE = frozenset({"class_index", "selected", "status"})
 
 
 class StateError(InputError, t.TraitError):
@@ -69,15 +76,16 @@ def validator(*names: str) -> Callable[[Callable[..., Any]], Any]:
     return deco
 
 
-def check_update(sync_data: Mapping[str, Any]) -> None:
-    """Refuse a front-end update of a trait the front end does not own."""
+def check_update(sync_data: Mapping[str, Any], writable: frozenset[str] = FRONTEND_WRITABLE) -> None:
+    """Refuse a front-end update of a trait the front end does not own (``writable``: the
+    Explorer's ``FRONTEND_WRITABLE`` or the Atlas's ``ATLAS_WRITABLE``)."""
     if not isinstance(sync_data, Mapping):
         raise StateError(f"a state update must be a mapping, got {type(sync_data).__name__}")
-    bad = sorted(str(k) for k in sync_data if k not in FRONTEND_WRITABLE)
+    bad = sorted(str(k) for k in sync_data if k not in writable)
     if bad:
         raise StateError(
             f"the front end may not set {', '.join(bad)} (computed by Python); it may set: "
-            f"{', '.join(sorted(FRONTEND_WRITABLE))}"
+            f"{', '.join(sorted(writable))}"
         )
 
 
@@ -110,8 +118,40 @@ def parse_message(content: Any, num_images: int, num_layers: int) -> dict[str, A
     if kind in ("counterfactual", "curves"):
         return {"kind": kind}
     if kind == "ping":
-        mid = content.get("id")
-        if mid is not None and (isinstance(mid, bool) or not isinstance(mid, (str, int))):
-            raise InputError(f"message field 'id' must be a str or an int, got {type(mid).__name__}")
-        return {"kind": kind, "id": mid}
+        return {"kind": kind, "id": _msg_id(content)}
     raise InputError(f"unknown message kind {kind!r} (expected attn_request, counterfactual, curves or ping)")
+
+
+def _msg_id(content: Mapping[str, Any]) -> str | int | None:
+    mid = content.get("id")
+    if mid is not None and (isinstance(mid, bool) or not isinstance(mid, (str, int))):
+        raise InputError(f"message field 'id' must be a str or an int, got {type(mid).__name__}")
+    return mid
+
+
+def parse_atlas_message(content: Any, classes: Collection[int], n_clusters: Callable[[int], int], num_images: int,
+                        num_patches: int) -> dict[str, Any]:
+    """A custom message of the Atlas's front end as ``{"kind": ..., ...}`` with checked fields.
+
+    ``confirm``: ``c`` one of the surveyed ``classes``, ``k`` in 0..n_clusters(c)-1, ``patches`` None or a non-empty list of patch indices in
+    0..num_patches-1, ``id`` a str or an int echoed in ``confirmed``. ``open``: ``index`` in
+    0..num_images-1. Raises ``InputError`` otherwise.
+    """
+    if not isinstance(content, Mapping):
+        raise InputError(f"a message must be a JSON object, got {type(content).__name__}")
+    kind = content.get("kind")
+    if kind == "confirm":
+        c = content.get("c")
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or int(c) not in classes:
+            raise InputError(f"message field 'c' must be a surveyed class ({', '.join(map(str, classes))}), got {c!r}")
+        k = _msg_int(content, "k", 0, 0, n_clusters(int(c)) - 1)
+        patches = content.get("patches")
+        if patches is not None:
+            if not isinstance(patches, list) or not patches:
+                raise InputError(f"message field 'patches' must be null or a non-empty list of patch indices, "
+                                 f"got {patches!r}")
+            patches = [_msg_int({"patches": v}, "patches", 0, 0, num_patches - 1) for v in patches]
+        return {"kind": kind, "c": int(c), "k": k, "patches": patches, "id": _msg_id(content)}
+    if kind == "open":
+        return {"kind": kind, "index": _msg_int(content, "index", -1, 0, num_images - 1)}
+    raise InputError(f"unknown message kind {kind!r} (expected confirm or open)")
