@@ -12,6 +12,7 @@ from .api import attention_maps, explain
 from .attribution import HeadAttribution, head_attribution
 from .capture.layout import TokenLayout
 from .capture.session import Needs, Trace, capture
+from .counterfactual_search import Counterfactual, counterfactual
 from .errors import (
     CaptureError,
     InputError,
@@ -25,13 +26,11 @@ from .explainers import get_explainer, list_methods
 from .explanation import Explanation
 from .inputs import preprocess
 from .interventions import (
-    Counterfactual,
     Intervention,
     TopK,
     ablate_heads,
     block_tokens,
     causal_score,
-    counterfactual,
     intervene,
 )
 from .lens import LogitLens, logit_lens, token_similarity

@@ -582,7 +582,8 @@ def test_a_picked_class_is_pinned_across_images_until_unpinned(toy):
 
 
 def test_counterfactual_result_says_what_flipped_or_that_nothing_did(toy, imgs):
-    from vit_explore.interventions import counterfactual, intervene
+    from vit_explore.counterfactual_search import counterfactual
+    from vit_explore.interventions import intervene
 
     w = Explorer(toy, imgs, methods=["raw_attention"])
     w.find_counterfactual(block=True)

@@ -48,6 +48,7 @@ from ..errors import InputError, UnknownMethodError, suggest
 from ..explainers import get_explainer, list_methods
 from ..explanation import Explanation
 from ..inputs import ImageLike, as_batch, check_tensor, data_config
+from ..perturb import ForwardEngine
 from . import _serialize as ser
 from . import _state
 from ._about import ABOUT
@@ -278,6 +279,7 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
         self._k = min(topk, C)
         self._num_classes = C
         self._lock = threading.RLock()
+        self._engine = ForwardEngine()  # the perturbed forwards' caches (same image: one forward per brush)
         self._images: dict[int, dict[str, Any]] = {}
         self._maps: dict[tuple, Explanation] = {}
         self._params: dict[str, dict[str, Any]] = {}
@@ -815,7 +817,7 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
 
                 with self._lock:
                     res = intervene(self._model, self._x[i : i + 1], patches, mode=mode, target=target, keep=keep,
-                                    topk=self._k)
+                                    topk=self._k, engine=self._engine)
                 self.stats["intervene"] += 1
             except Exception as e:  # noqa: BLE001
                 msg = self._fail("the intervention", e)
@@ -880,10 +882,11 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
 
         def job() -> None:
             try:
-                from ..interventions import counterfactual
+                from ..counterfactual_search import counterfactual
 
                 with self._lock:
-                    cf = counterfactual(self._model, self._x[i : i + 1], target, mode=mode, order_by=order_by)
+                    cf = counterfactual(self._model, self._x[i : i + 1], target, mode=mode, order_by=order_by,
+                                        engine=self._engine)
                 self.stats["counterfactual"] += 1
             except Exception as e:  # noqa: BLE001
                 self._fail("the counterfactual search", e)
