@@ -6,12 +6,12 @@ Public surface: ``explain``, ``Explanation``, ``list_methods``, ``preprocess``, 
 
 from __future__ import annotations
 
-from . import metrics
+from . import capture, metrics  # capture: the package, callable (capture.session.capture)
 from ._version import __version__
 from .api import attention_maps, explain
 from .attribution import HeadAttribution, head_attribution
 from .capture.layout import TokenLayout
-from .capture.session import Needs, Trace, capture
+from .capture.session import Needs, Trace
 from .counterfactual_search import Counterfactual, counterfactual
 from .errors import (
     CaptureError,
