@@ -9,8 +9,7 @@ See docs/methods.md §1.2 for the design.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -378,8 +377,3 @@ def _detach_first_arg(module, args):
     if not args:
         return None
     return (args[0].detach().requires_grad_(True), *args[1:])
-
-
-def needs_for_layers(needs: Needs, layers: Sequence[int] | None) -> Needs:
-    """``needs`` restricted to ``layers``."""
-    return replace(needs, layers=None if layers is None else tuple(layers))
