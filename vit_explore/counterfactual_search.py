@@ -19,7 +19,7 @@ from .api import explain
 from .capture.classifier import ClassifierInfo, not_token_mode
 from .capture.hf import as_vit
 from .errors import InputError
-from .interventions import Mode, check_args
+from .interventions import check_args
 from .perturb import ForwardEngine, check_mode
 from .targets import TargetLike, resolve_target
 
@@ -62,7 +62,7 @@ def counterfactual(
     model: nn.Module,
     x: torch.Tensor,
     target: TargetLike = None,
-    mode: Mode = "noise",
+    mode: str = "noise",
     order_by: str | torch.Tensor | np.ndarray = "rollout",
     *,
     max_patches: int | None = None,

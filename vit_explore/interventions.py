@@ -18,7 +18,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -180,7 +180,7 @@ def check_args(
     check_int("blur_size", blur_size, 1, fix="a positive odd number of pixels, e.g. 11")
     if batch_size is not None:
         check_int("batch_size", batch_size, 1, fix="or None for one pass")
-    return class_index(model, target)
+    return cast(TargetLike, class_index(model, target))  # class names replaced by their indices
 
 
 
@@ -189,11 +189,11 @@ def _parse(patches: PatchesLike, s: Setup) -> tuple[torch.Tensor, torch.Tensor]:
     return parse_patches(patches, s.x.shape[0], s.grid, (s.x.shape[-2], s.x.shape[-1]), s.info.patch_size)
 
 
-def _resolve_set_target(target: TargetLike, base_k: torch.Tensor, img_idx: torch.Tensor, B: int) -> torch.Tensor:
+def _resolve_set_target(target: TargetLike, base_k: torch.Tensor, img_idx: torch.Tensor | None, B: int) -> torch.Tensor:
     K = base_k.shape[0]
     if target is not None and not isinstance(target, numbers.Integral):
         arr = as_tensor("target", target)
-        if arr.ndim == 1 and arr.shape[0] == B and B != K:
+        if arr.ndim == 1 and arr.shape[0] == B and B != K and img_idx is not None:
             target = arr[img_idx]
     return resolve_target(target, base_k)
 
@@ -206,7 +206,7 @@ def intervene(
     model: nn.Module,
     x: torch.Tensor,
     patches: PatchesLike,
-    mode: Mode = "noise",
+    mode: str = "noise",
     target: TargetLike = None,
     *,
     keep: bool = False,
@@ -275,17 +275,18 @@ def intervene(
         def index_of() -> torch.Tensor:
             return torch.zeros(1, dtype=torch.long)
 
-        def kept_of() -> tuple[torch.Tensor, ...]:
+        def kept_of() -> tuple[torch.Tensor, ...] | None:
             return (torch.tensor(kept_list, dtype=torch.long),)
     else:
         regions, img_idx = _parse(patches, s)
         if keep:
             regions = ~regions
-        logits, base, fed, kept = eng.run_regions(
+        logits, fused_base, fed, kept = eng.run_regions(
             model, s, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
             blur_sigma=blur_sigma, batch_size=batch_size, fp=fp, mods=mods,
         )
-        assert base is not None
+        assert fused_base is not None  # with_base=True
+        base = fused_base
 
         def regions_of() -> torch.Tensor:
             return regions
@@ -297,7 +298,7 @@ def intervene(
             return kept
     K = logits.shape[0]
     one = K == B == 1
-    base_k = base if one else base[img_idx.to(base.device)]
+    base_k = base if one or img_idx is None else base[img_idx.to(base.device)]  # img_idx None: one image, one set
     tgt = base_k.argmax(dim=-1) if target is None else _resolve_set_target(target, base_k, img_idx, B)
     probs = logits.softmax(-1)
     base_probs = base_k.softmax(-1)

@@ -38,6 +38,7 @@ import copy
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,8 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedModelError
 from .attn_base import AttentionAdapter
+
+_M = TypeVar("_M")
 
 __all__ = [
     "HFAttention", "HFAttentionAdapter", "HFBlock", "HFViT", "as_vit", "id2label", "is_hf", "logits_of", "mask_pre_hook",
@@ -353,7 +356,7 @@ def id2label(model: object) -> list[str] | None:
         return None
 
 
-def as_vit(model: object) -> object:
+def as_vit(model: _M) -> _M | HFViT:
     """``HFViT(model)`` for a Hugging Face model, anything else unchanged."""
     if isinstance(model, HFViT) or not is_hf(model):
         return model

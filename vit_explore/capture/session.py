@@ -262,13 +262,15 @@ def capture(
         tgt = resolve_target(target, logits)
 
         attn_list = [attn_store[i][0] if attn_store.get(i) else None for i in range(num_layers)]
-        grads: dict[str, object] = {}
+        grads: dict[str, torch.Tensor] = {}
         if need_grad:
             wanted: list[torch.Tensor] = []
             keys: list[tuple[str, object]] = []
             if needs.attn_grad:
                 for i in layers:
-                    wanted.append(attn_list[i])
+                    a = attn_list[i]
+                    assert a is not None  # recorded: attn_grad records the attention of these layers
+                    wanted.append(a)
                     keys.append(("attn", i))
             if needs.activation_grads:
                 for name in needs.activations:
@@ -306,7 +308,9 @@ def capture(
         _B, _, H, W = x.shape
         layout = layout_for(info, H, W)
         if record_attn:
-            n = attn_list[layers[0]].shape[-1]
+            first = attn_list[layers[0]]
+            assert first is not None  # record_attn: recorded
+            n = first.shape[-1]
             if n != layout.num_tokens:
                 raise CaptureError(
                     f"attention has {n} tokens but the layout expects {layout.num_prefix} prefix + "

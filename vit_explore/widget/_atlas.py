@@ -14,7 +14,7 @@ import html
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anywidget
 import numpy as np
@@ -22,6 +22,9 @@ import traitlets as t
 
 from .._files import write_text_atomically
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ._explorer import Explorer
 
 STATIC = Path(__file__).resolve().parent / "static"
 _MISSING = (
@@ -84,7 +87,7 @@ class Atlas(anywidget.AnyWidget):
         self._members = int(members)
         names = list(class_names) if class_names is not None else self._names()
         self._names_list = names
-        self.explorer = None
+        self.explorer: Explorer | None = None
         import ipywidgets
 
         self.output = ipywidgets.Output()

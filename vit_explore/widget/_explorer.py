@@ -44,6 +44,7 @@ from ..capture.classifier import (
 )
 from ..capture.hf import as_vit
 from ..capture.session import Needs, capture
+from ..counterfactual_search import Counterfactual
 from ..errors import InputError, UnknownMethodError, suggest
 from ..explainers import get_explainer, list_methods
 from ..explanation import Explanation
@@ -91,15 +92,15 @@ class _Worker:
     """One daemon thread running jobs by slot; a new job replaces the pending job of its slot."""
 
     def __init__(self, on_state: Callable[[bool, str], None],
-                 on_error: Callable[[str, BaseException], None] | None = None):
+                 on_error: Callable[[str, BaseException], object] | None = None):
         self._on_error = on_error
         self._cv = threading.Condition()
-        self._pending: dict[str, tuple[str, Callable[[], None]]] = {}
+        self._pending: dict[str, tuple[str, Callable[[], object]]] = {}
         self._running: str | None = None
         self._thread: threading.Thread | None = None
         self._on_state = on_state
 
-    def submit(self, slot: str, label: str, fn: Callable[[], None]) -> None:
+    def submit(self, slot: str, label: str, fn: Callable[[], object]) -> None:
         with self._cv:
             self._pending.pop(slot, None)  # superseded
             self._pending[slot] = (label, fn)
@@ -290,7 +291,7 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
         self.stats: Counter[str] = Counter()
         """How many computations ran: ``forward`` (one capture per image), ``explain:<method>``,
         ``intervene``, ``causal_score``, ``counterfactual``."""
-        self.last_counterfactual = None
+        self.last_counterfactual: Counterfactual | None = None
         self.errors: list[str] = []
         """Tracebacks of failed jobs (the widget shows a one-line message)."""
         for m, p in (params or {}).items():
@@ -887,6 +888,7 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
                 with self._lock:
                     cf = counterfactual(self._model, self._x[i : i + 1], target, mode=mode, order_by=order_by,
                                         engine=self._engine)
+                assert isinstance(cf, Counterfactual)  # one image: one result
                 self.stats["counterfactual"] += 1
             except Exception as e:  # noqa: BLE001
                 self._fail("the counterfactual search", e)
@@ -1037,7 +1039,7 @@ class Explorer(TeachingTraits, anywidget.AnyWidget):
             q, scales = d["attn"][layer]
             H1, R, P = q.shape
             msg = {"kind": "attn", "image_index": i, "layer": layer, "num_layers": L, "heads": H1, "rows": R, "cols": P}
-            self.send(msg, buffers=[memoryview(np.ascontiguousarray(q)), memoryview(np.ascontiguousarray(scales))])
+            self.send(msg, buffers=[np.ascontiguousarray(q).data, np.ascontiguousarray(scales).data])
             sent += q.nbytes + scales.nbytes
         return sent
 
