@@ -21,6 +21,7 @@ import torch
 
 import vit_explore.interventions as vi
 from vit_explore import zoo
+from vit_explore.perturb import ForwardEngine
 
 
 def small_model():
@@ -61,10 +62,11 @@ def run(name, model, calls):
         with torch.no_grad():
             model(x)
 
+    eng = ForwardEngine()  # the caches a live caller holds (the Explorer has one)
     r = timeit_interleaved({
         "fwd": fwd,
-        "blur": lambda: vi.intervene(model, x, brush, mode="blur"),
-        "drop": lambda: vi.intervene(model, x, half, mode="drop"),
+        "blur": lambda: vi.intervene(model, x, brush, mode="blur", engine=eng),
+        "drop": lambda: vi.intervene(model, x, half, mode="drop", engine=eng),
     }, calls)
     (f50, f95), (b50, b95), (d50, d95) = r["fwd"], r["blur"], r["drop"]
     print(f"\n{name}: {H}x{W}, patch {ph}, {gh * gw} patches, {calls} calls (ms)")

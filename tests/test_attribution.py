@@ -6,6 +6,7 @@ import vit_explore as vx
 from tests.conftest import boom, input_for, model_state
 from tests.replica import _lin, _ls, tokens_into_blocks
 from tests.stream_replica import readout, stream
+from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.testing import tiny_vit
 
 
@@ -66,10 +67,10 @@ def test_post_norm_blocks_are_refused_and_model_left_as_found():
     model = tiny_vit(block_fn=ResPostBlock)
     x = input_for(model)
     before = model_state(model)
-    with pytest.raises(vx.UnsupportedModelError, match="ablation"):
+    with pytest.raises(UnsupportedModelError, match="ablation"):
         vx.head_attribution(model, x)
     assert model_state(model) == before
-    with pytest.raises(vx.InputError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         vx.head_attribution(tiny_vit(), x, target=7)
 
 

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+import vit_explore.counterfactual_search as cfs
 import vit_explore.interventions as vi
+import vit_explore.perturb.substrates as sub
 from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
@@ -232,7 +234,7 @@ def test_padded_grid_blends_the_cropped_patches():
     g = torch.zeros(4, 5, dtype=torch.bool)
     g[1, 2] = g[3, 4] = True  # (3, 4) is the cropped corner patch
     R = pixel_region(model, g[None], (30, 38))
-    for mode, S in (("blur", vi.gaussian_blur(x, 11, 5.0)), ("zero", torch.zeros_like(x))):
+    for mode, S in (("blur", sub.gaussian_blur_reflect(x, 11, 5.0)), ("zero", torch.zeros_like(x))):
         res = vi.intervene(model, x, g, mode=mode)
         torch.testing.assert_close(res.input, x * (1 - R) + S * R)
         torch.testing.assert_close(res.probs, fwd(model, res.input).softmax(-1))
@@ -251,7 +253,7 @@ def test_cached_substrates_follow_the_image_and_threads():
     R = pixel_region(model, g[None], xa.shape[-2:])
 
     def expected(x):
-        return fwd(model, x * (1 - R) + vi.gaussian_blur(x, 11, 5.0) * R).softmax(-1)
+        return fwd(model, x * (1 - R) + sub.gaussian_blur_reflect(x, 11, 5.0) * R).softmax(-1)
 
     want = {"a": expected(xa), "b": expected(xb)}
     for _ in range(2):  # alternate images: no stale cache entry is reused
@@ -279,7 +281,7 @@ def test_counterfactual_changes_prediction_and_is_pruned():
     base = fwd(model, x).softmax(-1)[0]
     c = int(base.argmax())
     score_map = torch.arange(16, dtype=torch.float32).flip(0).reshape(4, 4)
-    cf = vi.counterfactual(model, x, mode="zero", order_by=score_map, batch_size=4)
+    cf = cfs.counterfactual(model, x, mode="zero", order_by=score_map, batch_size=4)
     assert cf.found and cf.target == c
     assert cf.order.tolist() == list(range(16))
     keep = 1 - pixel_region(model, cf.patches[None], (32, 32))
@@ -302,7 +304,7 @@ def test_counterfactual_changes_prediction_and_is_pruned():
         if s.any():
             keep = 1 - pixel_region(model, s.reshape(1, 4, 4), (32, 32))
             assert int(fwd(model, x * keep).argmax()) == c
-    rollout = vi.counterfactual(model, x, mode="drop", order_by="rollout")
+    rollout = cfs.counterfactual(model, x, mode="drop", order_by="rollout")
     assert rollout.patches.shape == (4, 4)
 
 
@@ -334,9 +336,9 @@ def test_bad_input():
     with pytest.raises(InputError, match="average"):  # one of several sets drops every patch
         vi.intervene(tiny_vit("gap"), x, [list(range(16)), [1]], mode="drop")
     with pytest.raises(InputError, match=r"order_by map must have shape \(4, 4\) or \(1, 4, 4\), got \(3, 3\)"):
-        vi.counterfactual(model, x, order_by=torch.zeros(3, 3))
+        cfs.counterfactual(model, x, order_by=torch.zeros(3, 3))
     with pytest.raises(InputError, match=r"got \(3, 3\)"):
-        vi.counterfactual(model, input_for(model, batch=2), order_by=np.zeros((3, 3)))
+        cfs.counterfactual(model, input_for(model, batch=2), order_by=np.zeros((3, 3)))
     from vit_explore.errors import UnsupportedModelError
 
     for fn in (vi.intervene, vi.causal_score):
@@ -346,11 +348,11 @@ def test_bad_input():
         with pytest.raises(UnsupportedModelError, match=r"logits \(B, classes\).*Conv2d returned Tensor\(\d+, 3, 30, 30\)"):
             fn(torch.nn.Conv2d(3, 3, 3), x, [0])
     with pytest.raises(UnsupportedModelError, match=r"Conv2d returned Tensor"):
-        vi.counterfactual(torch.nn.Conv2d(3, 3, 3), x, order_by=torch.zeros(1, 1))
+        cfs.counterfactual(torch.nn.Conv2d(3, 3, 3), x, order_by=torch.zeros(1, 1))
     with pytest.raises(InputError, match=r"order_by map must have shape \(4, 4\) or \(2, 4, 4\)"):
-        vi.counterfactual(model, input_for(model, batch=2), order_by=torch.zeros(3, 4, 4))
+        cfs.counterfactual(model, input_for(model, batch=2), order_by=torch.zeros(3, 4, 4))
     with pytest.raises(InputError, match="target 99 is out of range"):
-        vi.counterfactual(model, input_for(model, batch=2), target=[0, 99])
+        cfs.counterfactual(model, input_for(model, batch=2), target=[0, 99])
 
 
 def test_setup_cache_sees_edits_to_the_same_tensor():
@@ -370,13 +372,13 @@ def test_setup_cache_sees_edits_to_the_same_tensor():
 
 def test_cached_noise_is_seeded_noise_and_bounded():
     like = torch.zeros(1)
-    a = vi.cached_noise((3, 3, 8, 8), 5, 0.2, like)
+    a = sub.cached_noise((3, 3, 8, 8), 5, 0.2, like)
     assert torch.equal(a, torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.2)
-    assert vi.cached_noise((3, 3, 8, 8), 5, 0.2, like) is a  # a hit is the same tensor
-    assert not torch.equal(vi.cached_noise((3, 3, 8, 8), 6, 0.2, like), a)
+    assert sub.cached_noise((3, 3, 8, 8), 5, 0.2, like) is a  # a hit is the same tensor
+    assert not torch.equal(sub.cached_noise((3, 3, 8, 8), 6, 0.2, like), a)
     for k in range(10):
-        vi.cached_noise((k + 1, 3, 4, 4), 0, 0.1, like)
-    assert len(vi._NOISE) <= vi._NOISE.entries
+        sub.cached_noise((k + 1, 3, 4, 4), 0, 0.1, like)
+    assert len(sub._NOISE) <= sub._NOISE.entries
 
 
 @pytest.mark.parametrize("mode", ["zero", "blur", "drop"])
@@ -388,10 +390,10 @@ def test_counterfactual_batch_equals_one_by_one(mode):
     maps = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(2))
     targets = fwd(model, x).argmax(-1).tolist()
     targets[1] = int(fwd(model, x[1:2]).softmax(-1)[0].argsort()[-2])  # a non-top class for one image
-    both = vi.counterfactual(model, x, targets, mode=mode, order_by=maps, batch_size=3)
+    both = cfs.counterfactual(model, x, targets, mode=mode, order_by=maps, batch_size=3)
     assert isinstance(both, list) and len(both) == 3
     for b in range(3):
-        one = vi.counterfactual(model, x[b : b + 1], targets[b], mode=mode, order_by=maps[b], batch_size=3)
+        one = cfs.counterfactual(model, x[b : b + 1], targets[b], mode=mode, order_by=maps[b], batch_size=3)
         got = both[b]
         assert (got.found, got.target, got.new_class, got.greedy_size) == (one.found, one.target, one.new_class, one.greedy_size)
         assert torch.equal(got.patches, one.patches) and torch.equal(got.order, one.order)

@@ -5,6 +5,7 @@ import vit_explore as vx
 from tests.conftest import boom, input_for, model_state
 from tests.replica import tokens_into_blocks
 from tests.stream_replica import per_token, readout, stream
+from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
 
@@ -37,9 +38,9 @@ def test_logit_lens_readout_only_and_toy_model():
 
 def test_logit_lens_bad_tokens_and_sizes():
     model = tiny_vit()
-    with pytest.raises(vx.InputError, match="tokens must be"):
+    with pytest.raises(InputError, match="tokens must be"):
         vx.logit_lens(model, input_for(model), tokens="patches")
-    with pytest.raises(vx.InputError, match="32x32"):
+    with pytest.raises(InputError, match="32x32"):
         vx.logit_lens(model, torch.randn(1, 3, 40, 40))
 
 
@@ -67,13 +68,13 @@ def test_token_similarity_matches_cosine_replica(model, x):
 def test_token_similarity_errors():
     model = tiny_vit()
     x = input_for(model)
-    with pytest.raises(vx.InputError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         vx.token_similarity(model, x, 3, 0)
-    with pytest.raises(vx.InputError, match="outside the 4x4"):
+    with pytest.raises(InputError, match="outside the 4x4"):
         vx.token_similarity(model, x, 0, 16)
-    with pytest.raises(vx.InputError, match="outside the 4x4"):
+    with pytest.raises(InputError, match="outside the 4x4"):
         vx.token_similarity(model, x, 0, (4, 0))
-    with pytest.raises(vx.InputError, match="query="):
+    with pytest.raises(InputError, match="query="):
         vx.token_similarity(model, x, 0)
 
 

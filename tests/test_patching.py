@@ -5,6 +5,7 @@ import vit_explore as vx
 from tests.conftest import boom, input_for, model_state
 from tests.replica import tokens_into_blocks
 from tests.stream_replica import stream
+from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
 
@@ -42,18 +43,18 @@ def test_residual_and_head_patching_match_the_replica(model):
 def test_bad_input():
     model = tiny_vit()
     x = input_for(model)
-    with pytest.raises(vx.InputError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         vx.patch_activations(model, x, x, 3)
-    with pytest.raises(vx.InputError, match="outside the 4x4"):
+    with pytest.raises(InputError, match="outside the 4x4"):
         vx.patch_activations(model, x, x, 0, [0, 16])
-    with pytest.raises(vx.InputError, match="heads"):
+    with pytest.raises(InputError, match="heads"):
         vx.patch_activations(model, x, x, 0, site="head:4")
-    with pytest.raises(vx.InputError, match="site"):
+    with pytest.raises(InputError, match="site"):
         vx.patch_activations(model, x, x, 0, site="mlp")
-    with pytest.raises(vx.InputError, match="1 or 3"):
+    with pytest.raises(InputError, match="1 or 3"):
         vx.patch_activations(model, x[:2], x, 0)
     dyn = tiny_vit("dynamic")
-    with pytest.raises(vx.InputError, match="same size"):
+    with pytest.raises(InputError, match="same size"):
         vx.patch_activations(dyn, torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 48), 0)
 
 

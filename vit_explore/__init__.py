@@ -1,68 +1,43 @@
 """vit_explore: see what a Vision Transformer looks at, and why.
 
-Public surface: ``explain``, ``Explanation``, ``list_methods``, ``preprocess``, ``capture``,
-``Needs``, ``Trace``, ``attention_maps``.
+The top level holds what a user calls (the README and the notebooks use these names): explain
+(``explain``, ``attention_maps``, ``list_methods``, ``get_explainer``), inputs and models
+(``preprocess``, ``load_model``, ``class_names``), the trace (``capture``, ``Needs``),
+interventions (``intervene``, ``causal_score``, ``counterfactual``, ``ablate_heads``,
+``block_tokens``), the residual stream (``logit_lens``, ``token_similarity``,
+``head_attribution``, ``patch_activations``), the widgets (``Explorer``, ``Atlas``),
+evaluation (``metrics``, ``make_dataset``, ``run_benchmark``), ``survey``, targets beyond a class
+(``targets.similarity``, ``zero_shot``, ``image_features``) and the base error
+``VitExploreError``. Result types and the other errors live in their modules (the README's
+"What moved where").
 """
 
 from __future__ import annotations
 
-from . import metrics, targets
+from . import capture, metrics, targets  # capture: the package, callable (capture.session.capture)
 from ._version import __version__
 from .api import attention_maps, explain
-from .attribution import HeadAttribution, head_attribution
-from .capture.layout import TokenLayout
-from .capture.session import Needs, Trace, capture
-from .errors import (
-    CaptureError,
-    InputError,
-    UnknownMethodError,
-    UnsupportedModelError,
-    VitExploreError,
-    WeightsError,
-)
-from .evaluation import BenchResult, make_dataset, run_benchmark
+from .attribution import head_attribution
+from .capture.session import Needs
+from .counterfactual_search import counterfactual
+from .errors import VitExploreError
+from .evaluation import make_dataset, run_benchmark
 from .explainers import get_explainer, list_methods
-from .explanation import Explanation
 from .inputs import preprocess
-from .interventions import (
-    Counterfactual,
-    Intervention,
-    TopK,
-    ablate_heads,
-    block_tokens,
-    causal_score,
-    counterfactual,
-    intervene,
-)
-from .lens import LogitLens, logit_lens, token_similarity
+from .interventions import ablate_heads, block_tokens, causal_score, intervene
+from .lens import logit_lens, token_similarity
 from .patching import patch_activations
-from .survey import Survey, survey
+from .survey import survey
 from .widget import Atlas, Explorer
 from .zero_shot import ImageFeatures, ZeroShot, image_features, zero_shot
-from .zoo import EMBEDDED_MODELS, class_names, load_model, save_model
+from .zoo import class_names, load_model
 
 __all__ = [
-    "EMBEDDED_MODELS",
     "Atlas",
-    "BenchResult",
-    "CaptureError",
-    "Counterfactual",
-    "Explanation",
     "Explorer",
-    "HeadAttribution",
     "ImageFeatures",
-    "InputError",
-    "Intervention",
-    "LogitLens",
     "Needs",
-    "Survey",
-    "TokenLayout",
-    "TopK",
-    "Trace",
-    "UnknownMethodError",
-    "UnsupportedModelError",
     "VitExploreError",
-    "WeightsError",
     "ZeroShot",
     "__version__",
     "ablate_heads",
@@ -85,7 +60,6 @@ __all__ = [
     "patch_activations",
     "preprocess",
     "run_benchmark",
-    "save_model",
     "survey",
     "targets",
     "token_similarity",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ def explain(
     check_model(model)
     spec = get_explainer(method)
     bound = spec.bind(params)
-    target = class_index(model, target)
+    target = cast(TargetLike, class_index(model, target))  # class names replaced by their indices
     model = as_vit(model)  # Hugging Face classifiers: their timm-shaped view (capture/hf.py)
     try:
         info = inspect_model(model, headless=is_score_fn(target))
@@ -78,6 +78,7 @@ def explain(
         out = spec.fn(trace, **bound)
         logits, tgt, layout = trace.logits, trace.target, trace.layout
     elif spec.kind == "trace":  # capture() validates the batch itself
+        assert not isinstance(info, ClassifierInfo)  # the branch above
         trace = capture(model, xb, spec.needs_for(bound), target=target, score=bound.get("score", "logit"), info=info)
         out = spec.fn(trace, **bound)
         logits, tgt, layout = trace.logits, trace.target, trace.layout

@@ -475,9 +475,9 @@ def _aggregate(records, names, metrics, timing, errors, dataset, model, world, t
                 seg.update_counts(*[[r["scores"][name].get(f"_{k}", math.nan) for r in done] for k in ("tp", "fp", "fn", "tn")])
                 row[m] = seg.compute()[{"jaccard": "jaccard", "f1": "f1", "pixacc": "pixel_accuracy"}[m]]
             else:
-                acc = EnergyPointingGame() if m == "energy_pg" else RelevanceMass()
-                acc._add(value=v)
-                row[m] = acc.compute()["mean"]
+                mean_of: EnergyPointingGame | RelevanceMass = EnergyPointingGame() if m == "energy_pg" else RelevanceMass()
+                mean_of._add(value=v)
+                row[m] = mean_of.compute()["mean"]
         table[name] = row
     n_done = max(len(done), 1)
     meta = {

@@ -79,7 +79,7 @@ class Explanation:
             isinstance(pixel, torch.Tensor) and pixel.ndim == 3 and pixel.shape[0] == len(self)
             and tuple(pixel.shape[1:]) == tuple(self.layout.input_size)
         )
-        m = pixel if own else self.patch_map
+        m = pixel if own and isinstance(pixel, torch.Tensor) else self.patch_map
         if own and tuple(m.shape[1:]) == tuple(size):
             return normalize_maps(m.float(), normalize)
         up = F.interpolate(m[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]

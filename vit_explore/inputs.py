@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -69,7 +68,7 @@ def preprocess(model: nn.Module, image: ImageLike, processor: Any = None) -> tor
         from .inputs_hf import preprocess_hf
 
         pv, _ = preprocess_hf(hf, [_as_pil(im, i) for i, im in enumerate(images)], processor)
-        return pv.to(_model_device_dtype(hf)[0])
+        return pv.to(_model_device_dtype(hf)[0])  # type: ignore[arg-type]  # an nn.Module: is_hf(hf)
     cfg = data_config(model)
     transform = timm.data.create_transform(**cfg, is_training=False)
     out = []
@@ -171,8 +170,3 @@ def check_finite(x: torch.Tensor) -> None:
     # but huge values falls through to the element-wise check
     if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise InputError("the input has NaN or infinite values")
-
-
-def stack_images(images: Sequence[ImageLike], model: nn.Module) -> torch.Tensor:
-    """Batch a list of mixed image kinds."""
-    return torch.cat([as_batch(model, im) for im in images])

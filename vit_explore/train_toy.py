@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +116,8 @@ def cue_flip_rate(model: nn.Module, data: ShapesData, pred: np.ndarray | None = 
 def train(name: str, seed: int = 0, log_every: int = 100, **overrides: float) -> tuple[nn.Module, dict]:
     """Train the embedded model ``name`` (recipe fields may be overridden); returns the
     model and a training record."""
-    recipe = replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+    fields: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    recipe = replace(RECIPES[name], **fields)
     torch.manual_seed(seed)
     model = build_model(seed)
     # auxiliary head on the final patch tokens (K classes + background); discarded after

@@ -96,7 +96,7 @@ def grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, scal
     draw = ImageDraw.Draw(canvas)
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
-        tile = Image.fromarray(im).resize((cw, h * scale), Image.NEAREST)
+        tile = Image.fromarray(im).resize((cw, h * scale), Image.Resampling.NEAREST)
         canvas.paste(tile, (c * cw, r * ch + th))
         if titles is not None:
             draw.text((c * cw + 2, r * ch + 1), str(titles[i])[: cw // 6], fill="black")

@@ -390,7 +390,7 @@ def _set_cfg(model: nn.Module, arch: str, tag: str, data_config: Mapping[str, An
         "classifier": "head",
         "license": "apache-2.0",
     }
-    model.pretrained_cfg = cfg
+    model.pretrained_cfg = cfg  # type: ignore[assignment]  # torch's stubs type Module attributes as Tensor | Module
 
 
 def _num_classes(model: nn.Module) -> int | None:

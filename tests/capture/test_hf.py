@@ -11,7 +11,7 @@ import torch
 import vit_explore as vx
 from vit_explore.capture import Needs, capture, inspect_vit
 from vit_explore.capture.hf import HFAttentionAdapter, as_vit
-from vit_explore.errors import UnsupportedModelError
+from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.explainers.rollout import joint_attention
 
 from ..conftest import boom
@@ -198,7 +198,7 @@ def test_preprocess_with_a_processor():
     want = (ref - [0.2, 0.3, 0.4]) / [0.5, 0.6, 0.7]
     torch.testing.assert_close(x.double(), torch.from_numpy(want).permute(2, 0, 1)[None], rtol=0, atol=1e-5)
     assert vx.explain(m, im, "rollout", processor=proc).extras["preprocessing"] == "processor: ViTImageProcessorPil"
-    with pytest.raises(vx.InputError, match="Hugging Face models only"):
+    with pytest.raises(InputError, match="Hugging Face models only"):
         vx.preprocess(vx.load_model("toy-shapes"), im, processor=proc)
 
 
@@ -217,9 +217,9 @@ def test_load_model_from_a_save_pretrained_folder(tmp_path):
 
 def test_load_model_offline_names_the_cache(tmp_path):
     code = (
-        "import vit_explore as vx\n"
+        "import vit_explore as vx\nfrom vit_explore.errors import WeightsError\n"
         "try:\n    vx.load_model('hf:someone/not-cached-vit')\n"
-        "except vx.WeightsError as e:\n    print(str(e))\nelse:\n    raise SystemExit('no error')\n"
+        "except WeightsError as e:\n    print(str(e))\nelse:\n    raise SystemExit('no error')\n"
     )
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout

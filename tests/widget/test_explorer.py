@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vit_explore as vx
-from vit_explore.errors import InputError, UnknownMethodError
+from vit_explore.errors import InputError, UnknownMethodError, UnsupportedModelError
 from vit_explore.testing import tiny_vit
 from vit_explore.widget import Explorer
 from vit_explore.widget import _serialize as ser
@@ -98,7 +98,7 @@ def test_constructor_input_errors(toy, imgs):
         Explorer(toy, [])
     with pytest.raises(InputError, match="takes 32x32"):
         Explorer(toy, torch.randn(1, 3, 48, 48))
-    with pytest.raises(vx.UnsupportedModelError):
+    with pytest.raises(UnsupportedModelError):
         Explorer(torch.nn.Linear(2, 2), imgs)
     with pytest.raises(InputError, match="no parameter 'start'"):
         Explorer(toy, imgs, params={"rollout": {"start": 1}})
@@ -582,7 +582,8 @@ def test_a_picked_class_is_pinned_across_images_until_unpinned(toy):
 
 
 def test_counterfactual_result_says_what_flipped_or_that_nothing_did(toy, imgs):
-    from vit_explore.interventions import counterfactual, intervene
+    from vit_explore.counterfactual_search import counterfactual
+    from vit_explore.interventions import intervene
 
     w = Explorer(toy, imgs, methods=["raw_attention"])
     w.find_counterfactual(block=True)

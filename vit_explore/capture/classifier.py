@@ -30,7 +30,7 @@ from torch import nn
 from .._checks import checked_output
 from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
 from ..inputs import check_tensor
-from ..targets import TargetLike, resolve_target, target_score
+from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
 from .layout import TokenLayout
 from .state import SavedState
@@ -159,7 +159,7 @@ def inspect_classifier(model: nn.Module, vit_error: str = "", *, headless: bool 
         why = vit_error.replace(" Only Vision Transformers can be explained; CNNs and hybrid models are not supported.", "")
         reason = f"capture does not read {name}'s attention ({why or 'an unknown attention module'})"
     if hasattr(model, "vx_kind"):  # a view that says what it is (capture/hf_classifier.py)
-        kind, reason = model.vx_kind, model.vx_reason
+        kind, reason = str(model.vx_kind), str(model.vx_reason)  # type: ignore[assignment]  # one of the kinds
     pe = getattr(model, "patch_embed", None)
     cell = red[-1] if red else _pair(getattr(pe, "patch_size", 32))[0] if pe is not None else 32
     dynamic = bool(getattr(model, "dynamic_img_size", False)) or not getattr(pe, "strict_img_size", False)
@@ -360,7 +360,7 @@ def layer_pass(
     *,
     target: TargetLike,
     info: ClassifierInfo,
-) -> tuple[str, torch.Tensor, torch.Tensor, Spatial, torch.Tensor, torch.Tensor]:
+) -> tuple[str, torch.Tensor, torch.Tensor, Spatial, torch.Tensor, torch.Tensor | ScoreTarget]:
     """One forward and one backward of the target logit, recording a spatial layer.
 
     ``layer=None`` picks the default: the last module (in the order modules finish), other

@@ -48,6 +48,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,8 @@ from .attn_base import AttentionAdapter
 from .hf_classifier import HFClassifier, logits_of
 from .hf_parts import SUPPORTED, parts_of
 from .hf_standins import _QKV, _MLPView, _PatchEmbedView, _Positional, _Scale
+
+_M = TypeVar("_M")
 
 __all__ = [
     "HFAttention", "HFAttentionAdapter", "HFBlock", "HFClassifier", "HFRelBiasAdapter", "HFViT", "as_vit", "id2label",
@@ -309,6 +312,7 @@ class HFViT(nn.Module):
         """The classifier on a normed sequence (B, N, D) -> (B, classes), as the model reads it out."""
         T = self.num_prefix_tokens
         if self.vx_readout == "cls_dist":
+            assert self.head_dist is not None  # cls_dist reads both heads
             return 0.5 * (self.head(x[:, 0]) + self.head_dist(x[:, 1]))
         if self.vx_readout == "cls_avg":
             return self.head(torch.cat([x[:, 0], x[:, T:].mean(1)], -1))
@@ -357,7 +361,7 @@ _LAST: list[nn.Module] = []  # the last view handed out, kept alive between two 
 _LOCK = threading.Lock()
 
 
-def as_vit(model: object) -> object:
+def as_vit(model: _M) -> _M | HFViT | HFClassifier:
     """The view of a Hugging Face model (``HFViT``, or ``HFClassifier`` for any other classifier
     with ``.logits``), anything else unchanged.
 

@@ -12,6 +12,8 @@ for a Swin or a ConvNeXt), else 32.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -79,14 +81,14 @@ class HFClassifier(nn.Module):
 
     @property
     def hf(self) -> nn.Module:
-        return self._hf
+        return cast(nn.Module, self._hf)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._hf(pixel_values=x)
+        out = self.hf(pixel_values=x)
         lg = logits_of(out)
         if lg is out:
             raise UnsupportedModelError(
                 f"{type(self._hf).__name__} returned {type(out).__name__} without .logits; the model-agnostic "
                 "methods need an image classifier (a model whose output has .logits (B, classes))"
             )
-        return lg
+        return cast(torch.Tensor, lg)

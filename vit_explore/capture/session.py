@@ -9,8 +9,7 @@ See docs/methods.md §1.2 for the design.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -265,13 +264,15 @@ def capture(
         tgt = resolve_target(target, logits)
 
         attn_list = [attn_store[i][0] if attn_store.get(i) else None for i in range(num_layers)]
-        grads: dict[str, object] = {}
+        grads: dict[str, torch.Tensor] = {}
         if need_grad:
             wanted: list[torch.Tensor] = []
             keys: list[tuple[str, object]] = []
             if needs.attn_grad:
                 for i in layers:
-                    wanted.append(attn_list[i])
+                    a = attn_list[i]
+                    assert a is not None  # recorded: attn_grad records the attention of these layers
+                    wanted.append(a)
                     keys.append(("attn", i))
             if needs.activation_grads:
                 for name in needs.activations:
@@ -309,7 +310,9 @@ def capture(
         _B, _, H, W = x.shape
         layout = layout_for(info, H, W)
         if record_attn:
-            n = attn_list[layers[0]].shape[-1]
+            first = attn_list[layers[0]]
+            assert first is not None  # record_attn: recorded
+            n = first.shape[-1]
             if n != layout.num_tokens:
                 raise CaptureError(
                     f"attention has {n} tokens but the layout expects {layout.num_prefix} prefix + "
@@ -380,8 +383,3 @@ def _detach_first_arg(module, args):
     if not args:
         return None
     return (args[0].detach().requires_grad_(True), *args[1:])
-
-
-def needs_for_layers(needs: Needs, layers: Sequence[int] | None) -> Needs:
-    """``needs`` restricted to ``layers``."""
-    return replace(needs, layers=None if layers is None else tuple(layers))

@@ -15,7 +15,7 @@ distractors and backgrounds (only the tag colours differ, or the tag is absent).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -140,7 +140,7 @@ class ShapesData:
 
     def subset(self, index: np.ndarray | slice | list[int]) -> ShapesData:
         """The images selected by ``index`` (a new object; arrays are copied)."""
-        arrays = {
+        arrays: dict[str, Any] = {
             k: np.ascontiguousarray(getattr(self, k)[index])
             for k in ("images", "labels", "object_mask", "cue_mask", "distractor_mask",
                       "cue_labels", "cue_under", "centers", "radii", "angles", "n_distractors")
@@ -204,7 +204,7 @@ def make_shapes(
     return ShapesData(**out, config=config, cue_rate=cue_rate, seed=seed)
 
 
-def _allocate(n: int, cfg: ShapesConfig) -> dict[str, np.ndarray]:
+def _allocate(n: int, cfg: ShapesConfig) -> dict[str, Any]:
     """Empty output arrays for ``n`` images."""
     s, c = cfg.image_size, cfg.cue_size
     return {
@@ -429,7 +429,8 @@ def _distractor_params(rng: _ChunkDraws, m: int, centers: np.ndarray, radii: np.
     k, s = len(CLASS_NAMES), cfg.image_size
     count = rng.integers(0, cfg.max_distractors + 1, m)
     corner = cfg.cue_offset + cfg.cue_size + 2
-    slots, placed = [], []
+    slots: list[tuple[np.ndarray, ...]] = []
+    placed: list[tuple[np.ndarray, ...]] = []
     for j in range(cfg.max_distractors):
         kind = rng.integers(0, k, m)
         r = rng.uniform(*cfg.distractor_radius, m).astype(np.float32)

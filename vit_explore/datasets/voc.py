@@ -138,4 +138,4 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an index mask to (H, W)."""
     from PIL import Image
 
-    return np.array(Image.fromarray(np.asarray(mask, dtype=np.uint8)).resize((size[1], size[0]), Image.NEAREST))
+    return np.array(Image.fromarray(np.asarray(mask, dtype=np.uint8)).resize((size[1], size[0]), Image.Resampling.NEAREST))

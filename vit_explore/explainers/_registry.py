@@ -22,13 +22,6 @@ from ..targets import ScoreTarget
 
 Kind = Literal["trace", "model"]
 
-#: Every method key the product plans; those not registered yet are reported as such.
-PLANNED = (
-    "raw_attention", "rollout", "attention_flow", "tam", "chefer_lrp", "chefer_generic", "attn_grad_cam",
-    "grad_cam", "ag_cam", "vit_cx", "attn_lrp", "saliency", "integrated_gradients", "occlusion", "rise",
-)
-
-
 @dataclass(frozen=True)
 class ExplainerResult:
     """What an explainer returns when a bare (B, gh, gw) tensor is not enough.
@@ -153,12 +146,8 @@ def get_explainer(name: str) -> ExplainerSpec:
         raise UnknownMethodError(f"method must be a string key, got {type(name).__name__}")
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name in PLANNED:
-        raise UnknownMethodError(
-            f"method {name!r} is planned but not available in this version; available: {', '.join(sorted(_REGISTRY))}"
-        )
     raise UnknownMethodError(
-        f"unknown method {name!r}{suggest(name, [*_REGISTRY, *PLANNED])} See vit_explore.list_methods()."
+        f"unknown method {name!r}{suggest(name, list(_REGISTRY))} See vit_explore.list_methods()."
     )
 
 

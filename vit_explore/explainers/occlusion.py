@@ -19,7 +19,7 @@ from torch import nn
 
 from ..capture.classifier import ClassifierInfo, ModelInfo, layout_any, not_token_mode
 from ..errors import InputError
-from ..interventions import MODES, _setup, base_logits, run_regions
+from ..perturb import ForwardEngine, check_mode
 from ..targets import TargetLike, resolve_target, target_score
 from ._registry import ExplainerResult, register_explainer
 
@@ -64,13 +64,11 @@ def occlusion(
             callable's value as it is).
         batch_size: window positions per forward pass.
     """
-    if mode not in MODES:
-        from ..errors import suggest
-
-        raise InputError(f"unknown mode {mode!r}{suggest(str(mode), MODES)} (modes: {', '.join(MODES)})")
+    check_mode(mode)
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
-    st = _setup(model, x, info=info)  # info: explain's (a headless model for a callable target)
+    eng = ForwardEngine()
+    st = eng.setup(model, x, info=info)  # info: explain's (a headless model for a callable target)
     if mode == "drop" and isinstance(st.info, ClassifierInfo):
         raise not_token_mode(st.info)
     gh, gw = st.grid
@@ -90,10 +88,10 @@ def occlusion(
     n = len(W)
     regions = W.repeat(B, 1, 1)
     img_idx = torch.arange(B).repeat_interleave(n)
-    base = base_logits(model, st.x)
+    base = eng.base_logits(model, st.x)
     tgt = resolve_target(target, base)
     b_s = target_score(base, tgt, score)[:, None]  # (B, 1)
-    lg, *_ = run_regions(
+    lg, *_ = eng.run_regions(
         model, st, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
         blur_sigma=blur_sigma, batch_size=batch_size, with_base=False,
     )

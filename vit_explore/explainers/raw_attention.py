@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -75,6 +75,6 @@ def attention_stack(trace: Trace, query: QueryLike = None) -> torch.Tensor:
     """
     if trace.attn is None or any(a is None for a in trace.attn):
         raise InputError("attention_stack needs the attention of every block; capture with Needs(attn=True)")
-    a = torch.stack(trace.attn, dim=1)  # (B, L, H, N, N)
+    a = torch.stack(cast(tuple[torch.Tensor, ...], trace.attn), dim=1)  # (B, L, H, N, N); none is None (above)
     q = query_index(trace.layout, query)
     return trace.layout.read(a) if q is None else trace.layout.query_row(a, q)

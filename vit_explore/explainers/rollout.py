@@ -59,6 +59,7 @@ def rollout(
             a_hat = add_identity(f) / 2
             a_hat = a_hat / a_hat.sum(dim=-1)[:, None, :]  # the reference's broadcast, kept on purpose
             result = a_hat if result is None else a_hat @ result
+        assert result is not None  # a ViT has at least one block
         m = layout.read(result)
         return m / m.flatten(1).max(dim=1).values[:, None, None]
     if compat is not None:
@@ -85,4 +86,5 @@ def joint_attention(
         fused = fuse_heads(a, head_fusion) if head_fusion_stage == "before" else a
         a_hat = row_normalize(add_identity(discard_lowest(fused, discard_ratio, keep_first)))
         joint = a_hat if joint is None else a_hat @ joint
+    assert joint is not None  # a ViT has at least one block
     return joint if head_fusion_stage == "before" else fuse_heads(joint, head_fusion)

@@ -38,7 +38,7 @@ from ..capture.adapters import ViTInfo, layout_for
 from ..capture.state import submodules
 from ..errors import InputError
 from ..inputs import check_finite
-from ..interventions import cached_noise
+from ..perturb import cached_noise
 from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from ._registry import ExplainerResult, register_explainer
 

@@ -89,8 +89,9 @@ class PerturbationAUC(Accumulator):
         self._curves.append(res.curves.detach().double().cpu().numpy())
         self.x = res.x.numpy()
 
-    def merge(self, other: PerturbationAUC) -> PerturbationAUC:
+    def merge(self, other: Accumulator) -> PerturbationAUC:
         super().merge(other)
+        assert isinstance(other, PerturbationAUC)  # super().merge refused any other type
         self._curves += other._curves
         self.x = self.x if self.x is not None else other.x
         return self

@@ -39,7 +39,7 @@ def mean_interval(v: np.ndarray) -> tuple[float, float]:
 def flips(
     model: nn.Module,
     batch_of,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     patches: np.ndarray,
     target: np.ndarray,
     mode: str = "mean",

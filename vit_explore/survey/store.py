@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def store_key(fields: dict[str, Any]) -> str:
 class MapStore:
     """One survey's arrays on disk (see the module docstring). Open with :meth:`open_or_create`."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], mode: str = "r+") -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], mode: Literal["r+", "r"] = "r+") -> None:
         self.path, self.meta = path, meta
         self.arrays = {k: np.load(path / f"{k}.npy", mmap_mode=mode) for k in ARRAYS}
 

@@ -186,7 +186,8 @@ class Survey:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.store.meta["grid"])  # type: ignore[return-value]
+        gh, gw = self.store.meta["grid"]
+        return int(gh), int(gw)
 
     @property
     def targets(self) -> np.ndarray:

@@ -18,7 +18,7 @@ import traceback
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anywidget
 import numpy as np
@@ -30,6 +30,9 @@ from ._export import STATIC, built, bundle, gzip_b64, standalone_page
 from ._worker import RequestIds, _Worker, model_lock
 
 __all__ = ["STATIC", "Atlas"]
+
+if TYPE_CHECKING:
+    from ._explorer import Explorer
 
 _MISSING = (
     "export default { render({ el }) { el.textContent = 'vit_explore: the Atlas front end is not built "
@@ -91,7 +94,7 @@ class Atlas(anywidget.AnyWidget):
         self._members = int(members)
         names = list(class_names) if class_names is not None else self._names()
         self._names_list = names
-        self.explorer: Any = None
+        self.explorer: Explorer | None = None
         import ipywidgets
 
         self.output = ipywidgets.Output()

@@ -37,6 +37,7 @@ from ..errors import InputError
 from ..explainers import get_explainer, list_methods
 from ..explanation import Explanation
 from ..inputs import ImageLike, as_batch, check_tensor, data_config
+from ..perturb import ForwardEngine
 from . import _state
 from ._about import ABOUT
 from ._export import STATIC, bundle, explorer_figure, explorer_html
@@ -122,6 +123,7 @@ class Explorer(ExplorerJobs, anywidget.AnyWidget):
         self._k = min(topk, C)
         self._num_classes = C
         self._lock = model_lock(model)  # one per model: an Atlas and its Explorer never run it at once
+        self._engine = ForwardEngine()  # the perturbed forwards' caches (same image: one forward per brush)
         self._images = {}
         self._maps = {}
         self._params = {}

@@ -122,8 +122,8 @@ class ExplorerJobs(ExplorerPayloads):
             return 0
         sent = 0
         for msg, q, scales in self._attention_messages(i, first, layers):
-            self.send(msg, buffers=[memoryview(np.ascontiguousarray(q)),  # type: ignore[attr-defined]
-                                    memoryview(np.ascontiguousarray(scales))])
+            self.send(msg, buffers=[np.ascontiguousarray(q).data,  # type: ignore[attr-defined]
+                                    np.ascontiguousarray(scales).data])
             sent += q.nbytes + scales.nbytes
         return sent
 
@@ -261,7 +261,7 @@ class ExplorerJobs(ExplorerPayloads):
 
                 with self._lock:
                     res = intervene(self._model, self._x[i : i + 1], patches, mode=mode, target=target, keep=keep,
-                                    topk=self._k)
+                                    topk=self._k, engine=self._engine)
                 self.stats["intervene"] += 1
             except Exception as e:  # noqa: BLE001
                 msg = self._fail("the intervention", e)
@@ -299,10 +299,12 @@ class ExplorerJobs(ExplorerPayloads):
 
         def job() -> None:
             try:
-                from ..interventions import counterfactual
+                from ..counterfactual_search import counterfactual
 
                 with self._lock:
-                    cf = counterfactual(self._model, self._x[i : i + 1], target, mode=mode, order_by=order_by)
+                    cf = counterfactual(self._model, self._x[i : i + 1], target, mode=mode, order_by=order_by,
+                                        engine=self._engine)
+                assert not isinstance(cf, list)  # one image: one result
                 self.stats["counterfactual"] += 1
             except Exception as e:  # noqa: BLE001
                 self._fail("the counterfactual search", e)

@@ -74,7 +74,7 @@ def display_image(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
     return (img.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def b64(data: bytes | memoryview) -> str:
+def b64(data: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(bytes(data)).decode("ascii")
 
 

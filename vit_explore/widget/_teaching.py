@@ -135,7 +135,7 @@ class TeachingTraits(t.HasTraits):
 
 
 def _f32(a: torch.Tensor) -> memoryview:
-    return memoryview(np.ascontiguousarray(a.detach().to(torch.float32).cpu().numpy()))
+    return np.ascontiguousarray(a.detach().to(torch.float32).cpu().numpy()).data
 
 
 class Teaching:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from ..capture.adapters import ViTInfo
     from ..explanation import Explanation
+    from ..perturb import ForwardEngine
     from ._teaching import Teaching
     from ._worker import RequestIds, _Worker
 
@@ -43,6 +44,7 @@ class ExplorerTraits(TeachingTraits):
     _k: int
     _num_classes: int
     _lock: threading.RLock
+    _engine: ForwardEngine
     _images: dict[int, dict[str, Any]]
     _maps: dict[tuple, Explanation]
     _params: dict[str, dict[str, Any]]

@@ -61,7 +61,7 @@ def baseline_maps(
     if name == "random":
         return random_map(indices, grid, seed=seed, device=x.device)
     if name == "centre":
-        return centre_gaussian(x.shape[0], tuple(x.shape[-2:]), device=x.device)
+        return centre_gaussian(x.shape[0], (x.shape[-2], x.shape[-1]), device=x.device)
     if name == "edge":
         return edge_map(x)
     raise InputError(f"unknown baseline {name!r}; use one of {list(BASELINES)}")

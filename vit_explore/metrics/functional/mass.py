@@ -22,7 +22,7 @@ def _prepare(saliency, masks, level: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not (m.dtype == torch.bool or m.dtype.is_floating_point):  # integer label mask: > 0 and not void (255)
         m = (m > 0) & (m != 255)
     if level == "pixel":
-        maps = upsample(maps, tuple(m.shape[-2:]))
+        maps = upsample(maps, (m.shape[-2], m.shape[-1]))
     elif level == "patch":
         if m.shape[-2:] != maps.shape[-2:]:  # a pixel mask: fraction of each patch covered
             gh, gw = maps.shape[-2:]

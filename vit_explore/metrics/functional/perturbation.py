@@ -25,10 +25,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...errors import InputError
+from ...perturb import black_substrate, rise_blur_zero_pad, rise_gkern  # noqa: F401 (rise_gkern: re-exported)
 
 Substrate = Literal["zero", "blur", "black"]
 
@@ -131,21 +131,8 @@ def get_preset(name: str) -> PerturbationPreset:
     return PRESETS[name]
 
 
-def rise_gkern(klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
-    """RISE's blur kernel: ``scipy.ndimage.gaussian_filter`` of a centred delta on a klen x klen
-    grid (reflect boundary, as in ``eclique/RISE`` ``gkern``), shape (klen, klen)."""
-    from scipy.ndimage import gaussian_filter
-
-    inp = np.zeros((klen, klen))
-    inp[klen // 2, klen // 2] = 1
-    return torch.from_numpy(gaussian_filter(inp, nsig).astype("float32"))
-
-
-def rise_blur(x: torch.Tensor, klen: int = 11, nsig: float = 5.0) -> torch.Tensor:
-    """RISE's insertion substrate: per-channel conv with ``rise_gkern`` and zero padding klen//2."""
-    k = rise_gkern(klen, nsig).to(x.device, x.dtype)
-    C = x.shape[1]
-    return F.conv2d(x, k.expand(C, 1, klen, klen).contiguous(), padding=klen // 2, groups=C)
+rise_blur = rise_blur_zero_pad
+"""RISE's insertion substrate, ``perturb.rise_blur_zero_pad`` (zero padding; not ``vx.intervene``'s blur)."""
 
 
 def _norm_stats(model: nn.Module, mean, std, C: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,10 +152,10 @@ def substrate_for(kind: Substrate, x: torch.Tensor, model: nn.Module, mean=None,
     if kind == "zero":
         return torch.zeros_like(x)
     if kind == "blur":
-        return rise_blur(x)
+        return rise_blur_zero_pad(x)
     if kind == "black":  # 0 in [0, 1] space, then normalised: -mean/std
         m, s = _norm_stats(model, mean, std, x.shape[1], x)
-        return ((0.0 - m) / s).expand_as(x).clone()
+        return black_substrate(x, m, s)
     raise InputError(f"unknown substrate {kind!r}; use 'zero', 'blur' or 'black'")
 
 

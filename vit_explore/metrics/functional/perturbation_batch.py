@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,7 +36,7 @@ _MIN_BATCH = 4
 def perturbation_curves_many(
     model: nn.Module,
     x: torch.Tensor,
-    maps: Mapping[str, torch.Tensor],
+    maps: Mapping[str, torch.Tensor | np.ndarray],
     runs: Sequence[tuple[str, str]],
     *,
     target: torch.Tensor | int | None = None,

@@ -74,7 +74,7 @@ def pointing_game(
     m = as_masks(masks)
     maps = as_maps(saliency)
     check_batch(maps, m)
-    pts = argmax_points(maps, tuple(m.shape[-2:]))
+    pts = argmax_points(maps, (m.shape[-2], m.shape[-1]))
     return point_hits(pts, m, tolerance=tolerance, ignore_index=ignore_index)
 
 
@@ -104,7 +104,7 @@ def energy_pointing_game(
     m = as_masks(masks)
     maps = as_maps(saliency)
     check_batch(maps, m)
-    maps = minmax(upsample(maps.to(m.device), tuple(m.shape[-2:]))).double()
+    maps = minmax(upsample(maps.to(m.device), (m.shape[-2], m.shape[-1]))).double()
     if binarize is not None:
         maps = (maps > binarize * maps.flatten(1).max(1).values[:, None, None]).double()
     valid = torch.ones_like(m, dtype=torch.bool) if m.dtype == torch.bool or ignore_index is None else m != ignore_index

@@ -115,6 +115,6 @@ def segmentation_scores(saliency, masks, *, rule: str = "mean", ignore_index: in
     m = as_masks(masks)
     maps = as_maps(saliency)
     check_batch(maps, m)
-    pred = binarize(maps.to(m.device), tuple(m.shape[-2:]), rule)
+    pred = binarize(maps.to(m.device), (m.shape[-2], m.shape[-1]), rule)
     c = confusion(pred, m, ignore_index=ignore_index)
     return {**c.scores(), "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn}
