@@ -28,7 +28,7 @@ ORDER = ("capture", "perturb", "explainers", "interventions/api", "metrics", "wi
 LAYERS: dict[str, str] = {
     **dict.fromkeys([
         "capture", "errors", "_version", "_checks", "_recent", "_files", "inputs", "inputs_hf", "targets",
-        "zoo", "zoo_hf", "datasets", "testing",
+        "zoo", "zoo_hf", "zero_shot", "datasets", "testing",
     ], "capture"),
     "perturb": "perturb",
     **dict.fromkeys(["explainers", "explanation"], "explainers"),

@@ -41,15 +41,19 @@ def test_one_view_for_every_entry_point_and_call(monkeypatch):
 
 
 def test_the_intervention_cache_hits_on_the_second_call():
-    """The unmodified forward is fused into the first call's batch, then taken from the cache: the
-    second call runs only its own edited image (the batch sizes the model sees, recorded here)."""
+    """The unmodified forward is fused into the first call's batch, then taken from the engine's
+    cache: the second call runs only its own edited image (the batch sizes the model sees, recorded
+    here). The cache is the caller's ``ForwardEngine`` (vit_explore.perturb), as the Explorer holds one."""
+    from vit_explore.perturb import ForwardEngine
+
     m, x = hf_vit(), image(batch=1)
+    eng = ForwardEngine()
     rows: list[int] = []
     h = m.register_forward_pre_hook(lambda mod, args, kwargs: rows.append(kwargs["pixel_values"].shape[0]),
                                     with_kwargs=True)
     try:
-        a = vx.intervene(m, x, [0], mode="zero")
-        b = vx.intervene(m, x, [5], mode="zero")
+        a = vx.intervene(m, x, [0], mode="zero", engine=eng)
+        b = vx.intervene(m, x, [5], mode="zero", engine=eng)
     finally:
         h.remove()
     assert rows == [2, 1], rows
