@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .attn_base import AttentionAdapter, GenericAttention
+from .attn_pool import find_pool
 from .attn_relbias import RelativeBiasAttention
 from .attn_rotary import RotaryAttention
 from .attn_timm import TimmAttention
@@ -47,6 +48,7 @@ class ViTInfo:
         in_chans: input channels of the patch embedding.
         num_classes: classifier outputs.
         adapters: the attention adapter of every block (``adapter_for``), L entries.
+        pool: the attention-pool (MAP) head when ``readout == "map"`` (``capture/attn_pool.py``).
     """
 
     attns: tuple[nn.Module, ...]
@@ -59,6 +61,7 @@ class ViTInfo:
     in_chans: int
     num_classes: int
     adapters: tuple[type[AttentionAdapter], ...] = ()
+    pool: nn.Module | None = None
 
     @property
     def num_layers(self) -> int:
@@ -114,10 +117,13 @@ def inspect_vit(model: object) -> ViTInfo:
         readout: Readout = "cls_dist" if distilled else "cls"
     elif pool == "avg":
         readout = "avg_all" if getattr(model, "pool_include_prefix", False) else "avg"
+    elif pool == "map" and find_pool(model) is not None:
+        readout = "map"
     else:
         raise UnsupportedModelError(
             f"global_pool={pool!r} is not supported; expected 'token' (class token) or 'avg' "
-            "(global average pool). Attention-pool ('map') and max pooling have no linear read-out row."
+            "(global average pool) or 'map' (timm's AttentionPoolLatent). Max pooling and other pools have "
+            "no read-out row over the tokens."
         )
 
     readout = getattr(model, "vx_readout", readout)  # a view that states its read-out (capture/hf.py)
@@ -144,6 +150,7 @@ def inspect_vit(model: object) -> ViTInfo:
         in_chans=in_chans,
         num_classes=num_classes,
         adapters=tuple(adapter_for(a) for a in attns),
+        pool=find_pool(model) if readout == "map" else None,
     )
 
 

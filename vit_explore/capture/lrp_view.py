@@ -181,6 +181,12 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
             "the classifier reads concat(CLS, mean of patches) (Hugging Face DINOv2): not one read-out row of "
             "one head, which chefer_lrp's relevance pass starts from. Use attn_lrp or chefer_generic instead."
         )
+    if info.readout == "map":
+        raise UnsupportedModelError(
+            "the classifier reads an attention-pool (MAP) head (AttentionPoolLatent: a latent query attending over "
+            "the tokens, then proj and an MLP), not a linear read-out of the tokens, which chefer_lrp's relevance "
+            "pass starts from. Use attn_lrp (its rules cover the pool) or chefer_generic instead."
+        )
     adapters = info.adapters or tuple(adapter_for(a) for a in info.attns)
     blocks = []
     for i, blk in enumerate(model.blocks):

@@ -21,6 +21,7 @@ from ..errors import CaptureError, InputError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
+from .attn_pool import PoolTap, readout_query
 from .hf import as_vit
 from .layout import TokenLayout
 from .state import SavedState
@@ -116,6 +117,9 @@ class Trace:
         rope: L entries, the rotary embedding as a map (..., P, D, D) of each patch token's q and
             k after ``q_norm``/``k_norm`` (``q_rot[p] = q[p] @ M[p]``; prefix tokens are not
             rotated), or None (no rotary embedding, or not recorded).
+        pool_attn, pool_attn_grad, pool_scores: an attention-pool (MAP) head's latent-query
+            attention (B, H, Q, N), its gradient and its pre-softmax scores, recorded with the
+            blocks' attention (``capture/attn_pool.py``); None for other read-outs.
     """
 
     logits: torch.Tensor
@@ -131,6 +135,9 @@ class Trace:
     score: Score = "logit"
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     rope: tuple[torch.Tensor | None, ...] | None = None
+    pool_attn: torch.Tensor | None = None
+    pool_attn_grad: torch.Tensor | None = None
+    pool_scores: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -204,7 +211,9 @@ def capture(
     in_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.inputs}
     handles: list[torch.utils.hooks.RemovableHandle] = []
     # parameters are frozen only for a pass that differentiates (so the backward skips them)
-    state = SavedState(model, info.attns, grads=needs.needs_grad)
+    pool = info.pool if needs.needs_unfused else None  # the MAP head's attention defines the read-out row
+    state = SavedState(model, (*info.attns, *([pool] if pool is not None else [])), grads=needs.needs_grad)
+    pool_tap: PoolTap | None = None
     # a differentiating pass works inside the caller's torch.no_grad() / inference_mode(): the
     # whole pass, target score and backward included, runs with autograd on, and the caller's
     # mode is back when capture returns (the context managers restore it)
@@ -224,6 +233,9 @@ def capture(
                 taps.append(ScoreTap(attn, score_store[i], detach=True))
             if needs.rope:
                 handles.append(attn.register_forward_pre_hook(_store_kwarg("rope", rope_store[i]), with_kwargs=True))
+        if pool is not None:
+            pool.fused_attn = False
+            pool_tap = PoolTap(pool)
         if needs.detach_attn_input:
             for attn in info.attns:
                 handles.append(attn.register_forward_pre_hook(_detach_first_arg))
@@ -260,6 +272,11 @@ def capture(
                     f"{type(info.attns[i]).__name__}.forward, saw {len(score_store[i])}; the pre-softmax "
                     "scores (AG-CAM) cannot be taken from this attention. Use attn_grad_cam or chefer_generic."
                 )
+        if pool_tap is not None and len(pool_tap.attn) != 1:
+            raise CaptureError(
+                f"expected one softmax over the latent query's scores inside {type(pool).__name__}.forward, "
+                f"saw {len(pool_tap.attn)}; the attention pool's read-out row cannot be taken from it"
+            )
         tgt = resolve_target(target, logits)
 
         attn_list = [attn_store[i][0] if attn_store.get(i) else None for i in range(num_layers)]
@@ -278,6 +295,9 @@ def capture(
             if needs.input_grad:
                 wanted.append(xin)
                 keys.append(("input", None))
+            if needs.attn_grad and pool_tap is not None:
+                wanted.append(pool_tap.attn[0])
+                keys.append(("pool", None))
             y = target_score(logits, tgt, score).sum()
             if not y.requires_grad:
                 raise CaptureError("the target score does not depend on any captured tensor; nothing to differentiate")
@@ -306,6 +326,8 @@ def capture(
             )
         _B, _, H, W = x.shape
         layout = layout_for(info, H, W)
+        if pool_tap is not None:
+            layout = replace(layout, readout_query=readout_query(pool, pool_tap.attn[0]))
         if record_attn:
             n = attn_list[layers[0]].shape[-1]
             if n != layout.num_tokens:
@@ -327,8 +349,13 @@ def capture(
             score=score,
             inputs={n: v[-1].detach() for n, v in in_store.items() if v},
             rope=rope,
+            pool_attn=pool_tap.attn[0].detach() if pool_tap is not None else None,
+            pool_attn_grad=grads.get("pool:None") if pool_tap is not None and needs.attn_grad else None,
+            pool_scores=pool_tap.scores[0] if pool_tap is not None else None,
         )
     finally:
+        if pool_tap is not None:
+            pool_tap.remove()
         for tap in reversed(taps):
             tap.remove()
         for h in handles:

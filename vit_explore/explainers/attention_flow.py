@@ -48,6 +48,8 @@ def attention_flow(trace: Trace, *, start_layer: int = 0, workers: int = 1) -> t
     a_hat = row_normalize(add_identity(a)).cpu().numpy()
     weights = layout.readout_weights(torch.float64).numpy()
     check_int("workers", workers, 1, 256, fix="processes, e.g. 1 or os.cpu_count()")
-    flows = np.stack([layered_max_flow(a_hat[b], weights, workers=workers) for b in range(a_hat.shape[0])])
+    per_image = weights.ndim == 2  # an attention-pool head's read-out row differs per image
+    flows = np.stack([layered_max_flow(a_hat[b], weights[b] if per_image else weights, workers=workers)
+                      for b in range(a_hat.shape[0])])
     flows = flows / flows.sum(axis=1, keepdims=True)
     return layout.patch_columns(torch.from_numpy(flows).to(device=a.device, dtype=torch.float32))
