@@ -15,10 +15,10 @@ from vit_explore.capture.session import Needs, capture
 from vit_explore.errors import UnsupportedModelError
 
 
-def map_model(latents=1, pool="token", seed=0):
+def map_model(latents=1, pool="token", seed=0, cls=False):
     torch.manual_seed(seed)
     m = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                          embed_dim=32, num_heads=2, num_classes=5).eval()
+                          embed_dim=32, num_heads=2, num_classes=5, class_token=cls).eval()
     if latents > 1:
         from timm.layers import AttentionPoolLatent
 
@@ -92,6 +92,8 @@ def forward64(model, x, rule=None, detach_attn_input=False):
         t = t + _lin(o, a.proj)
         t = t + _lin(_gelu(_lin(_ln(t, blk.norm2, rule), blk.mlp.fc1), rule), blk.mlp.fc2)
     t = _ln(t, m.norm, rule)
+    T = m.num_prefix_tokens
+    t = t[:, T:]  # the pool attends over the patch tokens (timm's default without pool_include_prefix)
     p = m.attn_pool
     B, N, C = t.shape
     H, Q = p.num_heads, p.latent.shape[1]
@@ -119,13 +121,15 @@ def query64(model, pool_attn):
         w[:] = 1 / Q
     else:
         w[0] = 1
-    return torch.einsum("bhqn,q->bn", pool_attn, w) / pool_attn.shape[1]
+    p = torch.einsum("bhqn,q->bn", pool_attn, w) / pool_attn.shape[1]
+    T = model.num_prefix_tokens
+    return torch.cat([p.new_zeros(p.shape[0], T), p], 1)  # the prefix rows get no weight
 
 
 def read(p, m):
-    """``p M`` for (B, N, N) or (B, H, N, N) matrices, on the 4x4 grid."""
+    """``p M`` for (B, N, N) or (B, H, N, N) matrices, patch columns on the 4x4 grid."""
     r = torch.einsum("bn,bnm->bm", p, m) if m.ndim == 3 else torch.einsum("bn,bhnm->bhm", p, m)
-    return r.reshape(*r.shape[:-1], 4, 4)
+    return r[..., -16:].reshape(*r.shape[:-1], 4, 4)
 
 
 def close(got, ref, rtol=1e-4):
@@ -134,13 +138,13 @@ def close(got, ref, rtol=1e-4):
     torch.testing.assert_close(got, ref, rtol=rtol, atol=rtol * float(ref.abs().max()))
 
 
-CASES = [(1, "token"), (3, "token"), (2, "avg")]
+CASES = [(1, "token", False), (3, "token", False), (2, "avg", False), (1, "token", True)]
 
 
-@pytest.fixture(params=CASES, ids=[f"{q}latent-{p}" for q, p in CASES])
+@pytest.fixture(params=CASES, ids=[f"{q}latent-{p}{'-cls' * c}" for q, p, c in CASES])
 def case(request):
-    q, p = request.param
-    model = map_model(q, p)
+    q, p, c = request.param
+    model = map_model(q, p, cls=c)
     x = inputs()
     target = torch.tensor([1, 3])
     return model, x, target, grads64(model, x, target)
@@ -170,7 +174,7 @@ def test_raw_attention_and_rollout(case):
     close(vx.explain(model, x, "raw_attention").patch_map, read(p, attns[1].mean(1)))
     J = None
     for a in attns[:2]:
-        a_hat = a.mean(1) + torch.eye(16, dtype=torch.float64)
+        a_hat = a.mean(1) + torch.eye(a.shape[-1], dtype=torch.float64)
         a_hat = a_hat / a_hat.sum(-1, keepdim=True)
         J = a_hat if J is None else a_hat @ J
     close(vx.explain(model, x, "rollout").patch_map, read(p, J))
@@ -179,7 +183,7 @@ def test_raw_attention_and_rollout(case):
 def test_chefer_generic(case):
     model, x, target, (_, attns, grads, _) = case
     p = query64(model, attns[-1])
-    R = torch.eye(16, dtype=torch.float64).expand(2, -1, -1)
+    R = torch.eye(attns[0].shape[-1], dtype=torch.float64).expand(2, -1, -1)
     for a, g in zip(attns[:2], grads[:2]):
         R = R + (g * a).clamp(min=0).mean(1) @ R
     close(vx.explain(model, x, "chefer_generic", target=target).patch_map, read(p, R), rtol=1e-3)
@@ -220,7 +224,7 @@ def test_tam(case):
     s = torch.einsum("bn,bnm->bm", p, attns[1].mean(1))
     s = torch.einsum("bn,bnm->bm", s, attns[0].mean(1)) + s
     got = vx.explain(model, x, "tam", target=target, steps=3).patch_map
-    close(got, (s * w).reshape(2, 4, 4), rtol=1e-3)
+    close(got, (s[:, -16:] * w).reshape(2, 4, 4), rtol=1e-3)
 
 
 @pytest.mark.parametrize("rule", ["cp", "attnlrp"])

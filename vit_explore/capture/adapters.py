@@ -11,16 +11,18 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .attn_base import AttentionAdapter, GenericAttention
+from .attn_class import ClassAttention, class_blocks, is_cross_covariance, xca_reason
 from .attn_pool import find_pool
 from .attn_relbias import RelativeBiasAttention
 from .attn_rotary import RotaryAttention
+from .attn_talking import TalkingHeadsAttention
 from .attn_timm import TimmAttention
 from .hf import HFAttentionAdapter  # Hugging Face (capture/hf.py); imports no transformers
 from .layout import Readout, TokenLayout
 
 #: adapters tried in order; the first whose ``matches`` accepts the module is used
 ADAPTERS: tuple[type[AttentionAdapter], ...] = (
-    HFAttentionAdapter, RotaryAttention, RelativeBiasAttention, TimmAttention
+    HFAttentionAdapter, ClassAttention, TalkingHeadsAttention, RotaryAttention, RelativeBiasAttention, TimmAttention
 )
 
 
@@ -49,6 +51,10 @@ class ViTInfo:
         num_classes: classifier outputs.
         adapters: the attention adapter of every block (``adapter_for``), L entries.
         pool: the attention-pool (MAP) head when ``readout == "map"`` (``capture/attn_pool.py``).
+        extra_blocks: the class-attention blocks after ``model.blocks`` (CaiT, XCiT), whose
+            attention modules are the last entries of ``attns`` (``capture/attn_class.py``).
+        below: why the model mixes tokens below its first recorded block without token attention
+            (XCiT's cross-covariance stage), else None.
     """
 
     attns: tuple[nn.Module, ...]
@@ -62,6 +68,8 @@ class ViTInfo:
     num_classes: int
     adapters: tuple[type[AttentionAdapter], ...] = ()
     pool: nn.Module | None = None
+    extra_blocks: tuple[nn.Module, ...] = ()
+    below: str | None = None
 
     @property
     def num_layers(self) -> int:
@@ -95,8 +103,15 @@ def inspect_vit(model: object) -> ViTInfo:
             "CNNs and hybrid models are not supported."
         )
     attns = []
-    for i, blk in enumerate(model.blocks):
+    extra = class_blocks(model)  # CaiT / XCiT: class attention after the patch blocks
+    below = None
+    if extra and all(is_cross_covariance(getattr(b, "attn", nn.Identity())) for b in model.blocks):
+        below = xca_reason(model)  # XCiT: only the class-attention blocks have token attention
+    for i, blk in enumerate(() if below else model.blocks):
         attn = getattr(blk, "attn", None)
+        if TalkingHeadsAttention.matches(attn):
+            attns.append(attn)
+            continue
         if attn is None or any(not hasattr(attn, a) for a in _ATTN_ATTRS):
             got = type(attn).__name__ if attn is not None else "no .attn"
             raise UnsupportedModelError(
@@ -105,6 +120,7 @@ def inspect_vit(model: object) -> ViTInfo:
                 "LayerScale blocks. ParallelScalingBlock and other fused block types are not supported."
             )
         attns.append(attn)
+    attns += [b.attn for b in extra]
     if not attns:
         raise UnsupportedModelError(f"{name} has no transformer blocks")
 
@@ -151,6 +167,8 @@ def inspect_vit(model: object) -> ViTInfo:
         num_classes=num_classes,
         adapters=tuple(adapter_for(a) for a in attns),
         pool=find_pool(model) if readout == "map" else None,
+        extra_blocks=extra,
+        below=below,
     )
 
 

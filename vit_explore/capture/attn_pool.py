@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..errors import CaptureError
 from .attn_base import AttentionAdapter, forward_params
 from .tap import ScoreTap
 
@@ -59,10 +60,17 @@ def latent_weights(pool: nn.Module, q: int, dtype: torch.dtype, device) -> torch
     return w
 
 
-def readout_query(pool: nn.Module, attn: torch.Tensor) -> torch.Tensor:
-    """The read-out row ``p`` (B, N) of the pool's attention (B, H, Q, N) (module docstring)."""
+def readout_query(pool: nn.Module, attn: torch.Tensor, n: int, prefix: int) -> torch.Tensor:
+    """The read-out row ``p`` (B, N) of the pool's attention (B, H, Q, K) (module docstring): over
+    all N tokens, or 0 at the T prefix tokens where the model pools the patches only (K = N - T,
+    timm's default without ``pool_include_prefix``)."""
     w = latent_weights(pool, attn.shape[2], attn.dtype, attn.device)
-    return torch.einsum("bhqn,q->bn", attn.detach(), w) / attn.shape[1]
+    p = torch.einsum("bhqn,q->bn", attn.detach(), w) / attn.shape[1]
+    if p.shape[-1] == n - prefix and prefix:
+        p = torch.cat([p.new_zeros(p.shape[0], prefix), p], dim=-1)
+    if p.shape[-1] != n:
+        raise CaptureError(f"the attention pool attends over {p.shape[-1]} tokens, expected {n} or the {n - prefix} patches")
+    return p
 
 
 class PoolTap:

@@ -200,6 +200,11 @@ def lrp_rules(
     try:
         state.freeze()
         if enabled:
+            if info.below:
+                raise UnsupportedModelError(
+                    f"attn_lrp has no rule for every layer: {info.below}. Use raw_attention or attn_grad_cam on a "
+                    "class-attention block, or saliency / integrated_gradients"
+                )
             _check_norms(model)
             for name, mod in model.named_modules():
                 if isinstance(mod, nn.LayerNorm):
@@ -208,7 +213,7 @@ def lrp_rules(
                     handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_linear), F.linear)))
                 elif isinstance(mod, nn.Conv2d) and gamma_conv > 0:
                     handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_conv), _conv_op(mod))))
-            for i, blk in enumerate(model.blocks):
+            for i, blk in enumerate((*model.blocks, *info.extra_blocks)):  # class-attention blocks too (CaiT)
                 mlp = getattr(blk, "mlp", None)
                 act = getattr(mlp, "act", None)
                 if act is None:

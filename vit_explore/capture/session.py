@@ -21,6 +21,7 @@ from ..errors import CaptureError, InputError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
+from .attn_class import to_tokens
 from .attn_pool import PoolTap, readout_query
 from .hf import as_vit
 from .layout import TokenLayout
@@ -120,6 +121,12 @@ class Trace:
         pool_attn, pool_attn_grad, pool_scores: an attention-pool (MAP) head's latent-query
             attention (B, H, Q, N), its gradient and its pre-softmax scores, recorded with the
             blocks' attention (``capture/attn_pool.py``); None for other read-outs.
+        notes: per block, why its attention rows are not probabilities (talking heads), else None.
+        below: why the model mixes tokens below its first block without token attention (XCiT).
+
+    A block whose attention does not span all N tokens (class attention: one query row; CaiT's
+    patch blocks: before the class token exists) is laid out on the N tokens with identity rows
+    for the tokens it passes unchanged (``capture/attn_class.py``).
     """
 
     logits: torch.Tensor
@@ -138,6 +145,8 @@ class Trace:
     pool_attn: torch.Tensor | None = None
     pool_attn_grad: torch.Tensor | None = None
     pool_scores: torch.Tensor | None = None
+    notes: tuple[str | None, ...] = ()
+    below: str | None = None
 
     @property
     def num_layers(self) -> int:
@@ -240,7 +249,11 @@ def capture(
             for attn in info.attns:
                 handles.append(attn.register_forward_pre_hook(_detach_first_arg))
         if gfb is not None and needs.needs_grad:
-            handles.append(model.blocks[gfb].register_forward_pre_hook(_detach_first_arg))
+            blk = model.blocks[gfb] if gfb < len(model.blocks) else None
+            if blk is not None and getattr(blk, "attn", None) is info.attns[gfb]:
+                handles.append(blk.register_forward_pre_hook(_detach_first_arg))
+            else:  # a class-attention block (CaiT, XCiT): the whole graph, from the input
+                gfb = None
         for name in needs.activations:
             handles.append(modules[name].register_forward_hook(_store_output(act_store[name])))
         for name in needs.inputs:
@@ -310,12 +323,20 @@ def capture(
                 g = next(it) if u else None
                 grads[f"{kind}:{key}"] = torch.zeros_like(t) if g is None else g.detach()
 
-        def per_layer(kind: str) -> tuple[torch.Tensor | None, ...]:
-            return tuple(grads.get(f"{kind}:{i}") if i in layers else None for i in range(num_layers))
+        _B, _, H, W = x.shape
+        layout = layout_for(info, H, W)
+        n_tok, n_pre = layout.num_tokens, layout.num_prefix
 
+        def on_tokens(v: torch.Tensor | None, fill) -> torch.Tensor | None:
+            return None if v is None else to_tokens(v, n_tok, n_pre, fill)
+
+        def per_layer(kind: str) -> tuple[torch.Tensor | None, ...]:
+            return tuple(on_tokens(grads.get(f"{kind}:{i}"), "grad") if i in layers else None for i in range(num_layers))
+
+        attn_list = [on_tokens(a, "attn") for a in attn_list]
         scores = None
         if needs.scores:
-            scores = tuple(score_store[i][0] if i in layers else None for i in range(num_layers))
+            scores = tuple(on_tokens(score_store[i][0], "scores") if i in layers else None for i in range(num_layers))
         rope = None
         if needs.rope:
             adapters = info.adapters or ()
@@ -324,10 +345,8 @@ def capture(
                 else None
                 for i in range(num_layers)
             )
-        _B, _, H, W = x.shape
-        layout = layout_for(info, H, W)
         if pool_tap is not None:
-            layout = replace(layout, readout_query=readout_query(pool, pool_tap.attn[0]))
+            layout = replace(layout, readout_query=readout_query(pool, pool_tap.attn[0], layout.num_tokens, layout.num_prefix))
         if record_attn:
             n = attn_list[layers[0]].shape[-1]
             if n != layout.num_tokens:
@@ -352,6 +371,8 @@ def capture(
             pool_attn=pool_tap.attn[0].detach() if pool_tap is not None else None,
             pool_attn_grad=grads.get("pool:None") if pool_tap is not None and needs.attn_grad else None,
             pool_scores=pool_tap.scores[0] if pool_tap is not None else None,
+            notes=tuple(None if a.probabilities else a.not_probabilities for a in info.adapters),
+            below=info.below,
         )
     finally:
         if pool_tap is not None:

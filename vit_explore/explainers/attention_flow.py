@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .._checks import check_int
+from ..capture.attn_class import check_composable
 from ..capture.session import Needs, Trace
 from ._fusion import add_identity, check_start_layer, row_normalize
 from ._registry import register_explainer
@@ -42,6 +43,7 @@ def attention_flow(trace: Trace, *, start_layer: int = 0, workers: int = 1) -> t
     from ._maxflow import layered_max_flow
 
     start = check_start_layer(start_layer, trace.num_layers)
+    check_composable("attention_flow", trace.notes, trace.below, start)
     layout = trace.layout
     # head mean per layer in float64, (B, L', N, N): no float64 (or stacked) copy of all heads
     a = torch.stack([trace.attn_at(i).mean(dim=1, dtype=torch.float64) for i in range(start, trace.num_layers)], 1)
