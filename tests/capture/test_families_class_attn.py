@@ -330,3 +330,29 @@ def test_model_left_as_found(family, method):
         vx.explain(model, inputs(size), method)
     assert _state(model) == before
     h.remove()
+
+
+@pytest.mark.parametrize("family", ["cait", "xcit"])
+def test_grad_cam_on_the_last_class_block(family):
+    """Grad-CAM's default layer is the last block's norm1 (the reference's ``blocks[-1].norm1``):
+    the last class-attention block, whose input holds the class token and the patches."""
+    model, size = (cait(), 32) if family == "cait" else (xcit(), 64)
+    x, target = inputs(size), torch.tensor([1, 4])
+    ex = vx.explain(model, x, "grad_cam", target=target)
+    blocks = model.blocks_token_only if family == "cait" else model.cls_attn_blocks
+    assert ex.extras["layer"] == ("blocks_token_only" if family == "cait" else "cls_attn_blocks") + ".1.norm1"
+    m = copy.deepcopy(model).double()
+    seen = []
+    norm1 = (m.blocks_token_only if family == "cait" else m.cls_attn_blocks)[len(blocks) - 1].norm1
+    def keep(mod, args, out):
+        out.retain_grad()
+        seen.append(out)
+
+    h = norm1.register_forward_hook(keep)
+    try:
+        m(x.double()).gather(1, target[:, None]).sum().backward()
+    finally:
+        h.remove()
+    act, grad = seen[0][:, 1:].detach(), seen[0].grad[:, 1:]
+    ref = (act * grad.mean(1, keepdim=True)).sum(-1).clamp(min=0).reshape(2, 4, 4)
+    close(ex.patch_map, ref, rtol=1e-3)

@@ -77,6 +77,17 @@ def xca_reason(model: nn.Module) -> str:
     )
 
 
+def layer_blocks(model: nn.Module, attns: tuple[nn.Module, ...]) -> tuple[str, ...]:
+    """Module name of the block of every recorded attention (``"blocks.3"``, CaiT's
+    ``"blocks_token_only.0"``, XCiT's ``"cls_attn_blocks.1"``)."""
+    owner = {}
+    for name, mod in model.named_modules():
+        a = getattr(mod, "attn", None)
+        if isinstance(a, nn.Module):
+            owner.setdefault(id(a), name)
+    return tuple(owner.get(id(a), f"blocks.{i}") for i, a in enumerate(attns))
+
+
 Fill = Literal["attn", "grad", "scores"]
 
 
