@@ -95,7 +95,8 @@ def inspect_vit(model: object) -> ViTInfo:
             f"expected a timm VisionTransformer (torch.nn.Module), got {name}; "
             "create one with timm.create_model('vit_...') or vit_explore.load_model()."
         )
-    missing = [a for a in ("patch_embed", "blocks", "num_prefix_tokens", "head") if not hasattr(model, a)]
+    embed = "embeds" if isinstance(getattr(model, "embeds", None), nn.Module) else "patch_embed"  # NaFlexViT: embeds
+    missing = [a for a in (embed, "blocks", "num_prefix_tokens", "head") if not hasattr(model, a)]
     if missing:
         raise UnsupportedModelError(
             f"expected a timm VisionTransformer (with patch_embed, blocks, num_prefix_tokens, head), "
@@ -143,7 +144,7 @@ def inspect_vit(model: object) -> ViTInfo:
         )
 
     readout = getattr(model, "vx_readout", readout)  # a view that states its read-out (capture/hf.py)
-    pe = model.patch_embed
+    pe = getattr(model, embed)  # NaFlexViT's embeds take (B, 3, H, W) of any size: no padding, no mask
     patch_size = _pair(getattr(pe, "patch_size", 16))
     dynamic = bool(getattr(model, "dynamic_img_size", False)) or not getattr(pe, "strict_img_size", True)
     img_size = None if dynamic or getattr(pe, "img_size", None) is None else _pair(pe.img_size)
