@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .attn_base import AttentionAdapter, GenericAttention
 from .attn_class import ClassAttention, class_blocks, is_cross_covariance, xca_reason
+from .attn_gpsa import GatedPositionalAttention
 from .attn_pool import find_pool
 from .attn_relbias import RelativeBiasAttention
 from .attn_rotary import RotaryAttention
@@ -22,7 +23,8 @@ from .layout import Readout, TokenLayout
 
 #: adapters tried in order; the first whose ``matches`` accepts the module is used
 ADAPTERS: tuple[type[AttentionAdapter], ...] = (
-    HFAttentionAdapter, ClassAttention, TalkingHeadsAttention, RotaryAttention, RelativeBiasAttention, TimmAttention
+    HFAttentionAdapter, ClassAttention, TalkingHeadsAttention, GatedPositionalAttention, RotaryAttention,
+    RelativeBiasAttention, TimmAttention,
 )
 
 
@@ -33,7 +35,7 @@ def adapter_for(attn: nn.Module) -> type[AttentionAdapter]:
             return a
     return GenericAttention
 
-_ATTN_ATTRS = ("qkv", "attn_drop", "num_heads", "scale", "fused_attn")
+_ATTN_ATTRS = ("qkv", "attn_drop", "num_heads", "scale")  # fused_attn where it has a fused path
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def inspect_vit(model: object) -> ViTInfo:
         below = xca_reason(model)  # XCiT: only the class-attention blocks have token attention
     for i, blk in enumerate(() if below else model.blocks):
         attn = getattr(blk, "attn", None)
-        if TalkingHeadsAttention.matches(attn):
+        if TalkingHeadsAttention.matches(attn) or GatedPositionalAttention.matches(attn):
             attns.append(attn)
             continue
         if attn is None or any(not hasattr(attn, a) for a in _ATTN_ATTRS):

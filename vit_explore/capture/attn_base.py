@@ -32,6 +32,11 @@ class AttentionAdapter:
     #: module mixes heads after its softmax (talking heads), with the reason in ``not_probabilities``
     probabilities = True
     not_probabilities = ""
+    #: the forward calls one softmax, on the scores (False: ``not_single_softmax`` says why not)
+    single_softmax = True
+    not_single_softmax = ""
+    #: chefer_lrp's relevance pass has a rule for this attention
+    lrp_rule = True
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:  # pragma: no cover - overridden

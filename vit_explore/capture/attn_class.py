@@ -39,6 +39,7 @@ _APPLY_BELOW = (
 class ClassAttention(AttentionAdapter):
     family = "class attention (CaiT / XCiT)"
     score_terms = "(q(x_cls)·scale) k(x)ᵀ: the class token's query over [CLS, patches]"
+    lrp_rule = False
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:

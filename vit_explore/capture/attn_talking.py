@@ -20,6 +20,7 @@ class TalkingHeadsAttention(AttentionAdapter):
     family = "talking heads (CaiT)"
     score_terms = "proj_l((q·scale) kᵀ), heads mixed before the softmax; proj_w mixes them after it"
     probabilities = False
+    lrp_rule = False
     not_probabilities = (
         "use talking-heads attention (CaiT's TalkingHeadAttn): proj_w mixes the heads after the softmax, so "
         "the attention that multiplies v is not a row-stochastic matrix and its heads are not the softmax's heads"

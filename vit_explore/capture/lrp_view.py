@@ -201,6 +201,11 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
         adapter = adapters[i]
+        if not adapter.lrp_rule:
+            raise UnsupportedModelError(
+                f"{where}.attn is {adapter.family} ({adapter.score_terms}); chefer_lrp's relevance pass has no rule "
+                "for it. Use attn_lrp or chefer_generic instead."
+            )
         needed = ("norm1", "attn", "norm2", "mlp", "drop_path1", "drop_path2")
         if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ not in _PRE_NORM_BLOCKS:
             raise UnsupportedModelError(

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .._checks import checked_output
-from ..errors import CaptureError, InputError, suggest
+from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
 from ..inputs import check_tensor
 from ..targets import TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
@@ -211,6 +211,14 @@ def capture(
         gfb %= num_layers
     modules = {name: _submodule(model, name) for name in (*needs.activations, *needs.inputs)}
 
+    for i in layers if needs.scores else ():
+        adapter = info.adapters[i] if info.adapters else None
+        if adapter is not None and not adapter.single_softmax:
+            raise UnsupportedModelError(
+                f"the pre-softmax scores are not defined for block {i}: it and the blocks like it "
+                f"{adapter.not_single_softmax}. Methods that read the scores (ag_cam) do not apply; "
+                "chefer_generic, attn_grad_cam, rollout and raw_attention do"
+            )
     record_attn = needs.attn or needs.attn_grad
     attn_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     score_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
