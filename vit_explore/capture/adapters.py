@@ -57,6 +57,8 @@ class ViTInfo:
             attention modules are the last entries of ``attns`` (``capture/attn_class.py``).
         below: why the model mixes tokens below its first recorded block without token attention
             (XCiT's cross-covariance stage), else None.
+        late_prefix: the first block that sees the prefix tokens where the model adds them after
+            its first blocks (CaiT: its class blocks; ConViT: ``local_up_to_layer``), else None.
     """
 
     attns: tuple[nn.Module, ...]
@@ -72,6 +74,7 @@ class ViTInfo:
     pool: nn.Module | None = None
     extra_blocks: tuple[nn.Module, ...] = ()
     below: str | None = None
+    late_prefix: int | None = None
 
     @property
     def num_layers(self) -> int:
@@ -172,7 +175,17 @@ def inspect_vit(model: object) -> ViTInfo:
         pool=find_pool(model) if readout == "map" else None,
         extra_blocks=extra,
         below=below,
+        late_prefix=_late_prefix(model, attns, extra, below),
     )
+
+
+def _late_prefix(model: nn.Module, attns: list, extra: tuple, below: str | None) -> int | None:
+    if extra and not below:  # CaiT: the class token joins at the class-attention blocks
+        return len(attns) - len(extra)
+    local = getattr(model, "local_up_to_layer", None)  # ConViT: the class token joins after the GPSA blocks
+    if isinstance(local, int) and any(GatedPositionalAttention.matches(a) for a in attns):
+        return local
+    return None
 
 
 def grid_for(info: ViTInfo, height: int, width: int) -> tuple[int, int]:

@@ -92,11 +92,16 @@ def layer_blocks(model: nn.Module, attns: tuple[nn.Module, ...]) -> tuple[str, .
 Fill = Literal["attn", "grad", "scores"]
 
 
-def to_tokens(t: torch.Tensor, n: int, prefix: int, fill: Fill) -> torch.Tensor:
-    """A block's (B, H, q, k) attention, gradient or scores laid out on all N tokens (module docstring)."""
+def to_tokens(t: torch.Tensor, n: int, prefix: int, fill: Fill, *, class_row: bool, patch_stage: bool) -> torch.Tensor:
+    """A block's (B, H, q, k) attention, gradient or scores laid out on all N tokens (module docstring).
+
+    Args:
+        class_row: the block is class attention (one query row, the class token's).
+        patch_stage: the block runs before the model adds its prefix tokens (CaiT, ConViT).
+    """
     q, k = t.shape[-2:]
-    if q == n and k == n:
-        return t
+    if q == n and k == n or not (class_row or patch_stage):
+        return t  # the caller checks that an N x N attention has the layout's N
     B, H = t.shape[:2]
     eye = torch.eye(n, dtype=t.dtype, device=t.device)
     if fill == "attn":
@@ -106,9 +111,9 @@ def to_tokens(t: torch.Tensor, n: int, prefix: int, fill: Fill) -> torch.Tensor:
     else:
         base = torch.full_like(eye, float("-inf")).fill_diagonal_(0.0)
     out = base.expand(B, H, n, n).clone()
-    if q == 1 and k == n:  # class attention: the class token's row
+    if class_row and q == 1 and k == n:  # class attention: the class token's row
         out[:, :, :1, :] = t
-    elif q == k == n - prefix:  # a block before the class token is added: the patch tokens
+    elif patch_stage and q == k == n - prefix:  # a block before the class token is added: the patch tokens
         out[:, :, prefix:, prefix:] = t
     else:
         raise CaptureError(f"an attention of {q} x {k} tokens does not fit the {n} tokens of the read-out")

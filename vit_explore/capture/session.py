@@ -335,16 +335,21 @@ def capture(
         layout = layout_for(info, H, W)
         n_tok, n_pre = layout.num_tokens, layout.num_prefix
 
-        def on_tokens(v: torch.Tensor | None, fill) -> torch.Tensor | None:
-            return None if v is None else to_tokens(v, n_tok, n_pre, fill)
+        def on_tokens(v: torch.Tensor | None, fill, i: int) -> torch.Tensor | None:
+            if v is None:
+                return None
+            late = info.late_prefix
+            return to_tokens(v, n_tok, n_pre, fill, class_row=info.attns[i] in [b.attn for b in info.extra_blocks],
+                             patch_stage=late is not None and i < late)
 
         def per_layer(kind: str) -> tuple[torch.Tensor | None, ...]:
-            return tuple(on_tokens(grads.get(f"{kind}:{i}"), "grad") if i in layers else None for i in range(num_layers))
+            return tuple(on_tokens(grads.get(f"{kind}:{i}"), "grad", i) if i in layers else None
+                         for i in range(num_layers))
 
-        attn_list = [on_tokens(a, "attn") for a in attn_list]
+        attn_list = [on_tokens(a, "attn", i) for i, a in enumerate(attn_list)]
         scores = None
         if needs.scores:
-            scores = tuple(on_tokens(score_store[i][0], "scores") if i in layers else None for i in range(num_layers))
+            scores = tuple(on_tokens(score_store[i][0], "scores", i) if i in layers else None for i in range(num_layers))
         rope = None
         if needs.rope:
             adapters = info.adapters or ()
