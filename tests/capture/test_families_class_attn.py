@@ -356,3 +356,11 @@ def test_grad_cam_on_the_last_class_block(family):
     act, grad = seen[0][:, 1:].detach(), seen[0].grad[:, 1:]
     ref = (act * grad.mean(1, keepdim=True)).sum(-1).clamp(min=0).reshape(2, 4, 4)
     close(ex.patch_map, ref, rtol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["cait", "xcit"])
+def test_block_tokens_refuses_a_changing_token_sequence(family):
+    model, g = (cait(), 4) if family == "cait" else (xcit(), 4)
+    with pytest.raises(UnsupportedModelError, match="block_tokens.*(joins late|cross-covariance).*pixel mode"):
+        with vx.block_tokens(model, torch.ones(g, g, dtype=torch.bool)):
+            pass
