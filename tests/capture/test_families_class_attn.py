@@ -361,6 +361,6 @@ def test_grad_cam_on_the_last_class_block(family):
 @pytest.mark.parametrize("family", ["cait", "xcit"])
 def test_block_tokens_refuses_a_changing_token_sequence(family):
     model, g = (cait(), 4) if family == "cait" else (xcit(), 4)
+    blocked = vx.block_tokens(model, torch.ones(g, g, dtype=torch.bool))
     with pytest.raises(UnsupportedModelError, match="block_tokens.*(joins late|cross-covariance).*pixel mode"):
-        with vx.block_tokens(model, torch.ones(g, g, dtype=torch.bool)):
-            pass
+        blocked.__enter__()

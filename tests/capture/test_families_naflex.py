@@ -75,3 +75,29 @@ def test_batch_equals_per_image_and_model_left_as_found(method):
     assert ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()],
             [m.__dict__.get("fused_attn", "unset") for m in model.modules()]) == before
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["chefer_lrp", "chefer_generic", "ag_cam", "attn_grad_cam", "attention_flow", "raw_attention"])
+def test_every_token_method_equals_a_plain_vit_with_the_same_blocks(method):
+    """A timm VisionTransformer with NaFlexViT's blocks, norms and head, fed NaFlexViT's tokens at its
+    first block, is the same network above the embedding: every token-attention map must agree."""
+    model = naflex()
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=64, depth=2, embed_dim=32, num_heads=2,
+                            num_classes=5, class_token=False, reg_tokens=4, global_pool="avg", fc_norm=True,
+                            no_embed_class=True, init_values=1.0).eval()
+    missing, unexpected = vit.load_state_dict({k: v for k, v in model.state_dict().items()
+                                      if k.startswith(("blocks.", "norm.", "fc_norm.", "head."))}, strict=False)
+    assert missing == ["reg_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"] and not unexpected
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    tokens = tokens_into_blocks(model, x).float()
+    def feed(mod, args):  # NaFlexViT's tokens, as a leaf of the graph where the input was one
+        return (tokens[: args[0].shape[0]].clone().requires_grad_(args[0].requires_grad),)
+
+    h = vit.blocks[0].register_forward_pre_hook(feed)
+    try:
+        ref = vx.explain(vit, x, method, target=[1, 2]).patch_map
+    finally:
+        h.remove()
+    got = vx.explain(model, x, method, target=[1, 2]).patch_map
+    assert ref.abs().max() > 0 or method == "attn_grad_cam"
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
