@@ -76,6 +76,17 @@ def test_batch_equals_per_image_and_model_left_as_found(method):
             [m.__dict__.get("fused_attn", "unset") for m in model.modules()]) == before
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
+    def boom(mod, args, out):
+        raise RuntimeError("boom in the head")
+
+    h = model.head.register_forward_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        vx.explain(model, x, method)
+    h.remove()
+    assert ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()],
+            [m.__dict__.get("fused_attn", "unset") for m in model.modules()]) == before
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
 
 @pytest.mark.parametrize("method", ["chefer_lrp", "chefer_generic", "ag_cam", "attn_grad_cam", "attention_flow", "raw_attention"])
 def test_every_token_method_equals_a_plain_vit_with_the_same_blocks(method):
