@@ -32,6 +32,7 @@ BUILDERS = {
         32,
     ),
     "vit_map": (lambda: tiny_vit(global_pool="map", num_classes=5), (32, 32), 8),
+    "vit_max": (lambda: tiny_vit(global_pool="max", num_classes=5), (32, 32), 8),
 }
 
 

@@ -19,7 +19,7 @@ ATTENTION_METHODS = ["raw_attention", "rollout", "attention_flow", "tam", "chefe
     "name,kind,why",
     [("resnet", "cnn", "ResNet is not a transformer"), ("convnext", "cnn", "ConvNeXt is not a transformer"),
      ("swin", "hierarchical", "SwinTransformer is a hierarchical transformer"),
-     ("vit_map", "vit", "global_pool='map'")],
+     ("vit_max", "vit", "global_pool='max'")],
 )
 def test_inspection_and_the_analysis_grid(name, kind, why):
     model = agnostic_model(name)

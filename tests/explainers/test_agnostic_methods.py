@@ -13,7 +13,7 @@ import vit_explore as vx
 from ..agnostic_models import BUILDERS, agnostic_input, agnostic_model
 from .test_perturbation_methods import reference_rise_masks
 
-NAMES = ["resnet", "convnext", "swin", "vit_map"]
+NAMES = ["resnet", "convnext", "swin", "vit_max"]
 
 
 @pytest.fixture(params=NAMES)

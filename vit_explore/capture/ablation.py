@@ -235,6 +235,14 @@ def block_tokens(
     global-average-pool models they are still averaged by the read-out.
     """
     info = inspect_vit(as_vit(model))
+    if info.late_prefix is not None or info.extra_blocks:  # CaiT, XCiT, ConViT (capture/attn_class.py)
+        raise UnsupportedModelError(
+            "block_tokens masks the same token sequence in every block, but "
+            + (info.below if info.below else f"{type(model).__name__} changes its token sequence between blocks (the "
+               "class token joins late" + (", and its class-attention blocks have one query row" if info.extra_blocks
+                                           else "") + ")")
+            + "; use vx.intervene with a pixel mode (blur, mean, noise, zero) instead"
+        )
     L = info.num_layers
     sel = range(L) if layers is None else as_list("layers", layers)
     for i in sel:

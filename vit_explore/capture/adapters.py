@@ -11,15 +11,20 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from .attn_base import AttentionAdapter, GenericAttention
+from .attn_class import ClassAttention, class_blocks, is_cross_covariance, xca_reason
+from .attn_gpsa import GatedPositionalAttention
+from .attn_pool import find_pool
 from .attn_relbias import RelativeBiasAttention
 from .attn_rotary import RotaryAttention
+from .attn_talking import TalkingHeadsAttention
 from .attn_timm import TimmAttention
 from .hf import HFAttentionAdapter, HFRelBiasAdapter  # Hugging Face (capture/hf.py); imports no transformers
 from .layout import Readout, TokenLayout
 
 #: adapters tried in order; the first whose ``matches`` accepts the module is used
 ADAPTERS: tuple[type[AttentionAdapter], ...] = (
-    HFAttentionAdapter, HFRelBiasAdapter, RotaryAttention, RelativeBiasAttention, TimmAttention
+    HFAttentionAdapter, HFRelBiasAdapter, ClassAttention, TalkingHeadsAttention, GatedPositionalAttention,
+    RotaryAttention, RelativeBiasAttention, TimmAttention,
 )
 
 
@@ -30,7 +35,7 @@ def adapter_for(attn: nn.Module) -> type[AttentionAdapter]:
             return a
     return GenericAttention
 
-_ATTN_ATTRS = ("qkv", "attn_drop", "num_heads", "scale", "fused_attn")
+_ATTN_ATTRS = ("qkv", "attn_drop", "num_heads", "scale")  # fused_attn where it has a fused path
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,13 @@ class ViTInfo:
         in_chans: input channels of the patch embedding.
         num_classes: classifier outputs.
         adapters: the attention adapter of every block (``adapter_for``), L entries.
+        pool: the attention-pool (MAP) head when ``readout == "map"`` (``capture/attn_pool.py``).
+        extra_blocks: the class-attention blocks after ``model.blocks`` (CaiT, XCiT), whose
+            attention modules are the last entries of ``attns`` (``capture/attn_class.py``).
+        below: why the model mixes tokens below its first recorded block without token attention
+            (XCiT's cross-covariance stage), else None.
+        late_prefix: the first block that sees the prefix tokens where the model adds them after
+            its first blocks (CaiT: its class blocks; ConViT: ``local_up_to_layer``), else None.
     """
 
     attns: tuple[nn.Module, ...]
@@ -59,6 +71,10 @@ class ViTInfo:
     in_chans: int
     num_classes: int
     adapters: tuple[type[AttentionAdapter], ...] = ()
+    pool: nn.Module | None = None
+    extra_blocks: tuple[nn.Module, ...] = ()
+    below: str | None = None
+    late_prefix: int | None = None
 
     @property
     def num_layers(self) -> int:
@@ -87,7 +103,8 @@ def inspect_vit(model: object, *, headless: bool = False) -> ViTInfo:
             f"expected a timm VisionTransformer (torch.nn.Module), got {name}; "
             "create one with timm.create_model('vit_...') or vit_explore.load_model()."
         )
-    missing = [a for a in ("patch_embed", "blocks", "num_prefix_tokens", "head") if not hasattr(model, a)]
+    embed = "embeds" if isinstance(getattr(model, "embeds", None), nn.Module) else "patch_embed"  # NaFlexViT: embeds
+    missing = [a for a in (embed, "blocks", "num_prefix_tokens", "head") if not hasattr(model, a)]
     if missing:
         raise UnsupportedModelError(
             f"expected a timm VisionTransformer (with patch_embed, blocks, num_prefix_tokens, head), "
@@ -95,8 +112,15 @@ def inspect_vit(model: object, *, headless: bool = False) -> ViTInfo:
             "CNNs and hybrid models are not supported."
         )
     attns = []
-    for i, blk in enumerate(model.blocks):
+    extra = class_blocks(model)  # CaiT / XCiT: class attention after the patch blocks
+    below = None
+    if extra and all(is_cross_covariance(getattr(b, "attn", nn.Identity())) for b in model.blocks):
+        below = xca_reason(model)  # XCiT: only the class-attention blocks have token attention
+    for i, blk in enumerate(() if below else model.blocks):
         attn = getattr(blk, "attn", None)
+        if TalkingHeadsAttention.matches(attn) or GatedPositionalAttention.matches(attn):
+            attns.append(attn)
+            continue
         if attn is None or any(not hasattr(attn, a) for a in _ATTN_ATTRS):
             got = type(attn).__name__ if attn is not None else "no .attn"
             raise UnsupportedModelError(
@@ -105,6 +129,7 @@ def inspect_vit(model: object, *, headless: bool = False) -> ViTInfo:
                 "LayerScale blocks. ParallelScalingBlock and other fused block types are not supported."
             )
         attns.append(attn)
+    attns += [b.attn for b in extra]
     if not attns:
         raise UnsupportedModelError(f"{name} has no transformer blocks")
 
@@ -117,14 +142,17 @@ def inspect_vit(model: object, *, headless: bool = False) -> ViTInfo:
         readout: Readout = "cls_dist" if distilled else "cls"
     elif pool == "avg":
         readout = "avg_all" if getattr(model, "pool_include_prefix", False) else "avg"
+    elif pool == "map" and find_pool(model) is not None:
+        readout = "map"
     else:
         raise UnsupportedModelError(
             f"global_pool={pool!r} is not supported; expected 'token' (class token) or 'avg' "
-            "(global average pool). Attention-pool ('map') and max pooling have no linear read-out row."
+            "(global average pool) or 'map' (timm's AttentionPoolLatent). Max pooling and other pools have "
+            "no read-out row over the tokens."
         )
 
     readout = getattr(model, "vx_readout", readout)  # a view that states its read-out (capture/hf.py)
-    pe = model.patch_embed
+    pe = getattr(model, embed)  # NaFlexViT's embeds take (B, 3, H, W) of any size: no padding, no mask
     patch_size = _pair(getattr(pe, "patch_size", 16))
     dynamic = bool(getattr(model, "dynamic_img_size", False)) or not getattr(pe, "strict_img_size", True)
     img_size = None if dynamic or getattr(pe, "img_size", None) is None else _pair(pe.img_size)
@@ -148,7 +176,20 @@ def inspect_vit(model: object, *, headless: bool = False) -> ViTInfo:
         in_chans=in_chans,
         num_classes=num_classes,
         adapters=tuple(adapter_for(a) for a in attns),
+        pool=find_pool(model) if readout == "map" else None,
+        extra_blocks=extra,
+        below=below,
+        late_prefix=_late_prefix(model, attns, extra, below),
     )
+
+
+def _late_prefix(model: nn.Module, attns: list, extra: tuple, below: str | None) -> int | None:
+    if extra and not below:  # CaiT: the class token joins at the class-attention blocks
+        return len(attns) - len(extra)
+    local = getattr(model, "local_up_to_layer", None)  # ConViT: the class token joins after the GPSA blocks
+    if isinstance(local, int) and any(GatedPositionalAttention.matches(a) for a in attns):
+        return local
+    return None
 
 
 def grid_for(info: ViTInfo, height: int, width: int) -> tuple[int, int]:

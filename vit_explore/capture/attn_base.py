@@ -28,6 +28,15 @@ class AttentionAdapter:
     takes_attn_mask = False
     #: the scores are ``(q·scale) kᵀ + B`` with a bias B that is not a mask (relative positions)
     score_bias = False
+    #: each head's rows of the recorded attention are probabilities (softmax rows); False where the
+    #: module mixes heads after its softmax (talking heads), with the reason in ``not_probabilities``
+    probabilities = True
+    not_probabilities = ""
+    #: the forward calls one softmax, on the scores (False: ``not_single_softmax`` says why not)
+    single_softmax = True
+    not_single_softmax = ""
+    #: chefer_lrp's relevance pass has a rule for this attention
+    lrp_rule = True
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:  # pragma: no cover - overridden

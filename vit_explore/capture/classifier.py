@@ -32,6 +32,7 @@ from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
 from ..inputs import check_tensor
 from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
+from .attn_windowed import windowed_reason
 from .layout import TokenLayout
 from .state import SavedState
 
@@ -141,6 +142,9 @@ def inspect_classifier(model: nn.Module, vit_error: str = "", *, headless: bool 
     if not _has_attention(model):
         kind: Kind = "cnn"
         reason = f"{name} is not a transformer (no attention module), so it has no token-to-token attention"
+    elif windowed_reason(model):
+        kind = "vit"
+        reason = str(windowed_reason(model))
     elif _is_xca(model):
         kind = "channel_attention"
         reason = (

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-Readout = Literal["cls", "cls_dist", "avg", "avg_all", "cls_avg"]
+Readout = Literal["cls", "cls_dist", "avg", "avg_all", "cls_avg", "map"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,11 @@ class TokenLayout:
             ``"cls_dist"`` (mean of rows 0 and 1, DeiT distilled), ``"avg"`` (mean of
             the patch rows, global-average-pool models), ``"avg_all"`` (mean of all rows) or
             ``"cls_avg"`` (``0.5 * row 0 + 0.5 * mean of the patch rows``: a classifier on
-            ``concat(CLS, mean of patches)``, Hugging Face DINOv2).
+            ``concat(CLS, mean of patches)``, Hugging Face DINOv2) or ``"map"`` (an attention-pool
+            head: the rows weighted by ``readout_query``).
+        readout_query: ``"map"`` only: (B, N) weights of the query rows, the pool's latent query
+            attention over the tokens, head mean (``capture/attn_pool.py``, docs/methods.md §1.3);
+            set by ``capture`` when it records attention. Not compared.
     """
 
     num_prefix: int
@@ -33,6 +37,22 @@ class TokenLayout:
     patch_size: tuple[int, int]
     input_size: tuple[int, int]
     readout: Readout
+    readout_query: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def _query(self, m: torch.Tensor | None = None) -> torch.Tensor:
+        """``readout_query`` (B, N), shaped to weight the rows of ``m`` (B, ..., N, N)."""
+        p = self.readout_query
+        if p is None:
+            from ..errors import CaptureError
+
+            raise CaptureError(
+                "the read-out row of an attention-pool (MAP) head is the pool's attention over the tokens, "
+                "which this pass did not record; capture with Needs(attn=True)"
+            )
+        if m is None:
+            return p
+        p = p.to(dtype=m.dtype, device=m.device)
+        return p.reshape(p.shape[0], *([1] * (m.ndim - 3)), p.shape[-1], 1)
 
     @property
     def num_patches(self) -> int:
@@ -45,7 +65,9 @@ class TokenLayout:
         return self.num_prefix + self.num_patches
 
     def readout_weights(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-        """Weights (N,) over query rows whose weighted sum is the read-out row."""
+        """Weights (N,) over query rows whose weighted sum is the read-out row ((B, N) for ``"map"``)."""
+        if self.readout == "map":
+            return self._query().to(dtype=dtype, device=device)
         w = torch.zeros(self.num_tokens, dtype=dtype, device=device)
         if self.readout == "cls":
             w[0] = 1.0
@@ -70,6 +92,8 @@ class TokenLayout:
             return m[..., self.num_prefix :, :].mean(dim=-2)
         if self.readout == "cls_avg":
             return 0.5 * (m[..., 0, :] + m[..., self.num_prefix :, :].mean(dim=-2))
+        if self.readout == "map":
+            return (self._query(m) * m).sum(dim=-2)
         return m.mean(dim=-2)
 
     def patch_columns(self, v: torch.Tensor) -> torch.Tensor:

@@ -181,11 +181,31 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
             "the classifier reads concat(CLS, mean of patches) (Hugging Face DINOv2): not one read-out row of "
             "one head, which chefer_lrp's relevance pass starts from. Use attn_lrp or chefer_generic instead."
         )
+    if info.readout == "map":
+        raise UnsupportedModelError(
+            "the classifier reads an attention-pool (MAP) head (AttentionPoolLatent: a latent query attending over "
+            "the tokens, then proj and an MLP), not a linear read-out of the tokens, which chefer_lrp's relevance "
+            "pass starts from. Use attn_lrp (its rules cover the pool) or chefer_generic instead."
+        )
+    if info.extra_blocks:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} ends in class-attention blocks (the class token's query over [CLS, patches], "
+            "added after the patch blocks)"
+            + (f" and {info.below}" if info.below else ", after talking-heads patch blocks")
+            + "; chefer_lrp's relevance pass has no rule for them. "
+            + ("Use raw_attention or attn_grad_cam on a class-attention block instead." if info.below
+               else "Use attn_lrp or chefer_generic instead.")
+        )
     adapters = info.adapters or tuple(adapter_for(a) for a in info.attns)
     blocks = []
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
         adapter = adapters[i]
+        if not adapter.lrp_rule:
+            raise UnsupportedModelError(
+                f"{where}.attn is {adapter.family} ({adapter.score_terms}); chefer_lrp's relevance pass has no rule "
+                "for it. Use attn_lrp or chefer_generic instead."
+            )
         needed = ("norm1", "attn", "norm2", "mlp", "drop_path1", "drop_path2")
         if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ not in _PRE_NORM_BLOCKS:
             raise UnsupportedModelError(

@@ -134,6 +134,12 @@ def check_decomposable(model: nn.Module, info: ViTInfo | None = None) -> None:
     ``ls2(mlp(.))`` to the stream (timm's pre-norm ``Block``) and the final norms are
     LayerNorms or Identity: then the logit splits exactly into per-head terms."""
     info = info or inspect_vit(model)
+    if info.readout == "map":
+        raise UnsupportedModelError(
+            "the classifier reads an attention-pool (MAP) head (a softmax attention and an MLP over the tokens), "
+            "so the logit does not split into per-head terms of the stream; use the ablation attribution "
+            "(vx.ablate_heads) instead"
+        )
     for i, blk in enumerate(_blocks(model, info)):
         attn = info.attns[i]
         ok = (
@@ -175,6 +181,11 @@ def token_logits(model: nn.Module, tokens: torch.Tensor, info: ViTInfo | None = 
         raise UnsupportedModelError(
             "the classifier reads concat(CLS, mean of patches) (Hugging Face DINOv2): one token alone has no "
             "read-out; use the read-out of the whole sequence (logit_lens(tokens='readout'))"
+        )
+    if info.readout == "map":
+        raise UnsupportedModelError(
+            "the classifier reads an attention-pool (MAP) head that attends over all tokens together, so one "
+            "token alone has no read-out of its own; use tokens='readout' (the model's own head on the stream)"
         )
     with torch.inference_mode(), eval_mode(model):
         t = model.norm(tokens)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
 from .adapters import ViTInfo
+from .attn_pool import PoolTap
 from .lrp_view import LRPBlock, LRPView, lrp_view
 from .state import SavedState
 
@@ -143,6 +144,22 @@ def _check_norms(model: nn.Module) -> None:
             )
 
 
+def _pool_rules(pool: nn.Module, variant: Variant, handles: list, taps: list) -> None:
+    """The attention-pool (MAP) head's rules, as a block's: its MLP activation takes the identity
+    rule; its attention (no ``attn_drop``: the rule acts on its softmax's output) is detached
+    (``"cp"``) or halved together with the ``kv`` output (``"attnlrp"``: k's gradient / 4, v's / 2;
+    q comes from the latent parameter alone)."""
+    act = getattr(getattr(pool, "mlp", None), "act", None)
+    if act is not None:
+        handles.append(act.register_forward_hook(_identity_act_hook))
+    pool.fused_attn = False
+    if variant == "cp":
+        taps.append(PoolTap(pool, edit_out=lambda a: a.detach()))
+    else:
+        taps.append(PoolTap(pool, edit_out=lambda a: scale_grad(a, 0.5)))
+        handles.append(pool.kv.register_forward_hook(_half_grad_hook))
+
+
 @contextmanager
 def lrp_rules(
     model: nn.Module,
@@ -163,7 +180,7 @@ def lrp_rules(
     ``"cp"`` detaches the probabilities ``A`` (relevance only through ``v``), ``"attnlrp"``
     halves the gradient at ``A`` and at the ``qkv`` output, or at ``proj``'s input where the
     family does not call its ``qkv`` module (q, k gradients / 4, v / 2: the uniform rule
-    through both matmuls); ``gamma_linear`` / ``gamma_conv`` > 0 put the
+    through both matmuls); an attention-pool (MAP) head the same (``_pool_rules``); ``gamma_linear`` / ``gamma_conv`` > 0 put the
     LRP-gamma rule on every ``nn.Linear`` / ``nn.Conv2d`` (0: epsilon = plain gradient x input).
     Attention runs on timm's unfused path for the call. With ``enabled=False`` nothing is
     hooked (plain gradient x input), but the model is still put in eval mode with frozen
@@ -177,10 +194,17 @@ def lrp_rules(
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0:
             raise InputError(f"{name} must be a number >= 0 (0 = epsilon rule), got {g!r}")
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    state = SavedState(model, info.attns)
+    pool = info.pool
+    taps: list[PoolTap] = []
+    state = SavedState(model, (*info.attns, *([pool] if pool is not None else [])))
     try:
         state.freeze()
         if enabled:
+            if info.below:
+                raise UnsupportedModelError(
+                    f"attn_lrp has no rule for every layer: {info.below}. Use raw_attention or attn_grad_cam on a "
+                    "class-attention block, or saliency / integrated_gradients"
+                )
             _check_norms(model)
             for name, mod in model.named_modules():
                 if isinstance(mod, nn.LayerNorm):
@@ -189,7 +213,7 @@ def lrp_rules(
                     handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_linear), F.linear)))
                 elif isinstance(mod, nn.Conv2d) and gamma_conv > 0:
                     handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_conv), _conv_op(mod))))
-            for i, blk in enumerate(model.blocks):
+            for i, blk in enumerate((*model.blocks, *info.extra_blocks)):  # type: ignore[misc]  # class-attention blocks too (CaiT)
                 mlp = getattr(blk, "mlp", None)
                 act = getattr(mlp, "act", None)
                 if act is None:
@@ -222,8 +246,12 @@ def lrp_rules(
                         # quarters q's and k's (every map in between is linear: attn.norm takes the
                         # LayerNorm rule, the rotary embedding and score biases are linear / constant)
                         handles.append(attn.proj.register_forward_pre_hook(_half_grad_pre_hook))
+            if pool is not None:
+                _pool_rules(pool, variant, handles, taps)
         yield model
     finally:
+        for t in taps:
+            t.remove()
         for h in handles:
             h.remove()
         state.restore()

@@ -9,17 +9,19 @@ See docs/methods.md §1.2 for the design.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 from torch import nn
 
 from .._checks import checked_output
-from ..errors import CaptureError, InputError, suggest
+from ..errors import CaptureError, InputError, UnsupportedModelError, suggest
 from ..inputs import check_tensor
 from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
+from .attn_class import to_tokens
+from .attn_pool import PoolTap, readout_query
 from .hf import as_vit
 from .layout import TokenLayout
 from .state import SavedState
@@ -116,6 +118,15 @@ class Trace:
         rope: L entries, the rotary embedding as a map (..., P, D, D) of each patch token's q and
             k after ``q_norm``/``k_norm`` (``q_rot[p] = q[p] @ M[p]``; prefix tokens are not
             rotated), or None (no rotary embedding, or not recorded).
+        pool_attn, pool_attn_grad, pool_scores: an attention-pool (MAP) head's latent-query
+            attention (B, H, Q, N), its gradient and its pre-softmax scores, recorded with the
+            blocks' attention (``capture/attn_pool.py``); None for other read-outs.
+        notes: per block, why its attention rows are not probabilities (talking heads), else None.
+        below: why the model mixes tokens below its first block without token attention (XCiT).
+
+    A block whose attention does not span all N tokens (class attention: one query row; CaiT's
+    patch blocks: before the class token exists) is laid out on the N tokens with identity rows
+    for the tokens it passes unchanged (``capture/attn_class.py``).
     """
 
     logits: torch.Tensor
@@ -131,6 +142,11 @@ class Trace:
     score: Score = "logit"
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     rope: tuple[torch.Tensor | None, ...] | None = None
+    pool_attn: torch.Tensor | None = None
+    pool_attn_grad: torch.Tensor | None = None
+    pool_scores: torch.Tensor | None = None
+    notes: tuple[str | None, ...] = ()
+    below: str | None = None
 
     @property
     def num_layers(self) -> int:
@@ -196,6 +212,14 @@ def capture(
         gfb %= num_layers
     modules = {name: _submodule(model, name) for name in (*needs.activations, *needs.inputs)}
 
+    for i in layers if needs.scores else ():
+        adapter = info.adapters[i] if info.adapters else None
+        if adapter is not None and not adapter.single_softmax:
+            raise UnsupportedModelError(
+                f"the pre-softmax scores are not defined for block {i}: it and the blocks like it "
+                f"{adapter.not_single_softmax}. Methods that read the scores (ag_cam) do not apply; "
+                "chefer_generic, attn_grad_cam, rollout and raw_attention do"
+            )
     record_attn = needs.attn or needs.attn_grad
     attn_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     score_store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
@@ -205,7 +229,9 @@ def capture(
     in_store: dict[str, list[torch.Tensor]] = {n: [] for n in needs.inputs}
     handles: list[torch.utils.hooks.RemovableHandle] = []
     # parameters are frozen only for a pass that differentiates (so the backward skips them)
-    state = SavedState(model, info.attns, grads=needs.needs_grad)
+    pool = info.pool if needs.needs_unfused else None  # the MAP head's attention defines the read-out row
+    state = SavedState(model, (*info.attns, *([pool] if pool is not None else [])), grads=needs.needs_grad)
+    pool_tap: PoolTap | None = None
     # a differentiating pass works inside the caller's torch.no_grad() / inference_mode(): the
     # whole pass, target score and backward included, runs with autograd on, and the caller's
     # mode is back when capture returns (the context managers restore it)
@@ -225,11 +251,18 @@ def capture(
                 taps.append(ScoreTap(attn, score_store[i], detach=True))
             if needs.rope:
                 handles.append(attn.register_forward_pre_hook(_store_kwarg("rope", rope_store[i]), with_kwargs=True))
+        if pool is not None:
+            pool.fused_attn = False
+            pool_tap = PoolTap(pool)
         if needs.detach_attn_input:
             for attn in info.attns:
                 handles.append(attn.register_forward_pre_hook(_detach_first_arg))
         if gfb is not None and needs.needs_grad:
-            handles.append(model.blocks[gfb].register_forward_pre_hook(_detach_first_arg))
+            blk = model.blocks[gfb] if gfb < len(model.blocks) else None  # type: ignore[arg-type]
+            if blk is not None and getattr(blk, "attn", None) is info.attns[gfb]:
+                handles.append(blk.register_forward_pre_hook(_detach_first_arg))
+            else:  # a class-attention block (CaiT, XCiT): the whole graph, from the input
+                gfb = None
         for name in needs.activations:
             handles.append(modules[name].register_forward_hook(_store_output(act_store[name])))
         for name in needs.inputs:
@@ -261,6 +294,11 @@ def capture(
                     f"{type(info.attns[i]).__name__}.forward, saw {len(score_store[i])}; the pre-softmax "
                     "scores (AG-CAM) cannot be taken from this attention. Use attn_grad_cam or chefer_generic."
                 )
+        if pool_tap is not None and len(pool_tap.attn) != 1:
+            raise CaptureError(
+                f"expected one softmax over the latent query's scores inside {type(pool).__name__}.forward, "
+                f"saw {len(pool_tap.attn)}; the attention pool's read-out row cannot be taken from it"
+            )
         tgt = resolve_target(target, logits)
 
         attn_list = [attn_store[i][0] if attn_store.get(i) else None for i in range(num_layers)]
@@ -281,6 +319,9 @@ def capture(
             if needs.input_grad:
                 wanted.append(xin)
                 keys.append(("input", None))
+            if needs.attn_grad and pool_tap is not None:
+                wanted.append(pool_tap.attn[0])
+                keys.append(("pool", None))
             y = target_score(logits, tgt, score).sum()
             if not y.requires_grad:
                 raise CaptureError("the target score does not depend on any captured tensor; nothing to differentiate")
@@ -293,12 +334,25 @@ def capture(
                 g = next(it) if u else None
                 grads[f"{kind}:{key}"] = torch.zeros_like(t) if g is None else g.detach()
 
-        def per_layer(kind: str) -> tuple[torch.Tensor | None, ...]:
-            return tuple(grads.get(f"{kind}:{i}") if i in layers else None for i in range(num_layers))
+        _B, _, H, W = x.shape
+        layout = layout_for(info, H, W)
+        n_tok, n_pre = layout.num_tokens, layout.num_prefix
 
+        def on_tokens(v: torch.Tensor | None, fill, i: int) -> torch.Tensor | None:
+            if v is None:
+                return None
+            late = info.late_prefix
+            return to_tokens(v, n_tok, n_pre, fill, class_row=info.attns[i] in [b.attn for b in info.extra_blocks],
+                             patch_stage=late is not None and i < late)
+
+        def per_layer(kind: str) -> tuple[torch.Tensor | None, ...]:
+            return tuple(on_tokens(grads.get(f"{kind}:{i}"), "grad", i) if i in layers else None
+                         for i in range(num_layers))
+
+        attn_list = [on_tokens(a, "attn", i) for i, a in enumerate(attn_list)]
         scores = None
         if needs.scores:
-            scores = tuple(score_store[i][0] if i in layers else None for i in range(num_layers))
+            scores = tuple(on_tokens(score_store[i][0], "scores", i) if i in layers else None for i in range(num_layers))
         rope = None
         if needs.rope:
             adapters = info.adapters or ()
@@ -307,8 +361,9 @@ def capture(
                 else None
                 for i in range(num_layers)
             )
-        _B, _, H, W = x.shape
-        layout = layout_for(info, H, W)
+        if pool_tap is not None:
+            assert pool is not None  # pool_tap is set only where the model has a pool
+            layout = replace(layout, readout_query=readout_query(pool, pool_tap.attn[0], layout.num_tokens, layout.num_prefix))
         if record_attn:
             first = attn_list[layers[0]]
             assert first is not None  # record_attn: recorded
@@ -332,8 +387,15 @@ def capture(
             score=score,
             inputs={n: v[-1].detach() for n, v in in_store.items() if v},
             rope=rope,
+            pool_attn=pool_tap.attn[0].detach() if pool_tap is not None else None,
+            pool_attn_grad=grads.get("pool:None") if pool_tap is not None and needs.attn_grad else None,
+            pool_scores=pool_tap.scores[0] if pool_tap is not None else None,
+            notes=tuple(None if a.probabilities else a.not_probabilities for a in info.adapters),
+            below=info.below,
         )
     finally:
+        if pool_tap is not None:
+            pool_tap.remove()
         for tap in reversed(taps):
             tap.remove()
         for h in handles:

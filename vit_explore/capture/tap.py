@@ -24,17 +24,28 @@ _SOFTMAX = {torch.Tensor.softmax, torch.softmax, F.softmax, torch.Tensor.log_sof
 
 
 class _Mode(TorchFunctionMode):
-    def __init__(self, store: list[torch.Tensor], detach: bool, edit: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+    def __init__(
+        self, store: list[torch.Tensor], detach: bool, edit: Callable[[torch.Tensor], torch.Tensor] | None,
+        outputs: list[torch.Tensor] | None = None, edit_out: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
         self.detach = detach
         self.edit = edit
+        self.outputs = outputs
+        self.edit_out = edit_out
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _SOFTMAX and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
             if self.edit is not None:
                 args = (self.edit(args[0]), *args[1:])
             self.store.append(args[0].detach() if self.detach else args[0])
+            out = func(*args, **(kwargs or {}))
+            if self.edit_out is not None:
+                out = self.edit_out(out)
+            if self.outputs is not None:
+                self.outputs.append(out)  # in the autograd graph (a module without attn_drop: the probabilities)
+            return out
         return func(*args, **(kwargs or {}))
 
 
@@ -47,6 +58,9 @@ class ScoreTap:
         detach: store detached tensors (True) or the tensors of the autograd graph.
         edit: if given, the softmax receives ``edit(scores)`` instead (e.g. an additive mask
             for a family whose forward takes none); the edited scores are stored.
+        outputs: if given, the softmax outputs (the probabilities, not detached) are appended
+            (for a module with no ``attn_drop`` to hook, e.g. ``AttentionPoolLatent``).
+        edit_out: if given, the forward continues with ``edit_out(probabilities)`` (an LRP rule).
 
     Use ``handles()`` for the two hooks, and call ``close()`` in ``finally`` (it leaves the
     mode if the forward raised between the two hooks).
@@ -55,8 +69,10 @@ class ScoreTap:
     def __init__(
         self, module: nn.Module, store: list[torch.Tensor], detach: bool = True,
         edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        outputs: list[torch.Tensor] | None = None,
+        edit_out: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        self.mode = _Mode(store, detach, edit)
+        self.mode = _Mode(store, detach, edit, outputs, edit_out)
         self.inside = False
         self._handles = [
             module.register_forward_pre_hook(self._enter),

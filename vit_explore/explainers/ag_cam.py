@@ -6,6 +6,7 @@ from typing import Literal
 
 import torch
 
+from ..capture.attn_class import check_composable
 from ..capture.session import Needs, Trace
 from ..errors import InputError
 from ._registry import register_explainer
@@ -41,6 +42,7 @@ def ag_cam(trace: Trace, *, head_fusion: Fusion = "sum", layer_fusion: Fusion = 
     for what, how in (("head_fusion", head_fusion), ("layer_fusion", layer_fusion)):
         if how not in ("sum", "mean"):
             raise InputError(f"{what} must be 'sum' or 'mean', got {how!r}")
+    check_composable("ag_cam", trace.notes, trace.below, None)  # sums every block: σ(S_h) pairs with ∇A_h
     layout = trace.layout
     per_layer = []
     for i in range(trace.num_layers):

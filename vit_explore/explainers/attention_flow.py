@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .._checks import check_int
+from ..capture.attn_class import check_composable
 from ..capture.session import Needs, Trace
 from ._fusion import add_identity, check_start_layer, row_normalize
 from ._registry import register_explainer
@@ -42,12 +43,15 @@ def attention_flow(trace: Trace, *, start_layer: int = 0, workers: int = 1) -> t
     from ._maxflow import layered_max_flow
 
     start = check_start_layer(start_layer, trace.num_layers)
+    check_composable("attention_flow", trace.notes, trace.below, start)
     layout = trace.layout
     # head mean per layer in float64, (B, L', N, N): no float64 (or stacked) copy of all heads
     a = torch.stack([trace.attn_at(i).mean(dim=1, dtype=torch.float64) for i in range(start, trace.num_layers)], 1)
     a_hat = row_normalize(add_identity(a)).cpu().numpy()
     weights = layout.readout_weights(torch.float64).numpy()
     check_int("workers", workers, 1, 256, fix="processes, e.g. 1 or os.cpu_count()")
-    flows = np.stack([layered_max_flow(a_hat[b], weights, workers=workers) for b in range(a_hat.shape[0])])
+    per_image = weights.ndim == 2  # an attention-pool head's read-out row differs per image
+    flows = np.stack([layered_max_flow(a_hat[b], weights[b] if per_image else weights, workers=workers)
+                      for b in range(a_hat.shape[0])])
     flows = flows / flows.sum(axis=1, keepdims=True)
     return layout.patch_columns(torch.from_numpy(flows).to(device=a.device, dtype=torch.float32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capture.attn_class import check_composable
 from ..capture.session import Needs, Trace
 from ._fusion import check_start_layer
 from ._registry import register_explainer
@@ -33,6 +34,7 @@ def chefer_generic(trace: Trace, *, start_layer: int = 0) -> torch.Tensor:
         (B, gh, gw), raw (the reference min-max normalises after upsampling).
     """
     start = check_start_layer(start_layer, trace.num_layers)
+    check_composable("chefer_generic", trace.notes, trace.below, start, probabilities=False)
     layout = trace.layout
     a_last = trace.attn_at(-1)
     B = a_last.shape[0]

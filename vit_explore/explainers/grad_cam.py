@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..capture.adapters import ViTInfo
+from ..capture.attn_class import layer_blocks
 from ..capture.classifier import ClassifierInfo, cam_layout, layer_pass
 from ..capture.layout import TokenLayout
 from ..capture.session import Needs, capture
@@ -18,19 +19,20 @@ from ._registry import ExplainerResult, register_explainer
 _BLOCK = re.compile(r"^blocks\.(-?\d+)(\..+)?$")
 
 
-def resolve_layer(layer: int | str, num_layers: int) -> str:
+def resolve_layer(layer: int | str, num_layers: int, names: tuple[str, ...] | None = None) -> str:
     """Module name of the Grad-CAM target layer.
 
-    An int ``i`` means ``blocks[i].norm1`` (the tokens entering block ``i``); a string is a
-    module name, in which ``blocks.-1`` counts from the end (``"blocks.-1"`` is the last
-    block's output, a valid target for average-pool models).
+    An int ``i`` means ``blocks[i].norm1`` (the tokens entering block ``i``; with ``names``, the
+    block module of attention layer ``i``: CaiT's and XCiT's class-attention blocks come last);
+    a string is a module name, in which ``blocks.-1`` counts from the end (``"blocks.-1"`` is the
+    last block's output, a valid target for average-pool models).
     """
     if isinstance(layer, bool) or not isinstance(layer, (int, str)):
         raise InputError(f"layer must be a block index or a module name, got {layer!r}")
     if isinstance(layer, int):
         if not -num_layers <= layer < num_layers:
             raise InputError(f"layer {layer} is out of range: the model has {num_layers} blocks (0..{num_layers - 1})")
-        return f"blocks.{layer % num_layers}.norm1"
+        return f"{names[layer]}.norm1" if names else f"blocks.{layer % num_layers}.norm1"
     m = _BLOCK.match(layer)
     if m is None:
         return layer
@@ -101,7 +103,11 @@ def grad_cam(
         return ExplainerResult(
             cam, extras={"layer": name}, logits=logits, target=tgt, layout=cam_layout(sp, *x.shape[-2:])
         )
-    name = resolve_layer(-1 if layer is None else layer, info.num_layers)
+    names = layer_blocks(model, info.attns) if info.extra_blocks else None  # CaiT / XCiT: class blocks last
+    if isinstance(layer, str):  # "blocks.-1…" counts model.blocks
+        name = resolve_layer(layer, info.num_layers if names is None else len(model.blocks))  # type: ignore[arg-type]
+    else:
+        name = resolve_layer(-1 if layer is None else layer, info.num_layers, names)
     trace = capture(model, x, Needs(activations=(name,), activation_grads=True), target=target, info=info)
     cam = grad_cam_map(trace.activations[name], trace.activation_grads[name], trace.layout, name)
     return ExplainerResult(cam, extras={"layer": name}, logits=trace.logits, target=trace.target, layout=trace.layout)

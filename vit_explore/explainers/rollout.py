@@ -6,6 +6,7 @@ from typing import Literal
 
 import torch
 
+from ..capture.attn_class import check_composable
 from ..capture.session import Needs, Trace
 from ..errors import InputError
 from ._fusion import HeadFusion, add_identity, check_start_layer, discard_lowest, fuse_heads, row_normalize
@@ -49,6 +50,7 @@ def rollout(
         (B, gh, gw), unnormalised (compat: divided by the maximum, as the reference).
     """
     start = check_start_layer(start_layer, trace.num_layers)
+    check_composable("rollout", trace.notes, trace.below, start)
     layout = trace.layout
     keep_first = layout.num_prefix > 0
     attns = [trace.attn_at(i) for i in range(start, trace.num_layers)]

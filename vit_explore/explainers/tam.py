@@ -10,6 +10,7 @@ from torch import nn
 
 from .._checks import MAX_PASSES, check_int
 from ..capture.adapters import ViTInfo
+from ..capture.attn_class import check_composable
 from ..capture.session import Needs, capture
 from ..errors import InputError
 from ..targets import TargetLike
@@ -70,6 +71,8 @@ def tam(
     """
     L = info.num_layers
     start = check_start_layer(start_layer, L)
+    check_composable("tam", tuple(None if a.probabilities else a.not_probabilities for a in info.adapters),
+                     info.below, start)
     steps = check_int("steps", steps, 2, MAX_PASSES, fix="integration points, e.g. 20")
     chunk = _positive_int("internal_batch_size", internal_batch_size, 1)
     if target_score not in ("logit", "prob"):

@@ -35,6 +35,7 @@ from .._checks import check_float
 from .._recent import RecentTensors
 from ..capture.ablation import forward_logits, forward_recording
 from ..capture.adapters import ViTInfo, layout_for
+from ..capture.attn_class import layer_blocks
 from ..capture.state import submodules
 from ..errors import InputError
 from ..inputs import check_finite
@@ -277,7 +278,7 @@ def vit_cx(
         raise InputError(f"distance_threshold must be in (0, 2], got {distance_threshold}")
     check_float("sigma", sigma, 0.0, open_lo=True, fix="a noise standard deviation such as 0.1")
     L = info.num_layers
-    name = f"blocks.{L - 1}.norm1"
+    name = f"{layer_blocks(model, info.attns)[-1]}.norm1"  # the last block (CaiT, XCiT: a class-attention block)
     mods = submodules(model)  # one walk of the model for both passes
     # steps 1-2: one forward gives p_c and the features; nothing is recorded for autograd
     logits, acts = forward_recording(model, x, {name: model.get_submodule(name)}, mods)
