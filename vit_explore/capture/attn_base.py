@@ -28,6 +28,9 @@ class AttentionAdapter:
     takes_attn_mask = False
     #: the scores are ``(q·scale) kᵀ + B`` with a bias B that is not a mask (relative positions)
     score_bias = False
+    #: the scores depend on each token's grid position through terms the model passes in or holds
+    #: (a rotary tensor, a relative position bias): dropping tokens must slice them (``keep.py``)
+    keeps_positions = False
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:  # pragma: no cover - overridden
