@@ -1,19 +1,20 @@
 """Token dropping on the rotary (EVA, EVA-02, RoPE, DINOv3) and relative-position (BEiT, BEiT v2,
 relpos, srelpos) families: a dropped token takes its bias rows and columns with it and each kept
-token keeps its own rotary position. Against a float64 restatement that runs the blocks on the kept
-tokens with an attention written out here, from the bias / rotary tensor of the full sequence
-indexed by hand; drop-nothing = plain forward; batched sets = one set at a time; hygiene."""
+token keeps its own rotary position. Against a float64 restatement (``vit_explore.testing.float64.
+dropped64``, shared with bench/family_table.py) that runs the blocks on the kept tokens with an
+attention written out by hand from the bias / rotary tensor of the full sequence indexed by the kept
+tokens' original positions; drop-nothing = plain forward; batched sets = one set at a time; hygiene."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import vit_explore as vx
 from vit_explore.capture.ablation import drop_tokens
 from vit_explore.errors import InputError
+from vit_explore.testing.float64 import _KeptAttention, dropped64, model64
 
 from ..conftest import model_state
-from ..families import FAMILIES, _norm64, _rotate64, bias64, family_input, family_model, model64
+from ..families import FAMILIES, family_input, family_model
 
 
 def sharp_model(name):
@@ -34,66 +35,8 @@ def fam(request):
     return request.param, m, family_input(m)
 
 
-class _Restated(torch.nn.Module):
-    """Float64 attention of one block on the kept tokens ``rows`` (n,), written out: qkv, q/k norm,
-    the rotary rows of the kept patches, ``(q·scale) kᵀ`` plus the full bias's kept rows and
-    columns, softmax, ``@ v``, the module's optional scale norm and gate, ``proj``."""
-
-    def __init__(self, attn, rows, T, full):
-        super().__init__()
-        self.attn, self.rows, self.T, self.full = attn, rows, T, full
-
-    def forward(self, x, **kw):
-        a, rows, T = self.attn, self.rows, self.T
-        B, n, _ = x.shape
-        H = a.num_heads
-        if getattr(a, "qkv", None) is None:  # separate q, k, v projections
-            lins = (a.q_proj, a.k_proj, a.v_proj)
-            W = torch.cat([p.weight for p in lins])
-            b = torch.cat([p.bias if p.bias is not None else torch.zeros(p.out_features, dtype=x.dtype) for p in lins])
-        elif getattr(a, "q_bias", None) is not None:
-            W, b = a.qkv.weight, torch.cat([a.q_bias, torch.zeros_like(a.q_bias), a.v_bias])
-        else:
-            W, b = a.qkv.weight, a.qkv.bias
-        q, k, v = F.linear(x, W, b).reshape(B, n, 3, H, -1).permute(2, 0, 3, 1, 4)
-        ident = torch.nn.Identity()
-        q, k = _norm64(q, getattr(a, "q_norm", ident)), _norm64(k, getattr(a, "k_norm", ident))
-        rope = kw.get("rope")
-        if rope is not None:  # the full (P, 2D) rotary tensor, its kept patches' rows
-            r = rope[rows[T:] - T]
-            half = getattr(a, "rotate_half", False)
-            q = torch.cat([q[:, :, :T], _rotate64(q[:, :, T:], r, half)], dim=2)
-            k = torch.cat([k[:, :, :T], _rotate64(k[:, :, T:], r, half)], dim=2)
-        s = (q * a.scale) @ k.transpose(-1, -2)
-        bias = bias64(a, kw, self.full)  # (H, N, N) of the full sequence
-        if bias is not None:
-            s = s + bias[:, rows][:, :, rows]
-        y = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, n, -1)
-        if not isinstance(getattr(a, "norm", ident), torch.nn.Identity):
-            y = a.norm(y)
-        if getattr(a, "gate", None) is not None:
-            y = y * a.gate(x).sigmoid()
-        return a.proj(y)
-
-
-def dropped64(model, x, kept):
-    """Float64 logits of ``x`` (1, 3, H, W) with only patches ``kept`` (and the prefix)."""
-    m = model64(model)
-    T = m.num_prefix_tokens
-    P = m.patch_embed.num_patches
-    rows = torch.tensor([*range(T), *(T + p for p in kept)])
-    for blk in m.blocks:
-        blk.attn = _Restated(blk.attn, rows, T, T + P)
-    h = m.blocks[0].register_forward_pre_hook(lambda mod, args: (args[0][:, rows], *args[1:]))
-    try:
-        with torch.no_grad():
-            return m(x.double())
-    finally:
-        h.remove()
-
-
 def test_family_has_position_terms(fam):
-    """The restatement below is only a test of slicing where there is something to slice."""
+    """The drop tests are tests of slicing only where there is something to slice."""
     name, m, _ = fam
     a = m.blocks[0].attn
     assert (getattr(a, "relative_position_bias_table", None) is not None or getattr(a, "rel_pos", None) is not None
@@ -149,7 +92,7 @@ def test_position_terms_follow_the_kept_tokens(fam):
     wrong_rows = torch.tensor([*range(T), *(T + p for p in range(4))])
     mw = model64(m)
     for blk in mw.blocks:  # the kept tokens' content, but the first four positions' terms
-        blk.attn = _Restated(blk.attn, wrong_rows, T, T + P)
+        blk.attn = _KeptAttention(blk.attn, wrong_rows, T, T + P)
     h = mw.blocks[0].register_forward_pre_hook(
         lambda mod, args: (args[0][:, torch.tensor([*range(T), *(T + p for p in kept)])], *args[1:]))
     with torch.no_grad():
