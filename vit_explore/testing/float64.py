@@ -1,4 +1,5 @@
-"""Float64 restatements of the attention methods, for tests and ``bench/family_table.py``.
+"""Float64 restatements of the attention methods (and of saliency, integrated gradients, Grad-CAM,
+occlusion, token drop and noise), for tests and ``bench/family_table.py``.
 
 Each function restates a method's math, written again from its paper / docs/methods.md, over
 the attention, gradients and scores of the model run in float64 on timm's unfused attention
@@ -31,13 +32,17 @@ __all__ = [
     "chefer_generic64",
     "close_to",
     "dropped64",
+    "grad_cam64",
+    "integrated_gradients64",
     "model64",
     "noised64",
+    "occlusion64",
     "raw_attention64",
     "readout64",
     "reference64",
     "rollout64",
     "run64",
+    "saliency64",
     "scores64",
     "tam64",
     "vit_cx64",
@@ -327,6 +332,76 @@ def vit_cx64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int = 
     return torch.stack(out)
 
 
+# --------------------------------------------------------------------------- gradient and perturbation methods
+
+
+def _grid(m64: nn.Module, x: torch.Tensor) -> tuple[int, int, int, int]:
+    ph, pw = m64.patch_embed.patch_size
+    return x.shape[-2] // ph, x.shape[-1] // pw, ph, pw
+
+
+def _patch_sum(m64: nn.Module, pixel: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) pixel map summed within each patch: (B, gh, gw)."""
+    ph, pw = m64.patch_embed.patch_size
+    B, H, W = pixel.shape
+    return pixel[:, : H // ph * ph, : W // pw * pw].reshape(B, H // ph, ph, W // pw, pw).sum(dim=(2, 4))
+
+
+def _input_grad(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        xin = x.detach().double().requires_grad_(True)
+        (g,) = torch.autograd.grad(m64(xin).gather(1, target[:, None]).sum(), xin)
+    return g
+
+
+def saliency64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Simonyan et al. 2014: ``max_c |∂y_t/∂x_c|`` per pixel, summed within each patch."""
+    return _patch_sum(m64, _input_grad(m64, x, target).abs().amax(1))
+
+
+def integrated_gradients64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int) -> torch.Tensor:
+    """Sundararajan et al. 2017 from the all-zero baseline, trapezoid rule on ``steps`` points
+    ``α_k = k/(steps-1)``: ``x ⊙ Σ_k w_k ∇y_t(α_k x)``, summed over channels and within each patch."""
+    total = torch.zeros_like(x, dtype=torch.float64)
+    for k in range(steps):
+        w = (0.5 if k in (0, steps - 1) else 1.0) / (steps - 1)
+        total += w * _input_grad(m64, k / (steps - 1) * x.double(), target)
+    return _patch_sum(m64, (x.double() * total).sum(1))
+
+
+def grad_cam64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Selvaraju et al. 2017 on the patch tokens entering the last block (its ``norm1`` output):
+    ``ReLU(Σ_c α_c A_c)``, ``α_c`` the target's gradient averaged over the patches."""
+    gh, gw, _, _ = _grid(m64, x)
+    got = []
+    h = m64.blocks[-1].norm1.register_forward_hook(lambda m, a, o: got.append(o))
+    try:
+        with torch.enable_grad():
+            logits = m64(x.detach().double())
+            (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), got[0])
+    finally:
+        h.remove()
+    T = int(m64.num_prefix_tokens)
+    a, g = got[0].detach()[:, T:], g[:, T:]
+    return torch.einsum("bpc,bc->bp", a, g.mean(1)).clamp(min=0).reshape(-1, gh, gw)
+
+
+def occlusion64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Zeiler & Fergus 2014 with one-patch windows: ``p_t(x) - p_t(x with the patch's pixels
+    set to 0)`` per patch (softmax probability)."""
+    gh, gw, ph, pw = _grid(m64, x)
+    x = x.double()
+    with torch.no_grad():
+        base = m64(x).softmax(-1).gather(1, target[:, None])[:, 0]
+        out = torch.zeros(x.shape[0], gh, gw, dtype=torch.float64)
+        for r in range(gh):
+            for c in range(gw):
+                y = x.clone()
+                y[..., r * ph : (r + 1) * ph, c * pw : (c + 1) * pw] = 0
+                out[:, r, c] = base - m64(y).softmax(-1).gather(1, target[:, None])[:, 0]
+    return out
+
+
 # --------------------------------------------------------------------------- interventions
 
 
@@ -423,6 +498,7 @@ def noised64(model: nn.Module, x: torch.Tensor, patches: list[int], seed: int = 
 METHODS64: dict[str, dict] = {
     "raw_attention": {}, "rollout": {}, "attention_flow": {}, "chefer_generic": {}, "attn_grad_cam": {},
     "ag_cam": {}, "tam": {"steps": 20}, "vit_cx": {"seed": 0},
+    "saliency": {}, "integrated_gradients": {"steps": 8}, "grad_cam": {}, "occlusion": {},
 }
 
 
@@ -433,23 +509,30 @@ def reference64(model: nn.Module, x: torch.Tensor, method: str, target: torch.Te
         return tam64(m64, x, target, steps=METHODS64["tam"]["steps"])
     if method == "vit_cx":
         return vit_cx64(m64, x, target, seed=METHODS64["vit_cx"]["seed"])
+    if method == "integrated_gradients":
+        return integrated_gradients64(m64, x, target, METHODS64[method]["steps"])
+    if method in ("saliency", "grad_cam", "occlusion"):
+        return {"saliency": saliency64, "grad_cam": grad_cam64, "occlusion": occlusion64}[method](m64, x, target)
     r = run64(m64, x, target, detach_attn_input=method == "ag_cam")
     fn = {"raw_attention": raw_attention64, "rollout": rollout64, "attention_flow": attention_flow64,
           "chefer_generic": chefer_generic64, "attn_grad_cam": attn_grad_cam64, "ag_cam": ag_cam64}[method]
     return fn(r)
 
 
-#: the tolerance of ``close_to``: |got - ref| <= RTOL |ref| + ATOL max|ref|
+#: the tolerance of ``close_to``: |got - ref| <= RTOL |ref| + ATOL max|ref| + FLOOR[method]
 RTOL, ATOL = 1e-4, 1e-4
+#: an absolute floor where the method subtracts two float32 probabilities (4 float32 ulps of 1.0)
+FLOOR: dict[str, float] = {"occlusion": 4 * 2.0**-23}
 
 
-def close_to(got: torch.Tensor, ref: torch.Tensor) -> tuple[bool, float]:
-    """Whether a float32 map equals its float64 restatement to ``RTOL`` relative and ``ATOL``
-    times the map's largest magnitude; and the largest error relative to that magnitude."""
+def close_to(got: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> tuple[bool, float]:
+    """Whether a float32 map equals its float64 restatement to ``RTOL`` relative, ``ATOL``
+    times the map's largest magnitude and ``floor`` absolute; and the largest error relative to
+    that magnitude."""
     got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
     if got.shape != ref.shape:
         return False, float("inf")
     scale = float(ref.abs().max()) or 1.0
     err = (got - ref).abs()
-    ok = bool((err <= RTOL * ref.abs() + ATOL * scale).all())
+    ok = bool((err <= RTOL * ref.abs() + ATOL * scale + floor).all())
     return ok, float(err.max()) / scale
