@@ -11,7 +11,8 @@ import torch
 import vit_explore as vx
 from vit_explore.capture.ablation import drop_tokens
 from vit_explore.errors import InputError
-from vit_explore.testing.float64 import _KeptAttention, dropped64, model64
+from vit_explore.testing.float64 import dropped64, model64
+from vit_explore.testing.float64_perturb import _KeptAttention
 
 from ..conftest import model_state
 from ..families import FAMILIES, family_input, family_model
@@ -152,3 +153,35 @@ def test_model_left_as_found_after_an_error_inside_the_pass(fam):
     m.eval()
     with torch.no_grad():  # and the model runs its full sequence again, as before
         torch.testing.assert_close(m(x), plain, rtol=1e-6, atol=1e-6)
+
+
+def test_mixed_rope_slices_its_per_block_per_head_tables():
+    """``vit_*_rope_mixed_*``: the model passes each block its own (H, P, 2D) rotary tensor."""
+    import timm
+
+    torch.manual_seed(0)
+    m = timm.create_model("vit_small_patch16_rope_mixed_224", pretrained=False, depth=2, num_classes=5,
+                          img_size=48, embed_dim=64, num_heads=4).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # as family_model + sharp_model: random biases, sharper attention, louder head
+        for n, p in m.named_parameters():
+            if p.ndim <= 2 and ("bias" in n or "gamma" in n):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            if "qkv.weight" in n:
+                p.mul_(4.0)
+        m.get_classifier().weight.mul_(50.0)
+    assert getattr(m, "rope_mixed", False)
+    x = family_input(m)
+    kept = [0, 4, 5, 8]
+    m64 = model64(m)
+    with torch.no_grad():
+        with drop_tokens(m64, kept):
+            got = m64(x[:1].double())
+        with drop_tokens(m64, torch.tensor([kept, [1, 2, 3, 6]])):
+            both = m64(x.double())
+        full = m64(x[:1].double())
+    ref = dropped64(m, x[:1], kept)
+    assert float((ref - full).abs().max()) > 1e-5
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(both[:1], ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(both[1:], dropped64(m, x[1:], [1, 2, 3, 6]), rtol=0, atol=1e-10)

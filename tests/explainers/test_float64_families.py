@@ -89,7 +89,7 @@ def test_restated_scores_are_the_models(family):
 def test_a_restatement_without_the_bias_is_not_exact():
     """The comparison can fail: ag_cam's restatement with the relative position bias left out of
     the scores disagrees with the explainer on BEiT."""
-    import vit_explore.testing.float64 as f64
+    import vit_explore.testing.float64_model as f64
 
     m, x, t = fam("beit")
     ex = vx.explain(m, x, "ag_cam", target=t)
