@@ -116,8 +116,20 @@ RESTATED_ATTN = ("timm.layers.attention.Attention", "timm.models.eva.EvaAttentio
                  "timm.models.vision_transformer_relpos.RelPosAttention")
 
 
+#: model classes whose embedding, blocks and read-out the restatements assume (subclasses too)
+RESTATED_MODELS = ("timm.models.vision_transformer.VisionTransformer", "timm.models.eva.Eva",
+                   "timm.models.beit.Beit", "timm.models.vision_transformer_relpos.VisionTransformerRelPos")
+
+
+#: methods whose restatement needs only the model's forward / input gradient (any patch-grid model)
+AGNOSTIC = ("saliency", "integrated_gradients", "occlusion", "intervene (noise)")
+
+
 def restated(model: torch.nn.Module) -> str | None:
     """None when the float64 restatements cover the model, else why not."""
+    bases = {f"{c.__module__}.{c.__qualname__}" for c in type(model).__mro__}
+    if not bases & set(RESTATED_MODELS):
+        return f"no float64 restatement of {type(model).__name__}"
     blocks = getattr(model, "blocks", None)
     if blocks is None or not all(hasattr(b, "attn") for b in blocks):
         return f"no float64 restatement of {type(model).__name__}"
@@ -156,21 +168,38 @@ def cell(model: torch.nn.Module, x: torch.Tensor, method: str) -> str:
     except Exception as e:  # noqa: BLE001 - a crash is reported in the table, as it is
         return f"crash: {type(e).__name__}: {_short(e)}"
     why = restated(model)
+    if method in AGNOSTIC:  # a forward / gradient of the whole model: any timm ViT with a patch grid
+        ph, pw = getattr(getattr(model, "patch_embed", None), "patch_size", (0, 0))
+        grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph and pw else None
+        if grid is None or (method != "intervene (noise)" and tuple(ex.layout.grid) != grid):
+            return f"finite, not compared: no float64 restatement of {type(model).__name__}'s patch grid"
+        try:
+            ref = f64.noised64(model, x, [0]) if method == "intervene (noise)" else f64.reference64(model, x, method, target)
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
+        return _compared(out, ref, method)
     if method in INTERVENE:
         if why is not None:
             return f"finite, not compared: {why}"
         ph, pw = model.patch_embed.patch_size
         P = (x.shape[-2] // ph) * (x.shape[-1] // pw)
-        ref = f64.dropped64(model, x, list(range(1, P))) if drop else f64.noised64(model, x, [0])
+        try:
+            ref = f64.dropped64(model, x, list(range(1, P)))
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
         return _compared(out, ref)
     if method in ("chefer_lrp", "attn_lrp"):
-        return (f"finite, not compared here: {method}'s float64 replicas are in "
-                f"tests/explainers/test_{method}_families.py (rotary and relative-position families)")
+        return (f"finite, not compared: {method}'s float64 replicas are in "
+                f"tests/explainers/test_{method}_families.py (rotary and relative-position families), not in this script")
     if method not in f64.METHODS64:
         return f"finite, not compared: no float64 restatement of {method} in this script"
     if why is not None:
         return f"finite, not compared: {why}"
-    return _compared(out, f64.reference64(model, x, method, target), method)
+    try:
+        ref = f64.reference64(model, x, method, target)
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
+    return _compared(out, ref, method)
 
 
 def table(families: dict[str, tuple[str, dict, int]], methods: list[str], out=sys.stderr) -> str:

@@ -174,7 +174,7 @@ def drop_tokens(
 
     # rotary / relative-position families: cut the sequence at the first block's input, and slice
     # the position terms inside every attention to the kept tokens' own positions (capture/keep.py)
-    def rows_of(N: int) -> torch.Tensor:
+    def rows_of() -> torch.Tensor:
         if one is not None:
             return rows[None]
         pre = torch.arange(T, dtype=torch.long).expand(K, T)
@@ -185,7 +185,7 @@ def drop_tokens(
         def first(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
             y = cut(x)
-            kept.set(rows_of(x.shape[1]), x.shape[1])
+            kept.set(rows_of(), x.shape[1])
             return ((y, *args[1:]), kwargs) if args else (args, {**kwargs, "x": y})
 
         handle = target.register_forward_pre_hook(first, with_kwargs=True)

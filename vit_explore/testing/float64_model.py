@@ -17,8 +17,9 @@ from torch import nn
 def model64(model: nn.Module) -> nn.Module:
     """A float64 copy in eval mode on timm's unfused attention path."""
     m = copy.deepcopy(model).double().eval()
-    for blk in m.blocks:
-        blk.attn.fused_attn = False
+    for blk in getattr(m, "blocks", ()):
+        if hasattr(getattr(blk, "attn", None), "fused_attn"):
+            blk.attn.fused_attn = False
     return m
 
 
