@@ -189,14 +189,15 @@ def test_mixed_rope_slices_its_per_block_per_head_tables():
 
 @pytest.mark.parametrize("name", ["beit", "eva02", "srelpos"])
 def test_occlusion_drop_equals_the_float64_restatement(name):
-    """``occlusion(mode="drop")`` drops each patch in turn: its map is ``p_t(x) - p_t(x without the
-    patch)`` with the float64 restatement of each drop."""
+    """``occlusion(mode="drop", score="logit")`` drops each patch in turn: its map is ``y_t(x) -
+    y_t(x without the patch)`` with the float64 restatement of each drop."""
     m = sharp_model(name)
     x = family_input(m, batch=1)
-    ex = vx.explain(m, x, "occlusion", mode="drop", target=1)
+    ex = vx.explain(m, x, "occlusion", mode="drop", score="logit", target=1)
     P = m.patch_embed.num_patches
     with torch.no_grad():
-        p0 = model64(m)(x.double()).softmax(-1)[0, 1]
-    ref = torch.stack([p0 - dropped64(m, x, [q for q in range(P) if q != p]).softmax(-1)[0, 1] for p in range(P)])
-    assert float(ref.abs().max()) > 1e-4
-    torch.testing.assert_close(ex.patch_map.flatten().double(), ref, rtol=0, atol=1e-5)
+        y0 = model64(m)(x.double())[0, 1]
+    ref = torch.stack([y0 - dropped64(m, x, [q for q in range(P) if q != p])[0, 1] for p in range(P)])
+    assert float(ref.abs().max()) > 1e-3
+    # float32 logits of size ~10 subtracted: their rounding (~1e-6) is the floor
+    torch.testing.assert_close(ex.patch_map.flatten().double(), ref, rtol=1e-3, atol=1e-5)
