@@ -148,10 +148,10 @@ def _compared(got: torch.Tensor, ref: torch.Tensor, method: str = "") -> str:
 
 
 def cell(model: torch.nn.Module, x: torch.Tensor, method: str) -> str:
+    ex, target = None, None
     try:
         if method in INTERVENE:
-            drop = "drop" in method
-            iv = vx.intervene(model, x, [0], mode="drop" if drop else "noise")
+            iv = vx.intervene(model, x, [0], mode="drop" if "drop" in method else "noise")
             out = iv.logits
             ok = bool(torch.isfinite(out).all())
         else:
@@ -167,39 +167,37 @@ def cell(model: torch.nn.Module, x: torch.Tensor, method: str) -> str:
         return f"not defined: {_short(e)}"
     except Exception as e:  # noqa: BLE001 - a crash is reported in the table, as it is
         return f"crash: {type(e).__name__}: {_short(e)}"
-    why = restated(model)
+    try:
+        return verdict(model, x, method, out, ex, target)
+    except Exception as e:  # noqa: BLE001 - a crash of the restatement is reported in the table too
+        return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
+
+
+def verdict(model: torch.nn.Module, x: torch.Tensor, method: str, out: torch.Tensor, ex, target) -> str:
+    """``exact`` / ``differs`` against the float64 restatement, or why there is none here."""
     if method in AGNOSTIC:  # a forward / gradient of the whole model: any timm ViT with a patch grid
-        ph, pw = getattr(getattr(model, "patch_embed", None), "patch_size", (0, 0))
+        ps = getattr(getattr(model, "patch_embed", None), "patch_size", 0)
+        ph, pw = (ps, ps) if isinstance(ps, int) else tuple(ps)
         grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph and pw else None
-        if grid is None or (method != "intervene (noise)" and tuple(ex.layout.grid) != grid):
+        vit = any(f"{c.__module__}.{c.__qualname__}" in RESTATED_MODELS for c in type(model).__mro__)
+        if grid is None or (ex is not None and tuple(ex.layout.grid) != grid) or (ex is None and not vit):
             return f"finite, not compared: no float64 restatement of {type(model).__name__}'s patch grid"
-        try:
-            ref = f64.noised64(model, x, [0]) if method == "intervene (noise)" else f64.reference64(model, x, method, target)
-        except Exception as e:  # noqa: BLE001 - reported in the table
-            return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
-        return _compared(out, ref, method)
-    if method in INTERVENE:
-        if why is not None:
-            return f"finite, not compared: {why}"
-        ph, pw = model.patch_embed.patch_size
-        P = (x.shape[-2] // ph) * (x.shape[-1] // pw)
-        try:
-            ref = f64.dropped64(model, x, list(range(1, P)))
-        except Exception as e:  # noqa: BLE001 - reported in the table
-            return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
-        return _compared(out, ref)
+        if method == "intervene (noise)":
+            return _compared(out, f64.noised64(model, x, [0]))
+        return _compared(out, f64.reference64(model, x, method, target), method)
     if method in ("chefer_lrp", "attn_lrp"):
         return (f"finite, not compared: {method}'s float64 replicas are in "
                 f"tests/explainers/test_{method}_families.py (rotary and relative-position families), not in this script")
-    if method not in f64.METHODS64:
+    if method not in f64.METHODS64 and method != "intervene (drop)":
         return f"finite, not compared: no float64 restatement of {method} in this script"
+    why = restated(model)
     if why is not None:
         return f"finite, not compared: {why}"
-    try:
-        ref = f64.reference64(model, x, method, target)
-    except Exception as e:  # noqa: BLE001 - reported in the table
-        return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
-    return _compared(out, ref, method)
+    if method == "intervene (drop)":
+        ph, pw = model.patch_embed.patch_size
+        P = (x.shape[-2] // ph) * (x.shape[-1] // pw)
+        return _compared(out, f64.dropped64(model, x, list(range(1, P))))
+    return _compared(out, f64.reference64(model, x, method, target), method)
 
 
 def table(families: dict[str, tuple[str, dict, int]], methods: list[str], out=sys.stderr) -> str:
