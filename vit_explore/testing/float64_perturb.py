@@ -10,14 +10,19 @@ from torch import nn
 from .float64_model import _norm64, _rotate64, model64
 
 
+def _patch(m64: nn.Module) -> tuple[int, int]:
+    ps = m64.patch_embed.patch_size
+    return (ps, ps) if isinstance(ps, int) else (int(ps[0]), int(ps[1]))
+
+
 def _grid(m64: nn.Module, x: torch.Tensor) -> tuple[int, int, int, int]:
-    ph, pw = m64.patch_embed.patch_size
+    ph, pw = _patch(m64)
     return x.shape[-2] // ph, x.shape[-1] // pw, ph, pw
 
 
 def _patch_sum(m64: nn.Module, pixel: torch.Tensor) -> torch.Tensor:
     """(B, H, W) pixel map summed within each patch: (B, gh, gw)."""
-    ph, pw = m64.patch_embed.patch_size
+    ph, pw = _patch(m64)
     B, H, W = pixel.shape
     return pixel[:, : H // ph * ph, : W // pw * pw].reshape(B, H // ph, ph, W // pw, pw).sum(dim=(2, 4))
 
