@@ -23,10 +23,9 @@ from vit_explore.testing.float64 import (
     model64,
     reference64,
     run64,
-    scores64,
 )
 
-from ..families import FAMILIES, family_input, family_model
+from ..families import FAMILIES, family_model
 
 VIT_VARIANTS = ["vanilla", "distilled", "registers", "gap", "layerscale", "nonsquare"]
 ALL = [f"vit:{v}" for v in VIT_VARIANTS] + sorted(FAMILIES)
@@ -115,10 +114,3 @@ def test_batch_of_two_equals_each_image():
     for b in range(2):
         one = vx.explain(m, x[b : b + 1], "chefer_generic", target=t[b : b + 1]).patch_map
         assert close_to(one, both[b : b + 1])[0]
-
-
-def test_family_inputs_are_the_shared_ones():
-    """The rotary / relpos models are the tests' shared ones (tests/families.py)."""
-    m = family_model("eva02")
-    assert family_input(m).shape[-2:] == tuple(m.patch_embed.img_size)
-    assert scores64 is not None
