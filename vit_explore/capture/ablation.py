@@ -6,9 +6,11 @@ changed, so the model is left exactly as it was found. They compose freely (nest
 enter them on one ``contextlib.ExitStack``). Like the rest of
 ``vit_explore.capture``, it is where ``nn.Module`` internals are touched.
 
-* ``drop_tokens``: after the position embedding (the output of ``model.patch_drop``), keep
-  the prefix tokens and only the chosen patch tokens; the kept tokens keep their own
-  position embeddings, so the cost falls with the number of kept tokens. Global-average-pool
+* ``drop_tokens``: after the position embedding (the output of ``model.patch_drop``; on
+  rotary and relative-position families the first block's input), keep the prefix tokens and
+  only the chosen patch tokens; the kept tokens keep their own position embeddings (and their
+  own rotary rows and bias rows/columns, ``keep.py``), so the cost falls with the number of
+  kept tokens. Global-average-pool
   models then average over the kept patches.
 * ``ablate_heads``: zero the outputs of chosen heads (their channels at the input of
   ``attn.proj``, i.e. after the per-head ``softmax(QK^T) V`` and after timm's optional
@@ -107,7 +109,8 @@ def drop_tokens(
     """Keep only some patch tokens after the position embedding.
 
     Args:
-        model: a timm VisionTransformer (with ``patch_drop`` after ``_pos_embed``).
+        model: a timm VisionTransformer (with ``patch_drop`` after ``_pos_embed``), or a rotary /
+            relative-position one (EVA, EVA-02, RoPE, DINOv3, BEiT, relpos; see below).
         keep: (K, n) long, row-major patch indices kept for each of the K output sequences
             (same n for all rows; group sets by size to run sets of different sizes); or
             one set (K = 1) as a Python list of ints.
