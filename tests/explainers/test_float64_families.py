@@ -114,3 +114,28 @@ def test_batch_of_two_equals_each_image():
     for b in range(2):
         one = vx.explain(m, x[b : b + 1], "chefer_generic", target=t[b : b + 1]).patch_map
         assert close_to(one, both[b : b + 1])[0]
+
+
+def test_a_wrong_autograd_gradient_is_caught_not_used():
+    """The restatements' input gradients are checked against a float64 central difference: a
+    model whose backward is wrong (here: a pass-through that zeroes the gradient) is refused."""
+    from vit_explore.testing.float64_perturb import GradientCheckError, saliency64
+
+    class ZeroGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.zeros_like(g)
+
+    m, x, t = fam("vit:vanilla")
+    m64 = model64(m)
+    assert float(saliency64(m64, x, t).abs().max()) > 0  # the honest model passes
+    h = m64.patch_embed.register_forward_hook(lambda mod, a, out: ZeroGrad.apply(out))
+    try:
+        with pytest.raises(GradientCheckError, match="finite-difference"):
+            saliency64(m64, x, t)
+    finally:
+        h.remove()
