@@ -1,10 +1,15 @@
 """The family x method table, built by running every method on one tiny random-weight timm model per family.
 
-Each cell is what the code does, never typed by hand: ``runs`` (a finite map on the
-Explanation's grid, or for ``intervene`` finite logits), ``not defined: <reason>`` (the
-UnsupportedModelError / InputError actually raised, shortened to its reason), or ``crash:
-<error>`` (any other exception: a bug). Exactness against references is what the tests
-check; this table reports coverage.
+Each cell is what the code does, never typed by hand:
+
+* ``exact``: the map (or, for ``intervene``, the logits) equals a float64 restatement of the method
+  run here (``vit_explore.testing.float64``: the method's math written again over the float64
+  model's attention, gradients and weight-restated scores), within the tolerance in the caption;
+* ``differs (e)``: it does not (e: the largest error over the map's magnitude): a bug;
+* ``finite, not compared: <why>``: a finite map on the grid, but no float64 restatement of this
+  method or family in the script yet;
+* ``not defined: <reason>``: the UnsupportedModelError / InputError actually raised, shortened;
+* ``crash: <error>``: any other exception (a bug).
 
     PYTHONPATH=. python bench/family_table.py            # markdown table on stdout
     PYTHONPATH=. python bench/family_table.py --readme   # also replace the block in README.md
@@ -23,6 +28,8 @@ import torch
 
 import vit_explore as vx
 from vit_explore.errors import InputError, UnsupportedModelError
+from vit_explore.testing import float64 as f64
+from vit_explore.testing.float64_perturb import GradientCheckError
 
 SMALL = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
@@ -68,7 +75,7 @@ FAMILIES: dict[str, tuple[str, dict, int]] = {
 
 #: cheap parameters, so that the table is about coverage and not run time
 PARAMS: dict[str, dict] = {
-    "integrated_gradients": {"steps": 2}, "rise": {"n_masks": 8}, "attention_flow": {},
+    "rise": {"n_masks": 8},
 }
 INTERVENE = ("intervene (noise)", "intervene (drop)")
 
@@ -104,19 +111,96 @@ def _short(e: BaseException) -> str:
     return (msg[:157] + "...") if len(msg) > 160 else msg
 
 
+#: attention classes whose scores ``vit_explore.testing.float64.scores64`` restates
+RESTATED_ATTN = ("timm.layers.attention.Attention", "timm.models.eva.EvaAttention",
+                 "timm.layers.attention.AttentionRope", "timm.models.beit.Attention",
+                 "timm.models.vision_transformer_relpos.RelPosAttention")
+
+
+#: model classes whose embedding, blocks and read-out the restatements assume (subclasses too)
+RESTATED_MODELS = ("timm.models.vision_transformer.VisionTransformer", "timm.models.eva.Eva",
+                   "timm.models.beit.Beit", "timm.models.vision_transformer_relpos.VisionTransformerRelPos")
+
+
+#: methods whose restatement needs only the model's forward / input gradient (any patch-grid model)
+AGNOSTIC = ("saliency", "integrated_gradients", "occlusion", "intervene (noise)")
+
+
+def restated(model: torch.nn.Module) -> str | None:
+    """None when the float64 restatements cover the model, else why not."""
+    bases = {f"{c.__module__}.{c.__qualname__}" for c in type(model).__mro__}
+    if not bases & set(RESTATED_MODELS):
+        return f"no float64 restatement of {type(model).__name__}"
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not all(hasattr(b, "attn") for b in blocks):
+        return f"no float64 restatement of {type(model).__name__}"
+    for b in blocks:
+        a = type(b.attn)
+        if f"{a.__module__}.{a.__qualname__}" not in RESTATED_ATTN:
+            return f"no float64 restatement of {a.__name__} attention"
+    if getattr(model, "global_pool", "token") not in ("token", "avg"):
+        return f"no float64 read-out for global_pool={model.global_pool!r}"
+    return None
+
+
+def _compared(got: torch.Tensor, ref: torch.Tensor, method: str = "") -> str:
+    ok, err = f64.close_to(got, ref, f64.FLOOR.get(method, 0.0))
+    return "exact" if ok else f"differs ({err:.1e})"
+
+
 def cell(model: torch.nn.Module, x: torch.Tensor, method: str) -> str:
+    ex, target = None, None
     try:
         if method in INTERVENE:
             iv = vx.intervene(model, x, [0], mode="drop" if "drop" in method else "noise")
-            ok = bool(torch.isfinite(iv.logits).all())
+            out = iv.logits
+            ok = bool(torch.isfinite(out).all())
         else:
-            ex = vx.explain(model, x, method, **PARAMS.get(method, {}))
-            ok = ex.patch_map.shape == (x.shape[0], *ex.layout.grid) and bool(torch.isfinite(ex.patch_map).all())
-        return "runs" if ok else "crash: non-finite or misshapen map"
+            with torch.no_grad():
+                target = model(x).argmax(1)
+            kw = {**PARAMS.get(method, {}), **f64.METHODS64.get(method, {})}
+            ex = vx.explain(model, x, method, target=target, **kw)
+            out = ex.patch_map
+            ok = out.shape == (x.shape[0], *ex.layout.grid) and bool(torch.isfinite(out).all())
+        if not ok:
+            return "crash: non-finite or misshapen map"
     except (UnsupportedModelError, InputError) as e:
         return f"not defined: {_short(e)}"
     except Exception as e:  # noqa: BLE001 - a crash is reported in the table, as it is
         return f"crash: {type(e).__name__}: {_short(e)}"
+    try:
+        return verdict(model, x, method, out, ex, target)
+    except GradientCheckError as e:  # the reference itself would be wrong: say so, compare nothing
+        return f"not compared: {_short(e)}"
+    except Exception as e:  # noqa: BLE001 - a crash of the restatement is reported in the table too
+        return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
+
+
+def verdict(model: torch.nn.Module, x: torch.Tensor, method: str, out: torch.Tensor, ex, target) -> str:
+    """``exact`` / ``differs`` against the float64 restatement, or why there is none here."""
+    if method in AGNOSTIC:  # a forward / gradient of the whole model: any timm ViT with a patch grid
+        ps = getattr(getattr(model, "patch_embed", None), "patch_size", 0)
+        ph, pw = (ps, ps) if isinstance(ps, int) else tuple(ps)
+        grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph and pw else None
+        vit = any(f"{c.__module__}.{c.__qualname__}" in RESTATED_MODELS for c in type(model).__mro__)
+        if grid is None or (ex is not None and tuple(ex.layout.grid) != grid) or (ex is None and not vit):
+            return f"finite, not compared: no float64 restatement of {type(model).__name__}'s patch grid"
+        if method == "intervene (noise)":
+            return _compared(out, f64.noised64(model, x, [0]))
+        return _compared(out, f64.reference64(model, x, method, target), method)
+    if method in ("chefer_lrp", "attn_lrp"):
+        return (f"finite, not compared: {method}'s float64 replicas are in "
+                f"tests/explainers/test_{method}_families.py (rotary and relative-position families), not in this script")
+    if method not in f64.METHODS64 and method != "intervene (drop)":
+        return f"finite, not compared: no float64 restatement of {method} in this script"
+    why = restated(model)
+    if why is not None:
+        return f"finite, not compared: {why}"
+    if method == "intervene (drop)":
+        ph, pw = model.patch_embed.patch_size
+        P = (x.shape[-2] // ph) * (x.shape[-1] // pw)
+        return _compared(out, f64.dropped64(model, x, list(range(1, P))))
+    return _compared(out, f64.reference64(model, x, method, target), method)
 
 
 def table(families: dict[str, tuple[str, dict, int]], methods: list[str], out=sys.stderr) -> str:
@@ -133,13 +217,17 @@ def table(families: dict[str, tuple[str, dict, int]], methods: list[str], out=sy
         row = []
         for m in cols:
             c = cell(model, x, m)
-            if c.startswith(("not defined: ", "crash: ")):
+            if c.startswith(("not defined: ", "crash: ", "finite, not compared: ", "not compared: ")):
                 key = c  # long reasons go to numbered notes under the table
                 notes.setdefault(key, len(notes) + 1)
-                c = f"{c.split(':')[0]} [{notes[key]}]"
+                c = f"{c.split(': ')[0]} [{notes[key]}]"
             row.append(c)
-        print(f"{fam}: {sum(c == 'runs' for c in row)}/{len(cols)} run", file=out)
+        print(f"{fam}: {sum(c == 'exact' for c in row)}/{len(cols)} exact", file=out)
         lines.append(f"| {fam} (`{name}`) | " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(f"exact: equal to the float64 restatement within {f64.RTOL:g} x |ref| + {f64.ATOL:g} x max|ref| "
+                 f"per entry (occlusion: + {f64.FLOOR['occlusion']:.1e}, float32 probabilities subtracted) "
+                 "(vit_explore/testing/float64.py; intervene: logits with patch 0 dropped / noised).")
     lines.append("")
     lines += [f"{i}. {k}" for k, i in notes.items()]
     return "\n".join(lines)

@@ -6,9 +6,11 @@ changed, so the model is left exactly as it was found. They compose freely (nest
 enter them on one ``contextlib.ExitStack``). Like the rest of
 ``vit_explore.capture``, it is where ``nn.Module`` internals are touched.
 
-* ``drop_tokens``: after the position embedding (the output of ``model.patch_drop``), keep
-  the prefix tokens and only the chosen patch tokens; the kept tokens keep their own
-  position embeddings, so the cost falls with the number of kept tokens. Global-average-pool
+* ``drop_tokens``: after the position embedding (the output of ``model.patch_drop``; on
+  rotary and relative-position families the first block's input), keep the prefix tokens and
+  only the chosen patch tokens; the kept tokens keep their own position embeddings (and their
+  own rotary rows and bias rows/columns, ``keep.py``), so the cost falls with the number of
+  kept tokens. Global-average-pool
   models then average over the kept patches.
 * ``ablate_heads``: zero the outputs of chosen heads (their channels at the input of
   ``attn.proj``, i.e. after the per-head ``softmax(QK^T) V`` and after timm's optional
@@ -31,9 +33,10 @@ from torch import nn
 
 from .._checks import as_list, as_tensor, checked_output
 from ..errors import InputError, UnsupportedModelError
-from .adapters import inspect_vit
+from .adapters import adapter_for, inspect_vit
 from .attn_base import forward_params
 from .hf import HFAttention, as_vit, mask_pre_hook
+from .keep import keep_positions
 from .state import SavedState, eval_mode
 from .tap import ScoreTap
 
@@ -106,7 +109,8 @@ def drop_tokens(
     """Keep only some patch tokens after the position embedding.
 
     Args:
-        model: a timm VisionTransformer (with ``patch_drop`` after ``_pos_embed``).
+        model: a timm VisionTransformer (with ``patch_drop`` after ``_pos_embed``), or a rotary /
+            relative-position one (EVA, EVA-02, RoPE, DINOv3, BEiT, relpos; see below).
         keep: (K, n) long, row-major patch indices kept for each of the K output sequences
             (same n for all rows; group sets by size to run sets of different sizes); or
             one set (K = 1) as a Python list of ints.
@@ -117,10 +121,17 @@ def drop_tokens(
             patch grid of the input): the range check is skipped.
 
     The prefix tokens (CLS, distillation, registers) are always kept; the position
-    embeddings the kept tokens received are unchanged.
+    embeddings the kept tokens received are unchanged. On rotary and relative-position
+    families (adapters with ``keeps_positions``: EVA, EVA-02, RoPE, DINOv3, BEiT, relpos) the
+    sequence is cut at the first block's input and each attention sees the rotary rows and the
+    bias rows and columns of the kept tokens' original positions (``keep.keep_positions``).
     """
     model = as_vit(model)
-    target = getattr(model, "patch_drop", None)
+    attns = [getattr(b, "attn", None) for b in getattr(model, "blocks", ())]
+    positional = bool(attns) and all(isinstance(a, nn.Module) for a in attns) and any(
+        adapter_for(a).keeps_positions for a in attns
+    )
+    target = model.blocks[0] if positional else getattr(model, "patch_drop", None)
     if not isinstance(target, nn.Module):
         raise UnsupportedModelError(
             f"{type(model).__name__} has no patch_drop module after the position embedding; "
@@ -141,7 +152,7 @@ def drop_tokens(
     else:
         lo, hi = (int(keep.min()), int(keep.max())) if keep.numel() and not checked else (0, -1)
 
-    def hook(module, args, out):
+    def cut(out: torch.Tensor) -> torch.Tensor:
         _, N, C = out.shape
         P = N - T
         if hi >= P or lo < 0:
@@ -156,11 +167,35 @@ def drop_tokens(
         idx = keep.to(out.device)[..., None].expand(-1, -1, C)
         return torch.cat([src[:, :T], torch.gather(src[:, T:], 1, idx)], dim=1)
 
-    handle = target.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    if not positional:
+        handle = target.register_forward_hook(lambda module, args, out: cut(out))
+        try:
+            yield
+        finally:
+            handle.remove()
+        return
+
+    # rotary / relative-position families: cut the sequence at the first block's input, and slice
+    # the position terms inside every attention to the kept tokens' own positions (capture/keep.py)
+    def rows_of() -> torch.Tensor:
+        if one is not None:
+            return rows[None]
+        pre = torch.arange(T, dtype=torch.long).expand(K, T)
+        return torch.cat([pre, keep.cpu() + T], dim=1)
+
+    with keep_positions(attns, T) as kept:
+
+        def first(module, args, kwargs):
+            x = args[0] if args else kwargs["x"]
+            y = cut(x)
+            kept.set(rows_of(), x.shape[1])
+            return ((y, *args[1:]), kwargs) if args else (args, {**kwargs, "x": y})
+
+        handle = target.register_forward_pre_hook(first, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 # --------------------------------------------------------------------------- head ablation

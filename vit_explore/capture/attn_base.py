@@ -37,6 +37,9 @@ class AttentionAdapter:
     not_single_softmax = ""
     #: chefer_lrp's relevance pass has a rule for this attention
     lrp_rule = True
+    #: the scores depend on each token's grid position through terms the model passes in or holds
+    #: (a rotary tensor, a relative position bias): dropping tokens must slice them (``keep.py``)
+    keeps_positions = False
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:  # pragma: no cover - overridden

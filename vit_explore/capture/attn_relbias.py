@@ -18,6 +18,7 @@ class RelativeBiasAttention(AttentionAdapter):
     score_terms = "(q·scale) kᵀ + relative position bias"
     takes_attn_mask = False
     score_bias = True
+    keeps_positions = True
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:

@@ -22,6 +22,7 @@ class RotaryAttention(AttentionAdapter):
     family = "rotary (EVA / RoPE)"
     score_terms = "(rope(q)·scale) rope(k)ᵀ (+ attn_mask)"
     takes_attn_mask = True
+    keeps_positions = True
 
     @classmethod
     def matches(cls, attn: nn.Module) -> bool:
