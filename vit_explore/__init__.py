@@ -14,7 +14,7 @@ evaluation (``metrics``, ``make_dataset``, ``run_benchmark``), ``survey``, targe
 
 from __future__ import annotations
 
-from . import capture, metrics, targets  # capture: the package, callable (capture.session.capture)
+from . import capture, metrics, survey, targets  # capture, survey: packages, callable (their functions)
 from ._version import __version__
 from .api import attention_maps, explain
 from .attribution import head_attribution
@@ -27,7 +27,6 @@ from .inputs import preprocess
 from .interventions import ablate_heads, block_tokens, causal_score, intervene
 from .lens import logit_lens, token_similarity
 from .patching import patch_activations
-from .survey import survey
 from .widget import Atlas, Explorer
 from .zero_shot import ImageFeatures, ZeroShot, image_features, zero_shot
 from .zoo import class_names, load_model

@@ -130,3 +130,20 @@ def test_bad_input_is_named(tmp_path):
         survey(model, "shapes-spurious:abc", method="rollout", store=tmp_path)
     with pytest.raises(InputError, match="uint8"):
         survey(model, np.zeros((2, 32, 32, 3), np.float32), method="rollout", store=tmp_path)
+
+
+def test_survey_is_the_package_and_the_call():
+    """``vx.survey`` is the subpackage (its modules import by name) and calling it is ``survey.dataset.survey``."""
+    import inspect
+    import subprocess
+    import sys
+
+    import vit_explore as vx
+    import vit_explore.survey.dataset as sv
+    import vit_explore.survey.store as st
+
+    assert vx.survey.store is st and callable(vx.survey)
+    assert inspect.signature(vx.survey) == inspect.signature(sv.survey)
+    code = "import vit_explore.survey.store as s\nimport vit_explore as vx\nassert callable(vx.survey) and vx.survey.store is s\n"
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""``vx.survey``: explain a whole dataset into an on-disk store, then SpRAy per class (``Survey``)."""
+"""``vx.survey`` (explain a whole dataset into an on-disk store) and ``Survey`` (SpRAy per class, the causal check)."""
 
 from __future__ import annotations
 
