@@ -181,6 +181,9 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
             "the classifier reads concat(CLS, mean of patches) (Hugging Face DINOv2): not one read-out row of "
             "one head, which chefer_lrp's relevance pass starts from. Use attn_lrp or chefer_generic instead."
         )
+    refusal = getattr(getattr(model, "head", None), "lrp_refusal", None)  # a head without a rule (hf_zero_shot.py)
+    if refusal:
+        raise UnsupportedModelError(refusal)
     adapters = info.adapters or tuple(adapter_for(a) for a in info.attns)
     blocks = []
     for i, blk in enumerate(model.blocks):
