@@ -198,6 +198,24 @@ def test_logit_lens_reads_out_as_the_wrapper():
     torch.testing.assert_close(lens.readout[:, -1], zs(x), rtol=1e-4, atol=1e-4)
 
 
+def test_drop_equals_the_tower_on_the_kept_tokens():
+    """mode="drop": the tower's own modules on the kept tokens (CLS + kept patches), then the wrapper's read-out."""
+    m = clip()
+    zs = zero_shot(m, text_inputs=ids())
+    x = image(batch=1)
+    keep = [0, 5, 6, 15]
+    got = vx.intervene(zs, x, keep, mode="drop", keep=True).logits
+    vm = m.vision_model
+    with torch.no_grad():
+        h = vm.pre_layrnorm(vm.embeddings(x))[:, [0, *(1 + k for k in keep)]]
+        for lyr in vm.encoder.layers:
+            h = lyr(h, None)
+        e = m.visual_projection(vm.post_layernorm(h[:, 0]))
+        want = F.normalize(e, dim=-1) @ zs.text_embeds.t() * m.logit_scale.exp()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, zs(x))
+
+
 def _state(m):
     return (
         [(x.training, tuple(x._forward_hooks), tuple(x._forward_pre_hooks), dict(x._modules), sorted(vars(x)))
