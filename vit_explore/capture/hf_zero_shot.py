@@ -61,7 +61,7 @@ def unsupported_reason(wrapper: nn.Module) -> str | None:
         )
     return (
         f"the attention methods read the vision tower of a transformers CLIPModel inside vx.zero_shot / "
-        f"vx.image_features, not of {kind}"
+        f"vx.image_features, not of {type(hf).__module__}.{kind}"
     )
 
 
@@ -91,4 +91,4 @@ class ZeroShotHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         e = self.proj(h)
         wrapper = self._wrapper[0]
-        return e if wrapper is None else wrapper.similarity(e)
+        return e if wrapper is None else getattr(wrapper, "similarity")(e)  # noqa: B009 - ZeroShot.similarity

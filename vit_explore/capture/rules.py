@@ -163,7 +163,8 @@ def lrp_rules(
     """Make ``input x gradient`` of ``model`` compute AttnLRP / CP-LRP, for this block only.
 
     Rules (docs/methods.md §11): LayerNorm (every ``nn.LayerNorm``; any other norm layer raises)
-    -> identity rule (stop-grad through sigma); ``blocks.*.mlp.act`` -> identity rule
+    -> identity rule (stop-grad through sigma), and the same for the L2 normalisation of a zero-shot
+    head (``hf_zero_shot.UnitNorm``: stop-grad through the norm); ``blocks.*.mlp.act`` -> identity rule
     (gradient ``f(x)/x``); gated MLPs (SwiGLU ``act(fc1_g) * fc1_x``, GluMlp) -> uniform rule
     for the product (the gradient at both factors halved); layer scale, rotary embeddings
     and additive score biases are linear maps / constants: plain gradient; attention:
