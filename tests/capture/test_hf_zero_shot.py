@@ -135,10 +135,21 @@ def test_every_gradient_method_equals_the_timm_twin():
             assert float(a.patch_map.abs().max()) > 0
 
 
-def test_image_features_with_a_callable_target_equal_the_twin():
+def vision_with_projection(m):
+    """A CLIPVisionModelWithProjection holding ``m``'s vision tower and projection."""
+    _, vision = _configs()
+    v = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**vision, projection_dim=PROJ))
+    sd = {k: t for k, t in m.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
+    v.load_state_dict(sd, strict=True)
+    return v.eval()
+
+
+@pytest.mark.parametrize("tower", ["CLIPModel", "CLIPVisionModelWithProjection"])
+def test_image_features_with_a_callable_target_equal_the_twin(tower):
     """The embedding head (visual_projection on the normed CLS) with a similarity target."""
     m = clip()
-    feats = image_features(m)
+    feats = image_features(m if tower == "CLIPModel" else vision_with_projection(m))
+    assert isinstance(as_vit(feats), HFViT)
     proj = torch.nn.Linear(DIM, PROJ, bias=False)
     proj.weight.data.copy_(m.visual_projection.weight.detach())
     tm = timm_twin(m, proj, 0)

@@ -38,7 +38,8 @@ mean of the patch tokens, then the pooler's layernorm as ``fc_norm``), ``CLIPFor
 mean of all tokens after ``post_layernorm``). Any other classifier whose output has ``.logits``
 gets ``HFClassifier`` (``hf_classifier.py``): the model-agnostic methods.
 
-``vx.zero_shot`` / ``vx.image_features`` over a ``CLIPModel`` get the same view of the vision tower
+``vx.zero_shot`` / ``vx.image_features`` over a ``CLIPModel`` (``vx.image_features`` also over a
+``CLIPVisionModelWithProjection``) get the same view of the vision tower
 (``hf_zero_shot.py``): its forward is the wrapper's own, with ``post_layernorm`` standing aside in the
 tower's pooler and run as ``norm`` on the whole sequence after the last layer; ``head`` maps the normed
 CLS token to the wrapper's output. Over a ``SiglipModel`` (attention-pool read-out) or another model

@@ -14,7 +14,8 @@ classifier's read-out, read from the installed transformers (5.x) sources:
   (``post_layernorm`` normalises only the pooled CLS, which the classifier does not read);
 * SigLIP: no class token; ``classifier(mean(post_layernorm(h)))`` over all (patch) tokens (the
   attention-pool ``head``, where the config has one, runs but the classifier does not read it);
-* ``vx.zero_shot`` / ``vx.image_features`` over a ``CLIPModel`` (``hf_zero_shot.py``): the vision
+* ``vx.zero_shot`` / ``vx.image_features`` over a ``CLIPModel`` (``image_features`` also over a
+  ``CLIPVisionModelWithProjection``; ``hf_zero_shot.py``): the vision
   tower with ``post_layernorm`` as the final norm on the whole sequence (it stands aside in the
   tower's own pooler for the pass) and ``ZeroShotHead`` on the CLS token.
 """
@@ -151,7 +152,8 @@ def parts_of(model: Any) -> HFParts:
 
 
 def _zero_shot_parts(wrapper: Any) -> HFParts:
-    """The parts of a ``ZeroShot`` / ``ImageFeatures`` wrapper over a ``CLIPModel`` (``hf_zero_shot.py``)."""
+    """The parts of a ``ZeroShot`` / ``ImageFeatures`` wrapper over a ``CLIPModel`` (``ImageFeatures``: or a
+    ``CLIPVisionModelWithProjection``; ``hf_zero_shot.py``)."""
     why = unsupported_reason(wrapper)
     if why is not None:
         raise UnsupportedModelError(why)

@@ -1,4 +1,5 @@
-"""The image side of ``vx.zero_shot`` / ``vx.image_features`` over a ``transformers`` ``CLIPModel``,
+"""The image side of ``vx.zero_shot`` / ``vx.image_features`` over a ``transformers`` ``CLIPModel``
+(``vx.image_features`` also over a ``CLIPVisionModelWithProjection``),
 for the attention methods (read by ``hf_parts.parts_of`` and ``hf.HFViT``).
 
 CLIP's vision tower is ``embeddings -> pre_layrnorm -> layers -> post_layernorm(h[:, 0]) ->
@@ -48,7 +49,7 @@ def unsupported_reason(wrapper: nn.Module) -> str | None:
     """Why the attention methods cannot read ``wrapper``'s vision tower, or None where they can."""
     hf = wrapper.model
     kind = type(hf).__name__
-    if kind == "CLIPModel":
+    if kind == "CLIPModel" or (kind == "CLIPVisionModelWithProjection" and type(wrapper).__name__ == "ImageFeatures"):
         return None
     if kind == "SiglipModel" or type(getattr(getattr(hf, "vision_model", None), "head", None)).__name__.endswith(
         "AttentionPoolingHead"
@@ -61,7 +62,8 @@ def unsupported_reason(wrapper: nn.Module) -> str | None:
         )
     return (
         f"the attention methods read the vision tower of a transformers CLIPModel inside vx.zero_shot / "
-        f"vx.image_features, not of {type(hf).__module__}.{kind}"
+        f"vx.image_features (or a CLIPVisionModelWithProjection inside vx.image_features), not of "
+        f"{type(hf).__module__}.{kind}"
     )
 
 
