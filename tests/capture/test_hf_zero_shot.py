@@ -1,7 +1,7 @@
 """The attention methods on vx.zero_shot / vx.image_features over a small random-weight transformers CLIPModel
 (capture/hf_zero_shot.py): attention and rollout against the vision tower's own ``output_attentions``, every
 gradient method against a timm VisionTransformer twin with converted weights and a head computing the same
-function, attn_lrp's normalisation rule against a twin whose norm is a constant, the refusals (chefer_lrp's
+function (and the interventions: drop, head ablation, token blocking), attn_lrp's normalisation rule against a twin whose norm is a constant, the refusals (chefer_lrp's
 head, SigLIP's attention-pool read-out), and the model left as found."""
 
 import pytest
@@ -225,6 +225,21 @@ def test_drop_equals_the_tower_on_the_kept_tokens():
         want = F.normalize(e, dim=-1) @ zs.text_embeds.t() * m.logit_scale.exp()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, zs(x))
+
+
+def test_head_ablation_and_token_blocking_equal_the_twin():
+    m = clip("sdpa")
+    zs = zero_shot(m, text_inputs=ids())
+    tm = zero_shot_twin(m, zs)
+    x = image(batch=1)
+    with torch.no_grad():
+        with vx.ablate_heads(zs, {0: [1, 2], -1: 0}), vx.ablate_heads(tm, {0: [1, 2], -1: 0}):
+            ablated = zs(x)
+            torch.testing.assert_close(ablated, tm(x), rtol=1e-4, atol=1e-4)
+        with vx.block_tokens(zs, [3, 5], layers=[1]), vx.block_tokens(tm, [3, 5], layers=[1]):
+            blocked = zs(x)
+            torch.testing.assert_close(blocked, tm(x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(ablated, zs(x)) and not torch.allclose(blocked, zs(x))
 
 
 def _state(m):
