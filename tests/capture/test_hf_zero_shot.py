@@ -1,8 +1,8 @@
 """The attention methods on vx.zero_shot / vx.image_features over a small random-weight transformers CLIPModel
 (capture/hf_zero_shot.py): attention and rollout against the vision tower's own ``output_attentions``, every
-gradient method against a timm VisionTransformer twin with converted weights and a head computing the same
-function (and the interventions: drop, head ablation, token blocking), attn_lrp's normalisation rule against a twin whose norm is a constant, the refusals (chefer_lrp's
-head, SigLIP's attention-pool read-out), and the model left as found."""
+gradient method and the interventions (drop, head ablation, token blocking) against a timm VisionTransformer twin
+with converted weights and a head computing the same function, attn_lrp's normalisation rule against a twin whose
+norm is a constant, the refusals (chefer_lrp's head, SigLIP's attention-pool read-out), the model left as found."""
 
 import pytest
 import timm
