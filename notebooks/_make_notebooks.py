@@ -1156,8 +1156,10 @@ print(tuple(ex.patch_map.shape), "| scores:", ex.extras["target_score"].tolist()
 image-text similarities over the labels (with its logit scale, and SigLIP's bias), labels as class
 names; `vx.explain`, the interventions and the Explorer take it unchanged. Offline there is no
 tokenizer, so this cell gives token ids (`text_inputs=`); `text_embeddings=` takes precomputed
-text embeddings. The model-agnostic methods apply to it; the attention methods need the CLIP
-vision tower's attention, which this version does not read through the wrapper yet.
+text embeddings. Over a `CLIPModel` every attention method reads the vision tower (CLS read-out;
+the head is the projection, L2 normalisation and text matmul), so `chefer_generic` explains the
+image side of the similarity as Chefer et al. do for CLIP (ICCV 2021); `chefer_lrp` has no rule
+for the normalisation and says so. SigLIP's attention-pool read-out keeps the model-agnostic methods.
 '''),
     code(r'''
 # clip = transformers.CLIPModel.from_pretrained("openai/clip-vit-base-patch32")
@@ -1181,8 +1183,9 @@ with torch.no_grad():
 print("class names:", vx.class_names(zs), "| logits = CLIP's logits_per_image:", same)
 iv = vx.intervene(zs, xm[:1], [0, 1, 6, 7], mode="blur", target="a photo of a cat")
 print("blurring 4 cells changes p('a photo of a cat') by", round(float(iv.delta[0]), 4))
-zmaps = [vx.explain(zs, xm, meth, target="a photo of a cat") for meth in ["saliency", "integrated_gradients", "grad_cam"]]
-viz.show(viz.grid(overlay_tiles(zs, xm, zmaps), ["saliency", "integrated_gradients", "grad_cam"], scale=2))
+zmethods = ["saliency", "integrated_gradients", "chefer_generic", "rollout"]
+zmaps = [vx.explain(zs, xm, meth, target="a photo of a cat") for meth in zmethods]
+viz.show(viz.grid(overlay_tiles(zs, xm, zmaps), zmethods, scale=2))
 '''),
     code(r'''
 vx.Explorer(zs, xm, title="zero-shot CLIP (random weights)")

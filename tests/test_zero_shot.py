@@ -203,3 +203,5 @@ def test_open_clip_model(siglip):
     t = vx.explain(image_features(m), x, "saliency", target=lambda e: sim(e) * s + b)
     torch.testing.assert_close(t.patch_map, a.patch_map, rtol=1e-4, atol=1e-5)
     assert a.layout.grid == (SIZE // PATCH, SIZE // PATCH)
+    with pytest.raises(UnsupportedModelError, match="vision tower of a transformers CLIPModel.*open_clip"):
+        vx.explain(zs, x, "rollout")  # the attention methods read transformers' CLIP only (capture/hf_zero_shot.py)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .capture.hf_zero_shot import UnitNorm, unsupported_reason
 from .errors import InputError, UnsupportedModelError
 
 __all__ = ["ImageFeatures", "ZeroShot", "image_features", "zero_shot"]
@@ -104,6 +105,14 @@ class ImageFeatures(nn.Module):
         if isinstance(patch, int):  # the analysis grid of the model-agnostic methods: one cell per patch
             self.feature_info = [{"reduction": patch}]
 
+    @property
+    def vx_kind(self) -> str:  # read by capture.classifier where no attention view applies (capture/hf.py)
+        return "vit"
+
+    @property
+    def vx_reason(self) -> str:
+        return unsupported_reason(self) or "capture reads it through its vision tower's view (capture/hf.py)"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _is_open_clip(self.model):
             return getattr(self.model, "encode_image")(x)  # noqa: B009
@@ -127,6 +136,7 @@ class ZeroShot(nn.Module):
         text_embeds: (K, D) buffer, the labels' text embeddings, L2-normalised.
         labels: the K class names; ``num_classes``: K.
         sigmoid: True for SigLIP (a ``logit_bias`` is added; its probabilities are per-label sigmoids).
+        unit_norm: the L2 normalisation of the image embedding (a module: attn_lrp's rule acts on it).
     """
 
     def __init__(
@@ -141,20 +151,26 @@ class ZeroShot(nn.Module):
         self.pretrained_cfg = {**self.features.pretrained_cfg, "label_names": self.labels}
         if hasattr(self.features, "feature_info"):
             self.feature_info = self.features.feature_info
+        self.unit_norm = UnitNorm()
 
     @property
     def model(self) -> nn.Module:
         return self.features.model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        img = self.features(x)
-        img = img / img.norm(p=2, dim=-1, keepdim=True)
+    vx_kind = ImageFeatures.vx_kind
+    vx_reason = ImageFeatures.vx_reason
+
+    def similarity(self, img: torch.Tensor) -> torch.Tensor:
+        """Image embeddings (..., D) -> logits (..., K): ``exp(logit_scale) · normalize(img) · Tᵀ`` (+ bias)."""
         text = torch.as_tensor(self.text_embeds).to(img.dtype)
         scale: torch.Tensor = getattr(self.model, "logit_scale")  # noqa: B009 - a Parameter, typed
-        logits_per_text = torch.matmul(text, img.t()) * scale.exp()
+        logits = self.unit_norm(img) @ text.t() * scale.exp()
         if self.sigmoid:
-            logits_per_text = logits_per_text + getattr(self.model, "logit_bias")  # noqa: B009
-        return logits_per_text.t()
+            logits = logits + getattr(self.model, "logit_bias")  # noqa: B009
+        return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.similarity(self.features(x))
 
 
 def zero_shot(

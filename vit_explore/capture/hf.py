@@ -38,6 +38,13 @@ mean of the patch tokens, then the pooler's layernorm as ``fc_norm``), ``CLIPFor
 mean of all tokens after ``post_layernorm``). Any other classifier whose output has ``.logits``
 gets ``HFClassifier`` (``hf_classifier.py``): the model-agnostic methods.
 
+``vx.zero_shot`` / ``vx.image_features`` over a ``CLIPModel`` (``vx.image_features`` also over a
+``CLIPVisionModelWithProjection``) get the same view of the vision tower
+(``hf_zero_shot.py``): its forward is the wrapper's own, with ``post_layernorm`` standing aside in the
+tower's pooler and run as ``norm`` on the whole sequence after the last layer; ``head`` maps the normed
+CLS token to the wrapper's output. Over a ``SiglipModel`` (attention-pool read-out) or another model
+the wrapper is returned unchanged: the model-agnostic methods, and a clear error from the others.
+
 One view per model (``as_vit``): reused while the model's modules are the same objects.
 """
 
@@ -60,6 +67,7 @@ from .attn_base import AttentionAdapter
 from .hf_classifier import HFClassifier, logits_of
 from .hf_parts import SUPPORTED, parts_of
 from .hf_standins import _QKV, _MLPView, _PatchEmbedView, _Positional, _Scale
+from .hf_zero_shot import is_wrapper, unsupported_reason
 
 _M = TypeVar("_M")
 
@@ -231,8 +239,8 @@ class HFBlock(nn.Module):
 class HFViT(nn.Module):
     """timm-shaped view of a supported Hugging Face ViT classifier (see the module docstring).
 
-    ``hf`` is the model itself; calling the view returns ``hf(pixel_values=x).logits``. Build it
-    with ``as_vit`` (one view per model, reused).
+    ``hf`` is the model itself; calling the view returns ``hf(pixel_values=x).logits`` (a zero-shot
+    wrapper's: ``hf(x)``). Build it with ``as_vit`` (one view per model, reused).
     """
 
     global_pool = "token"
@@ -249,16 +257,21 @@ class HFViT(nn.Module):
         self.num_prefix_tokens = parts.num_prefix
         self.norm = parts.norm
         # CLIP's classifier reads the last layer's output itself: an identity ``norm`` it passes through
-        self._route_norm = not any(m is parts.norm for m in model.modules())
+        self._route_norm = parts.pooled_norm is not None or not any(m is parts.norm for m in model.modules())
         self.embeddings = parts.embeddings
         self.patch_drop = nn.Identity()
         self.patch_embed = _PatchEmbedView(parts.proj, parts.img_size)
         self.num_classes = int(getattr(self.head, "out_features", 0))
+        self._wrapper = is_wrapper(model)  # vx.zero_shot / vx.image_features: its forward is called as it is
+        if self._wrapper:
+            self.pretrained_cfg = model.pretrained_cfg  # input size, statistics, label names
+        self._pooled_norm = parts.pooled_norm
+        self._standin_norm = (nn.Identity(),)  # a tuple: not a child
         self._layers = weakref.ref(parts.layers)  # the ModuleList whose entries the blocks stand in for
         self._names = (parts.attn, parts.mlp)
         self._kept: torch.Tensor | None = None  # (K, n) positions kept by a token drop (relative bias only)
         self._active = 0
-        heads = int(getattr(model.config, "vision_config", model.config).num_attention_heads)
+        heads = parts.num_heads or int(getattr(model.config, "vision_config", model.config).num_attention_heads)
         self.blocks = nn.ModuleList(
             HFBlock(lyr, HFAttention(getattr(lyr, parts.attn), heads, self if parts.rel_bias else None),
                     n1, n2, getattr(lyr, parts.mlp), ls)
@@ -284,6 +297,9 @@ class HFViT(nn.Module):
                 lambda m, a, out: (self.norm(out[0]), *out[1:]) if isinstance(out, tuple) else self.norm(out)))
         self._active += 1
         try:
+            if self._pooled_norm is not None:  # the tower's own norm on the pooled token: ``norm`` ran already
+                owner, slot = self._pooled_norm
+                owner._modules[slot] = self._standin_norm[0]
             for i, blk in enumerate(self.blocks):
                 layers._modules[str(i)] = blk
                 blk.inner._modules[attn_name] = blk.attn_call
@@ -294,6 +310,9 @@ class HFViT(nn.Module):
                 blk.inner._modules[attn_name] = blk.attn.inner
                 blk.inner._modules[mlp_name] = blk.mlp._inner[0]
                 layers._modules[str(i)] = blk.inner
+            if self._pooled_norm is not None:
+                owner, slot = self._pooled_norm
+                owner._modules[slot] = self.norm
             for h in handles:
                 h.remove()
             self._kept = None
@@ -306,7 +325,7 @@ class HFViT(nn.Module):
             with torch.inference_mode(False), torch.no_grad(), self._standing_in():
                 return self.hf(pixel_values=x).logits
         with self._standing_in():
-            return self.hf(pixel_values=x).logits
+            return self.hf(x) if self._wrapper else self.hf(pixel_values=x).logits
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier on a normed sequence (B, N, D) -> (B, classes), as the model reads it out."""
@@ -370,15 +389,17 @@ def as_vit(model: _M) -> _M | HFViT | HFClassifier:
     (the model and the view live as long as the caller keeps either), except the last one
     handed out, so that consecutive calls on one model share it (and the interventions' caches).
     """
-    if isinstance(model, (HFViT, HFClassifier)) or not is_hf(model):
+    if isinstance(model, (HFViT, HFClassifier)) or not (is_hf(model) or is_wrapper(model)):
         return model
+    if is_wrapper(model) and unsupported_reason(model) is not None:  # type: ignore[arg-type]
+        return model  # the model-agnostic methods; the wrapper's vx_reason says why no other applies
     with _LOCK:
         got = _VIEWS.get(model)
         view = got[1]() if got is not None else None
         if view is not None and (view._active or got[0] == _modules_of(model)):
             _LAST[:] = [view]
             return view
-        view = HFViT(model) if type(model).__name__ in SUPPORTED else HFClassifier(model)  # type: ignore[arg-type]
+        view = HFViT(model) if type(model).__name__ in SUPPORTED or is_wrapper(model) else HFClassifier(model)  # type: ignore[arg-type]
         _VIEWS[model] = (_modules_of(model), weakref.ref(view))
         _LAST[:] = [view]
         return view

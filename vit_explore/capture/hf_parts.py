@@ -13,7 +13,11 @@ classifier's read-out, read from the installed transformers (5.x) sources:
 * CLIP: ``embeddings -> pre_layrnorm -> layers -> classifier(mean(h_patches))``, no final norm
   (``post_layernorm`` normalises only the pooled CLS, which the classifier does not read);
 * SigLIP: no class token; ``classifier(mean(post_layernorm(h)))`` over all (patch) tokens (the
-  attention-pool ``head``, where the config has one, runs but the classifier does not read it).
+  attention-pool ``head``, where the config has one, runs but the classifier does not read it);
+* ``vx.zero_shot`` / ``vx.image_features`` over a ``CLIPModel`` (``image_features`` also over a
+  ``CLIPVisionModelWithProjection``; ``hf_zero_shot.py``): the vision
+  tower with ``post_layernorm`` as the final norm on the whole sequence (it stands aside in the
+  tower's own pooler for the pass) and ``ZeroShotHead`` on the CLS token.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .hf_zero_shot import ZeroShotHead, is_wrapper, unsupported_reason
 
 SUPPORTED = (
     "ViTForImageClassification",
@@ -54,6 +59,10 @@ class HFParts:
         readout: ``TokenLayout`` read-out rule; num_prefix: leading non-patch tokens.
         img_size: the fixed input size, or None where the model takes any size.
         rel_bias: the scores include a relative position bias (BEiT).
+        pooled_norm: ``(module, name)``: the slot of the model's own norm on the pooled token, which
+            holds an identity during the pass while ``norm`` (that same norm) runs on the whole
+            sequence after the last layer (CLIP's ``post_layernorm`` in a zero-shot wrapper), else None.
+        num_heads: attention heads per layer (None: from the model's config).
     """
 
     layers: nn.ModuleList
@@ -71,6 +80,8 @@ class HFParts:
     num_prefix: int
     img_size: tuple[int, int] | None
     rel_bias: bool = False
+    pooled_norm: tuple[nn.Module, str] | None = None
+    num_heads: int | None = None
 
 
 def _size(cfg) -> tuple[int, int]:
@@ -85,6 +96,8 @@ def parts_of(model: Any) -> HFParts:
         UnsupportedModelError: a class not in ``SUPPORTED``.
     """
     kind = type(model).__name__
+    if is_wrapper(model):
+        return _zero_shot_parts(model)
     if kind not in SUPPORTED:
         raise UnsupportedModelError(
             f"{kind} from transformers is not supported by the attention methods; supported: "
@@ -135,4 +148,23 @@ def parts_of(model: Any) -> HFParts:
         fc_norm=None, head=model.cls_classifier if teacher else model.classifier,
         head_dist=model.distillation_classifier if teacher else None, readout="cls_dist" if teacher else "cls",
         num_prefix=2 if kind.startswith("DeiT") else 1, img_size=_size(cfg),
+    )
+
+
+def _zero_shot_parts(wrapper: Any) -> HFParts:
+    """The parts of a ``ZeroShot`` / ``ImageFeatures`` wrapper over a ``CLIPModel`` (``ImageFeatures``: or a
+    ``CLIPVisionModelWithProjection``; ``hf_zero_shot.py``)."""
+    why = unsupported_reason(wrapper)
+    if why is not None:
+        raise UnsupportedModelError(why)
+    hf = wrapper.model
+    vm = hf.vision_model
+    layers = vm.encoder.layers
+    zero_shot = type(wrapper).__name__ == "ZeroShot"
+    return HFParts(
+        layers=layers, attn="self_attn", mlp="mlp", norms=tuple((lyr.layer_norm1, lyr.layer_norm2) for lyr in layers),
+        layer_scales=(None,) * len(layers), embeddings=vm.embeddings, proj=vm.embeddings.patch_embedding,
+        norm=vm.post_layernorm, fc_norm=None, head=ZeroShotHead(hf.visual_projection, wrapper if zero_shot else None),
+        head_dist=None, readout="cls", num_prefix=1, img_size=_size(vm.config), pooled_norm=(vm, "post_layernorm"),
+        num_heads=int(vm.config.num_attention_heads),
     )

@@ -196,6 +196,9 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
             + ("Use raw_attention or attn_grad_cam on a class-attention block instead." if info.below
                else "Use attn_lrp or chefer_generic instead.")
         )
+    refusal = getattr(getattr(model, "head", None), "lrp_refusal", None)  # a head without a rule (hf_zero_shot.py)
+    if refusal:
+        raise UnsupportedModelError(refusal)
     adapters = info.adapters or tuple(adapter_for(a) for a in info.attns)
     blocks = []
     for i, blk in enumerate(model.blocks):

@@ -154,6 +154,13 @@ def check_decomposable(model: nn.Module, info: ViTInfo | None = None) -> None:
                 "(post-norm blocks and attention with a norm before proj mix the heads non-linearly), so the "
                 "per-head direct attribution is not exact; use the ablation attribution (vx.ablate_heads) instead"
             )
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):  # e.g. the zero-shot head (capture/hf_zero_shot.py): normalises first
+        raise UnsupportedModelError(
+            f"model.head is a {type(head).__name__}, not a Linear: the logit is not a linear function of the final "
+            "stream, so the per-head direct attribution is not exact; use the ablation attribution "
+            "(vx.ablate_heads) instead"
+        )
     for name in ("norm", "fc_norm"):
         m = getattr(model, name, nn.Identity())
         if not isinstance(m, (nn.Identity, nn.LayerNorm)):

@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import InputError, UnsupportedModelError
 from .adapters import ViTInfo
 from .attn_pool import PoolTap
+from .hf_zero_shot import UnitNorm
 from .lrp_view import LRPBlock, LRPView, lrp_view
 from .state import SavedState
 
@@ -55,6 +56,12 @@ def _layer_norm_hook(mod: nn.LayerNorm, args, out):
     if mod.bias is not None:
         y = y + mod.bias
     return same_value(out, y)
+
+
+def _unit_norm_hook(mod: nn.Module, args, out):
+    """Identity rule of an L2 normalisation: ``y = x / stopgrad(||x||)`` (as for LayerNorm's sigma)."""
+    x = args[0]
+    return same_value(out, x / x.norm(p=2, dim=-1, keepdim=True).detach())
 
 
 def _identity_act_hook(mod: nn.Module, args, out):
@@ -137,7 +144,7 @@ def _check_norms(model: nn.Module) -> None:
     """Every normalisation layer must be an ``nn.LayerNorm`` (the identity rule is written for it)."""
     for name, mod in model.named_modules():
         kind = type(mod).__name__
-        if "Norm" in kind and not isinstance(mod, (nn.LayerNorm, nn.Identity)):
+        if "Norm" in kind and not isinstance(mod, (nn.LayerNorm, nn.Identity, UnitNorm)):
             raise UnsupportedModelError(
                 f"{name} is a {kind}; attn_lrp's identity rule is written for LayerNorm only, so the relevance "
                 "would not be AttnLRP's. Use chefer_generic or saliency instead."
@@ -173,7 +180,8 @@ def lrp_rules(
     """Make ``input x gradient`` of ``model`` compute AttnLRP / CP-LRP, for this block only.
 
     Rules (docs/methods.md §11): LayerNorm (every ``nn.LayerNorm``; any other norm layer raises)
-    -> identity rule (stop-grad through sigma); ``blocks.*.mlp.act`` -> identity rule
+    -> identity rule (stop-grad through sigma), and the same for the L2 normalisation of a zero-shot
+    head (``hf_zero_shot.UnitNorm``: stop-grad through the norm); ``blocks.*.mlp.act`` -> identity rule
     (gradient ``f(x)/x``); gated MLPs (SwiGLU ``act(fc1_g) * fc1_x``, GluMlp) -> uniform rule
     for the product (the gradient at both factors halved); layer scale, rotary embeddings
     and additive score biases are linear maps / constants: plain gradient; attention:
@@ -209,6 +217,8 @@ def lrp_rules(
             for name, mod in model.named_modules():
                 if isinstance(mod, nn.LayerNorm):
                     handles.append(mod.register_forward_hook(_layer_norm_hook))
+                elif isinstance(mod, UnitNorm):  # CLIP's L2 normalisation (hf_zero_shot.py): the same rule
+                    handles.append(mod.register_forward_hook(_unit_norm_hook))
                 elif isinstance(mod, nn.Linear) and gamma_linear > 0:
                     handles.append(mod.register_forward_hook(_gamma_hook(float(gamma_linear), F.linear)))
                 elif isinstance(mod, nn.Conv2d) and gamma_conv > 0:

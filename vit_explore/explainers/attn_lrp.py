@@ -3,7 +3,8 @@ for Transformers", ICML 2024, arXiv:2402.05602; docs/methods.md §11), for timm 
 the paper's rules as modified gradients: relevance = input x modified gradient.
 
 Rules (scoped to the call by ``capture.rules.lrp_rules``; nothing global is patched):
-LayerNorm -> identity rule (stop-grad through sigma), GELU -> identity rule (gradient
+LayerNorm -> identity rule (stop-grad through sigma; likewise the norm of ``vx.zero_shot``'s L2
+normalisation), GELU -> identity rule (gradient
 ``f(x)/x``), attention -> CP-LRP (``variant="cp"``, default for ViTs: probabilities detached,
 relevance only through ``v``) or AttnLRP (``"attnlrp"``: uniform rule through both matmuls,
 q, k gradients / 4, v / 2), Linear / patch-embedding Conv2d -> epsilon (plain gradient x
