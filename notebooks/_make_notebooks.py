@@ -735,9 +735,12 @@ The Atlas shows the same survey interactively:
 * a click on a point shows that image and its map;
 * brushing patches on a mean map runs `Survey.confirm` on those patches and shows the member and
   control flip rates.
+
+It opens here on the contrast maps (the "vs class" box), as the scan above used them; untick the
+box for the plain mean maps.
 '''),
     code(r'''
-vx.Atlas(sv, title="toy-shapes-spurious, Chefer LRP, 300 images")
+vx.Atlas(sv, title="toy-shapes-spurious, Chefer LRP, 300 images", contrast=True)
 '''),
     md(r'''
 The same scan on the clean model finds no corner: its most telling clusters are about the

@@ -128,7 +128,12 @@ export function renderAtlas(model: Model, el: HTMLElement, signal: AbortSignal) 
   select.setAttribute("aria-label", "class");
   const status = h("div", "vx-atlas-status");
   status.setAttribute("aria-live", "polite");
-  head.append(title, select, status);
+  const contrastBox = h("label", "vx-atlas-contrast");
+  const contrastInput = h("input");
+  contrastInput.type = "checkbox";
+  contrastBox.title = "show each cluster's mean map minus its class's mean map (what sets the cluster apart), and confirm its hot patches";
+  contrastBox.append(contrastInput, document.createTextNode(" vs class"));
+  head.append(title, select, contrastBox, status);
   const body = h("div", "vx-atlas-body");
   const left = h("div", "vx-atlas-left");
   const scatter = h("canvas", "vx-atlas-scatter");
@@ -207,9 +212,10 @@ export function renderAtlas(model: Model, el: HTMLElement, signal: AbortSignal) 
       const cv = h("canvas", "vx-atlas-mean");
       cv.width = CARD_MAP;
       cv.height = CARD_MAP;
-      cv.setAttribute("aria-label", `mean map of cluster ${card.k}; brush patches to test them`);
-      const map = typed(card.mean_map as Bin, Float32Array);
-      const hot = new Set<number>(card.hot);
+      const contrast = !!model.get("contrast") && card.contrast_map !== undefined;
+      cv.setAttribute("aria-label", `${contrast ? "contrast" : "mean"} map of cluster ${card.k}; brush patches to test them`);
+      const map = typed((contrast ? card.contrast_map : card.mean_map) as Bin, Float32Array);
+      const hot = new Set<number>(contrast ? card.contrast_hot : card.hot);
       const mine = brushed.get(card.k) ?? new Set<number>();
       brushed.set(card.k, mine);
       drawMap(cv, map, gh, gw, hot, mine);
@@ -306,8 +312,14 @@ export function renderAtlas(model: Model, el: HTMLElement, signal: AbortSignal) 
       select.append(o);
     }
     select.value = String(model.get("class_index"));
+    contrastInput.checked = !!model.get("contrast");
   }
 
+  contrastInput.addEventListener("change", () => {
+    model.set("contrast", contrastInput.checked);
+    model.save_changes();
+    renderClass();
+  }, { signal });
   select.addEventListener("change", () => {
     const c = Number(select.value);
     brushed.clear();
@@ -332,7 +344,13 @@ export function renderAtlas(model: Model, el: HTMLElement, signal: AbortSignal) 
   model.on("change:confirmed", renderResult);
   model.on("change:selected_payload", renderSelected);
   model.on("change:status", onStatus);
+  const onContrast = () => {
+    contrastInput.checked = !!model.get("contrast");
+    renderClass();
+  };
+  model.on("change:contrast", onContrast);
   signal.addEventListener("abort", () => {
+    model.off("change:contrast", onContrast);
     model.off("change:class_data", renderClass);
     model.off("change:confirmed", renderResult);
     model.off("change:selected_payload", renderSelected);

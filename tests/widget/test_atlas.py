@@ -42,6 +42,9 @@ def test_class_payload_is_the_survey(sv):
             np.testing.assert_allclose(mm, sv.mean_map(c, card["k"]), rtol=1e-6)
             assert card["hot"] == np.flatnonzero(sv.hot_patches(c, card["k"]).ravel()).tolist()
             assert card["size"] == len(sv.members(c, card["k"]))
+            cm = np.frombuffer(card["contrast_map"], np.float32).reshape(sv.grid)
+            np.testing.assert_allclose(cm, sv.contrast_map(c, card["k"]), rtol=1e-6, atol=1e-7)
+            assert card["contrast_hot"] == np.flatnonzero(sv.hot_patches(c, card["k"], contrast=True).ravel()).tolist()
 
 
 def test_select_and_confirm(sv):
@@ -63,6 +66,25 @@ def test_select_and_confirm(sv):
     assert w.confirmed["control_patches"] == np.flatnonzero(ref["control_patches"].ravel()).tolist()
     with pytest.raises(InputError, match="survey"):
         Atlas("not a survey")
+
+
+def test_confirm_follows_the_contrast_switch(sv):
+    """With ``contrast`` on (the front end's "vs class" box), "confirm hot patches" tests the contrast
+    map's hot patches: the result equals ``Survey.confirm(..., contrast=True)``; the front end may set it."""
+    c = int(sv.classes[0])
+    k = next(k for k in range(sv.n_clusters(c)) if sv.hot_patches(c, k, contrast=True).any())
+    w = Atlas(sv, contrast=True)
+    assert w.contrast
+    w._on_msg(w, {"kind": "confirm", "c": c, "k": k, "patches": None, "id": 3}, [])
+    assert w.wait(60)
+    ref = sv.confirm(c, k, contrast=True)
+    assert w.confirmed["patches"] == np.flatnonzero(ref["patches"].ravel()).tolist()
+    assert w.confirmed["flip_rate"] == pytest.approx(ref["flip_rate"])
+    w.set_state({"contrast": False})  # what the front end's box sends
+    assert not w.contrast
+    w._on_msg(w, {"kind": "confirm", "c": c, "k": 0, "patches": None, "id": 4}, [])
+    assert w.wait(60)
+    assert w.confirmed["patches"] == np.flatnonzero(sv.hot_patches(c, 0).ravel()).tolist()
 
 
 @pytest.mark.skipif(not (STATIC / "atlas.js").exists(), reason="front end not built (npm run build in js/)")

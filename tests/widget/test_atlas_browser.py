@@ -73,6 +73,19 @@ def test_atlas_in_jupyter(tmp_path) -> None:
             row.wait_for(timeout=30_000)
             assert row.locator(".vx-atlas-flip").text_content().startswith(f"{ref[0]:.2f}")
             assert row.locator(".vx-atlas-control").text_content().startswith(f"{ref[1]:.2f}")
+            # 3b. "vs class": the cards show the contrast maps; "confirm hot patches" tests their hot patches
+            page.locator(".vx-atlas-contrast input").check()
+            assert kernel_poll(kc, "w.contrast", lambda v: v is True, timeout=60)
+            page.wait_for_function("() => document.querySelector('.vx-atlas-mean')?.getAttribute('aria-label')"
+                                   ".startsWith('contrast map')", timeout=30_000)
+            kc_k = kernel_eval(kc, "next(k for k in range(s.n_clusters(w.class_index)) "
+                                   "if s.hot_patches(w.class_index, k, contrast=True).any())")
+            page.locator(".vx-atlas-confirm").nth(kc_k).click()
+            hot = kernel_eval(kc, f"__import__('numpy').flatnonzero(s.hot_patches(w.class_index, {kc_k}, "
+                                  f"contrast=True).ravel()).tolist()")
+            conf = kernel_poll(kc, "w.confirmed", lambda v: bool(v) and v.get("patches") == hot, timeout=120)
+            ref = kernel_eval(kc, f"s.confirm(w.class_index, {kc_k}, contrast=True)['flip_rate']")
+            assert conf["flip_rate"] == pytest.approx(ref)
             page.locator(".vx-atlas").first.screenshot(path=str(tmp_path / "atlas.png"))
             # 4. the offline export renders in the same browser and a member click shows its image
             html = tmp_path / "atlas.html"

@@ -60,6 +60,9 @@ class Atlas(anywidget.AnyWidget):
         class_names: names of the classes (default: the model's label names, else numbers).
         members: how many members each card shows.
         title: a caption (shown as text).
+        contrast: show each cluster's contrast map (its mean map minus its class's:
+            ``Survey.contrast_map``) instead of its mean map, and confirm the contrast map's hot
+            patches; the "vs class" box in the widget switches it.
     """
 
     _esm = bundle("atlas.js", _MISSING)
@@ -75,11 +78,12 @@ class Atlas(anywidget.AnyWidget):
     selected_payload = t.Dict().tag(sync=True)
     confirmed = t.Dict().tag(sync=True)
     status = t.Unicode("").tag(sync=True)
+    contrast = t.Bool(False).tag(sync=True)
     offline = t.Bool(False).tag(sync=True)
     offline_data = t.Dict().tag(sync=True)
 
     def __init__(self, survey: Any, *, class_names: list[str] | None = None, members: int = 6,
-                 title: str = "") -> None:
+                 title: str = "", contrast: bool = False) -> None:
         from ..survey import Survey
 
         if not isinstance(survey, Survey):
@@ -101,6 +105,7 @@ class Atlas(anywidget.AnyWidget):
         with self.hold_sync():
             self._uid = uuid.uuid4().hex
             self.title = str(title)
+            self.contrast = bool(contrast)
             self.grid = [int(v) for v in survey.grid]
             self.classes = [self._class_summary(int(c)) for c in survey.classes]
             self.class_index = int(survey.classes[0])
@@ -134,6 +139,8 @@ class Atlas(anywidget.AnyWidget):
             mem = s.members(c, k)
             cards.append({"k": k, "size": len(mem), "mean_map": _f32(s.mean_map(c, k)),
                           "hot": np.flatnonzero(s.hot_patches(c, k).ravel()).astype(int).tolist(),
+                          "contrast_map": _f32(s.contrast_map(c, k)),
+                          "contrast_hot": np.flatnonzero(s.hot_patches(c, k, contrast=True).ravel()).astype(int).tolist(),
                           "members": mem[: self._members].astype(int).tolist()})
         return {"c": c, "name": self._name(c), "n": len(idx), "k": s.n_clusters(c),
                 "eigengap": [float(v) for v in s.eigengap(c)], "points": _f32(s.embedding(c)),
@@ -243,7 +250,8 @@ class Atlas(anywidget.AnyWidget):
         def job() -> None:
             try:
                 with self._lock:
-                    r = self.survey.confirm(c, k, patches=None if not patches else list(patches))
+                    r = self.survey.confirm(c, k, patches=None if not patches else list(patches),
+                                            contrast=self.contrast)
             except Exception as e:  # noqa: BLE001 - shown in the widget
                 self._fail("Survey.confirm", e)
                 return
@@ -259,7 +267,7 @@ class Atlas(anywidget.AnyWidget):
         self._ids.new("confirm")  # a request still running is superseded
         self.status = "confirming..."
         with self._lock:
-            r = self.survey.confirm(c, k, patches=None if not patches else list(patches))
+            r = self.survey.confirm(c, k, patches=None if not patches else list(patches), contrast=self.contrast)
         self.confirmed = self._confirmed_payload(r, req)
         self.status = ""
         return r

@@ -33,7 +33,7 @@ FRONTEND_WRITABLE = frozenset({
 #: Traits the Atlas's front end (js/src/atlas.ts) sets. ``status`` too: the front end writes
 #: "confirming..." locally before a confirm request, and ipywidgets sends that buffered change
 #: with the next ``save_changes`` (of ``selected`` or ``class_index``); it is shown as text.
-ATLAS_WRITABLE = frozenset({"class_index", "selected", "status"})
+ATLAS_WRITABLE = frozenset({"class_index", "selected", "status", "contrast"})
 
 
 class StateError(InputError, t.TraitError):
