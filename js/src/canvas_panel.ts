@@ -87,7 +87,7 @@ export function canvasPanel(ctx: ViewCtx, sim: ReturnType<typeof similarityTool>
     return { gh, gw, width: w, height: hh };
   }
 
-  function drawLegend(cmap: string, lo: number, hi: number, isSigned: boolean): void {
+  function drawLegend(cmap: string, lo: number, hi: number, isSigned: boolean, similarity = false): void {
     legendState = { cmap, lo, hi, signed: isSigned };
     const g = legendBar.getContext("2d")!;
     const img = g.createImageData(128, 1);
@@ -97,7 +97,9 @@ export function canvasPanel(ctx: ViewCtx, sim: ReturnType<typeof similarityTool>
     legendLo.textContent = lo.toPrecision(3);
     legendHi.textContent = hi.toPrecision(3);
     legendMid.textContent = isSigned ? "0" : "";
-    legendNote.textContent = isSigned ? "symmetric: blue against, red for the class; 0 shows the image" : "low → high";
+    legendNote.textContent = similarity
+      ? "cosine similarity to the picked patch: blue unlike, red alike; 0 shows the image"
+      : isSigned ? "symmetric: blue against, red for the class; 0 shows the image" : "low → high";
   }
 
   function updateReadout(): void {
@@ -170,7 +172,7 @@ export function canvasPanel(ctx: ViewCtx, sim: ReturnType<typeof similarityTool>
       g.imageSmoothingEnabled = !!model.get("smooth");
       g.drawImage(overlay, 0, 0, w, hh);
       g.globalAlpha = 1;
-      drawLegend(cmap, n.lo, n.hi, m.signed);
+      drawLegend(cmap, n.lo, n.hi, m.signed, !!s);
       canvas.setAttribute("data-map", m.label);
     } else {
       mapNote.textContent = m.note;
