@@ -41,6 +41,11 @@ MODELS = [
     "beitv2_base_patch16_224",
     "vit_relpos_small_patch16_224",
     "vit_srelpos_small_patch16_224",
+    "vit_base_patch16_siglip_224",  # attention-pool (MAP) read-out
+    "cait_xxs24_224",  # talking heads, then class attention
+    "xcit_tiny_12_p16_224",  # class attention after cross-covariance blocks
+    "convit_tiny",  # gated positional self-attention
+    "naflexvit_base_patch16_gap",
 ]
 
 
