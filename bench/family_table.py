@@ -250,16 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     md = table(fams, vx.list_methods())
     print(md)
     if args.readme:
-        path = Path(__file__).resolve().parents[1] / "README.md"
-        text = path.read_text()
-        marker = "<!-- family-table -->"
-        parts = text.split(marker)
-        if len(parts) != 3:
-            print(f"README.md needs exactly two {marker} lines", file=sys.stderr)
-            return 1
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(parts[0] + marker + "\n" + md + "\n" + marker + parts[2])
-        tmp.replace(path)  # nothing half-written
+        return write_readme_block("<!-- family-table -->", md)
+    return 0
+
+
+def write_readme_block(marker: str, md: str) -> int:
+    """Replace what stands between the README's two ``marker`` lines by ``md`` (atomically)."""
+    path = Path(__file__).resolve().parents[1] / "README.md"
+    parts = path.read_text().split(marker)
+    if len(parts) != 3:
+        print(f"README.md needs exactly two {marker} lines", file=sys.stderr)
+        return 1
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(parts[0] + marker + "\n" + md + "\n" + marker + parts[2])
+    tmp.replace(path)  # nothing half-written
     return 0
 
 

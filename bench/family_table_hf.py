@@ -1,11 +1,12 @@
 """The Hugging Face rows of the family x method table: every method on one tiny random-weight
 ``transformers`` classifier per family (built from a small config; nothing downloaded).
 
-Cells as in ``family_table.py`` (whose ``cell`` this runs): ``runs``, ``not defined: <reason>`` (the
+Cells: ``runs``, ``not defined: <reason>`` (the
 error actually raised) or ``crash: <error>`` (a bug). Exactness against references is what
 tests/capture/test_hf*.py check; this table reports coverage.
 
-    PYTHONPATH=. python bench/family_table_hf.py     # markdown rows on stdout
+    PYTHONPATH=. python bench/family_table_hf.py            # markdown rows on stdout
+    PYTHONPATH=. python bench/family_table_hf.py --readme   # also replace the block in README.md
 """
 
 from __future__ import annotations
@@ -20,9 +21,28 @@ import torch
 import vit_explore as vx
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from family_table import INTERVENE, _short, cell
+from family_table import INTERVENE, PARAMS, _short, write_readme_block
+
+from vit_explore.errors import InputError, UnsupportedModelError
 
 SIZE, PATCH, DIM, DEPTH, HEADS, CLASSES = 32, 8, 32, 2, 2, 5
+
+
+def cell(model: torch.nn.Module, x: torch.Tensor, method: str) -> str:
+    """``runs`` (a finite map on the Explanation's grid, or finite logits for ``intervene``), ``not
+    defined: <reason>`` (the error raised) or ``crash: <error>``. Exactness: tests/capture/test_hf*.py."""
+    try:
+        if method in INTERVENE:
+            iv = vx.intervene(model, x, [0], mode="drop" if "drop" in method else "noise")
+            ok = bool(torch.isfinite(iv.logits).all())
+        else:
+            ex = vx.explain(model, x, method, **PARAMS.get(method, {}))
+            ok = ex.patch_map.shape == (x.shape[0], *ex.layout.grid) and bool(torch.isfinite(ex.patch_map).all())
+        return "runs" if ok else "crash: non-finite or misshapen map"
+    except (UnsupportedModelError, InputError) as e:
+        return f"not defined: {_short(e)}"
+    except Exception as e:  # noqa: BLE001 - a crash is reported in the table, as it is
+        return f"crash: {type(e).__name__}: {_short(e)}"
 
 
 def _vit_kw() -> dict:
@@ -102,6 +122,8 @@ def table_hf(families: dict[str, str], methods: list[str], build: Callable[[str]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--readme", action="store_true",
+                    help="replace the block between <!-- family-table-hf --> markers")
     ap.add_argument("--families", help="comma-separated subset of the families")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -113,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown families {unknown}; choose from {list(FAMILIES_HF)}")
         fams = {f: FAMILIES_HF[f] for f in wanted}
-    print(table_hf(fams, vx.list_methods()))
+    md = table_hf(fams, vx.list_methods())
+    print(md)
+    if args.readme:
+        return write_readme_block("<!-- family-table-hf -->", md)
     return 0
 
 
