@@ -61,30 +61,6 @@ def _rotate64(x, emb, half):
     return x * cos + rot * sin
 
 
-def rope_matrices64(emb, half):
-    """The rotation (P, D, D) of each patch token as a matrix, from ``_rotate64`` on the basis."""
-    D = emb.shape[-1] // 2
-    eye = torch.eye(D, dtype=torch.float64)[:, None, :]  # (D_in, 1, D)
-    return _rotate64(eye, emb, half).permute(1, 0, 2)  # (P, D_in, D_out)
-
-
-def bias64(attn, kwargs, N):
-    """The additive score bias (H, N, N) of a relative-position family in float64, or None."""
-    out = None
-    table = getattr(attn, "relative_position_bias_table", None)
-    if table is not None:  # BEiT: gather the table by the relative position index
-        idx = attn.relative_position_index.reshape(-1)
-        out = table.double()[idx].reshape(N, N, -1).permute(2, 0, 1)
-    rel = getattr(attn, "rel_pos", None)
-    if rel is not None:
-        out = rel.get_bias().double()[0] if out is None else out + rel.get_bias().double()[0]
-    for key in ("shared_rel_pos_bias", "shared_rel_pos"):
-        if kwargs.get(key) is not None:
-            t = kwargs[key].double().reshape(-1, N, N)
-            out = t if out is None else out + t
-    return out
-
-
 def scores64(attn, x, kwargs):
     """Float64 scores (B, H, N, N) of one attention module from its input ``x`` and keyword
     arguments, restated from its weights (not through its forward)."""

@@ -28,7 +28,8 @@ Beyond the reference (it only has CLS ViTs), documented choices:
   IndexSelect rule put it on token 0 and token 1.
 * global average pool: the mean over the pooled tokens takes the reference's rule for
   average pools (the "simple" rule): ``R_x[n] = x[n] sdiv(R, mean) / P``; ``fc_norm`` is
-  an identity like every LayerNorm.
+  an identity like every LayerNorm. The map is the read-out row of ``J - I`` (see
+  ``transformer_attribution``): the identity's own ``1/P`` per patch is left out.
 * register tokens: nothing special (they are tokens; the map reads patch columns only).
 * LayerScale ``y = gamma * x``: the Linear alpha=1/beta=0 rule with the diagonal weight
   ``diag(gamma)``: ``R_x = R (x gamma)^+ / ((x gamma)^+ + 1e-9)``, i.e. relevance passes where
@@ -281,8 +282,10 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
     Per block ``l >= start_layer``: ``Ā_l = E_h[(∇A_l ⊙ R_A_l)^+]`` (clamp per head, then the
     head mean; ``R_A`` is the halved relevance of the attention probabilities). Rollout
     with the identity and no row normalisation, ``J = (Ā_{L-1}+I) ... (Ā_start+I)``; the map
-    is the read-out row of ``J`` over the patch columns (the reference: ``J[:, 0, 1:]``),
-    computed as a vector product from the read-out row down.
+    is the read-out row ``w`` of ``J - I`` over the patch columns, computed as a vector product
+    from the read-out row down, ``d ← d + (w + d) Ā``. For a class token that is the reference's
+    ``J[:, 0, 1:]`` (``w I`` has no patch column); for a mean pool it leaves out the constant
+    ``1/P`` that ``w I`` would add to every patch and that swamps ``Ā`` (docs/methods.md §4.4).
 
     Args:
         trace: captured with ``view.needs(start_layer)``.
@@ -295,14 +298,15 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
     L = len(view.blocks)
     r = _head_relevance(trace, view)
     layout = trace.layout
-    vec = None
+    w, d = None, None
     for i in range(L - 1, start_layer - 1, -1):
         r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer, layer=i)
         a_bar = (trace.attn_grad_at(i) * r_a).clamp(min=0).mean(dim=1)  # (B, N, N)
-        if vec is None:
-            vec = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)
-        vec = vec + (vec[:, None, :] @ a_bar)[:, 0]
-    return layout.patch_columns(vec)
+        if w is None or d is None:
+            w = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)
+            d = torch.zeros_like(w)
+        d = d + ((w + d)[:, None, :] @ a_bar)[:, 0]  # w (J - I), the read-out's own identity term left out
+    return layout.patch_columns(d)
 
 
 @register_explainer(

@@ -9,6 +9,9 @@ rotary embedding of the patch tokens, every additive relative position bias), no
 the model's softmax. The read-out row is derived from the timm model's own attributes
 (``global_pool``, a distillation head, ``num_prefix_tokens``).
 
+Chefer LRP, AttnLRP / CP-LRP and RISE are restated in ``float64_chefer_lrp``, ``float64_attn_lrp``
+and ``float64_rise``.
+
 Families: timm ``Attention`` (ViT, DeiT, DINOv2, CLIP, SigLIP-GAP, ...), EVA / EVA-02 / RoPE /
 DINOv3 (rotary), BEiT / BEiT v2 and relpos / srelpos (relative position bias).
 """
@@ -29,6 +32,8 @@ from .float64_attention import (
     tam64,
     vit_cx64,
 )
+from .float64_attn_lrp import attn_lrp64
+from .float64_chefer_lrp import chefer_lrp64
 from .float64_model import Run64, model64, readout64, run64, scores64
 from .float64_perturb import (
     dropped64,
@@ -38,6 +43,7 @@ from .float64_perturb import (
     occlusion64,
     saliency64,
 )
+from .float64_rise import rise64
 
 __all__ = [
     "METHODS64",
@@ -45,7 +51,9 @@ __all__ = [
     "ag_cam64",
     "attention_flow64",
     "attn_grad_cam64",
+    "attn_lrp64",
     "chefer_generic64",
+    "chefer_lrp64",
     "close_to",
     "dropped64",
     "grad_cam64",
@@ -56,6 +64,7 @@ __all__ = [
     "raw_attention64",
     "readout64",
     "reference64",
+    "rise64",
     "rollout64",
     "run64",
     "saliency64",
@@ -70,11 +79,18 @@ METHODS64: dict[str, dict] = {
     "raw_attention": {}, "rollout": {}, "attention_flow": {}, "chefer_generic": {}, "attn_grad_cam": {},
     "ag_cam": {}, "tam": {"steps": 20}, "vit_cx": {"seed": 0},
     "saliency": {}, "integrated_gradients": {"steps": 8}, "grad_cam": {}, "occlusion": {},
+    "chefer_lrp": {}, "attn_lrp": {"variant": "cp"}, "rise": {"n_masks": 8, "s": 8, "p1": 0.1, "seed": 0},
 }
 
 
 def reference64(model: nn.Module, x: torch.Tensor, method: str, target: torch.Tensor) -> torch.Tensor:
     """The float64 restatement (B, gh, gw) of ``method`` (a key of ``METHODS64``) for ``target`` (B,)."""
+    if method == "chefer_lrp":
+        return chefer_lrp64(model, x, target)
+    if method == "attn_lrp":
+        return attn_lrp64(model, x, target, METHODS64["attn_lrp"]["variant"])
+    if method == "rise":
+        return rise64(model, x, target, **METHODS64["rise"])
     m64 = model64(model)
     if method == "tam":
         return tam64(m64, x, target, steps=METHODS64["tam"]["steps"])
