@@ -121,3 +121,36 @@ def test_chefer_lrp_class_token_map_is_the_references_row_of_j():
         J = a_bar if J is None else J @ a_bar
     T = model.num_prefix_tokens
     torch.testing.assert_close(transformer_attribution(tr, view, 0).flatten(1), J[:, 0, T:], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["vit_base_patch16_reg4_gap_256", "beit_base_patch16_224"])
+def test_chefer_generic_mean_pool_map_leaves_out_the_identity_term(arch):
+    """chefer_generic takes the same read-out as chefer_lrp (docs/methods.md §5): w (R - I). On a
+    mean pool w R was the constant 1/P plus terms far below it (a nearly uniform map); w (R - I) is
+    not uniform and equals R - I built as the full float64 product here."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=2,
+                              embed_dim=32, num_heads=2).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ex = vx.explain(model, x, "chefer_generic")
+    from vit_explore.capture import capture, inspect_vit
+
+    m64 = timm.create_model(arch, pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=2,
+                            embed_dim=32, num_heads=2).eval()
+    m64.load_state_dict(model.state_dict())
+    m64 = m64.double()
+    tr = capture(m64, x.double(), vx.Needs(attn=True, attn_grad=True), target=ex.target, info=inspect_vit(m64))
+    N = tr.attn_at(0).shape[-1]
+    R = torch.eye(N, dtype=torch.float64).repeat(2, 1, 1)
+    for i in range(tr.num_layers):
+        R = R + (tr.attn_grad_at(i) * tr.attn_at(i)).clamp(min=0).mean(1) @ R
+    w = tr.layout.readout_weights(torch.float64, R.device)
+    ref = tr.layout.patch_columns(w @ (R - torch.eye(N, dtype=torch.float64))).flatten(1)
+    P = ref.shape[1]
+    whole = tr.layout.patch_columns(w @ R).flatten(1)
+    assert bool(((whole - 1.0 / P).abs() <= 1e-2 / P).all())  # w R: 1/P plus terms far below it
+    scale = ref.abs().amax(dim=1, keepdim=True)
+    assert bool(((ref.amax(1) - ref.amin(1)) / scale[:, 0] > 0.5).all())  # w (R - I): not uniform
+    torch.testing.assert_close(ex.patch_map.flatten(1).double() / scale, ref / scale, rtol=0, atol=1e-4)

@@ -93,7 +93,8 @@ def chefer_generic_ref(model, x, t, start=0):
             for h in range(A[l].shape[0]):
                 cam += (G[l][h] * A[l][h]).clamp(min=0)
             R = R + (cam / A[l].shape[0]) @ R
-        out.append(grid(readout_rows(R, model), model, x))
+        # the read-out row of R - I (docs/methods.md §5): for a class token the reference's row of R
+        out.append(grid(readout_rows(R - torch.eye(N, dtype=torch.float64), model), model, x))
     return torch.stack(out)
 
 

@@ -22,9 +22,13 @@ def chefer_generic(trace: Trace, *, start_layer: int = 0) -> torch.Tensor:
     """Gradient-weighted attention rollout, without LRP and without row normalisation.
 
     ``R = I``; for every block ``l = start … L-1``: ``Ā_l = E_h[(∇A_l ⊙ A_l)^+]`` (clamp per
-    head, then the head mean) and ``R ← R + Ā_l R``. The map is the read-out row of ``R``
-    over the patch columns (§5). Only the read-out row is needed, so it is propagated as
-    a vector from the last block down: ``v ← v + v Ā_l`` (the same product, O(N²) a block).
+    head, then the head mean) and ``R ← R + Ā_l R``. The map is the read-out row of ``R - I``
+    over the patch columns (§5): for a class token the reference's row of ``R`` (``I`` lies in
+    the prefix columns); for a mean pool it leaves out the constant ``1/P`` of the pooled tokens'
+    own identity term, which otherwise swamps the gradient-weighted terms (an attention pool's row
+    ``w`` is its attention to each token, not a constant: there the map is ``w R``). Only the read-out row is
+    needed, so it is propagated as a vector from the last block down: ``d ← d + (w + d) Ā_l``
+    (``w`` the read-out weights; the same product, O(N²) a block).
 
     Args:
         trace: uses ``trace.attn`` and ``trace.attn_grad`` (L x (B, H, N, N)).
@@ -38,8 +42,11 @@ def chefer_generic(trace: Trace, *, start_layer: int = 0) -> torch.Tensor:
     layout = trace.layout
     a_last = trace.attn_at(-1)
     B = a_last.shape[0]
-    v = layout.readout_weights(a_last.dtype, a_last.device).expand(B, -1)  # (B, N)
+    w = layout.readout_weights(a_last.dtype, a_last.device).expand(B, -1)  # (B, N)
+    d = torch.zeros_like(w)  # w (R - I): w R without the identity's w
     for i in range(trace.num_layers - 1, start - 1, -1):
         a_bar = (trace.attn_grad_at(i) * trace.attn_at(i)).clamp(min=0).mean(dim=1)  # (B, N, N)
-        v = v + (v[:, None, :] @ a_bar)[:, 0]
-    return layout.patch_columns(v)
+        d = d + ((w + d)[:, None, :] @ a_bar)[:, 0]
+    if layout.readout == "map":  # the pool's own attention to each token is part of its read-out (§1.3)
+        d = d + w
+    return layout.patch_columns(d)

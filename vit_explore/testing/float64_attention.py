@@ -65,12 +65,12 @@ def attention_flow64(r: Run64) -> torch.Tensor:
 
 def chefer_generic64(r: Run64) -> torch.Tensor:
     """Chefer, Gur & Wolf, ICCV 2021: ``R = I``; ``R ← R + E_h[(∇A ⊙ A)^+] R`` for every block,
-    first block first; read-out row of R."""
+    first block first; read-out row of ``R - I`` (docs/methods.md §5: for a class token the row of R)."""
     B, N = r.A[0].shape[0], r.A[0].shape[-1]
     R = torch.eye(N, dtype=torch.float64).repeat(B, 1, 1)
     for a, g in zip(r.A, r.G):
         R = R + (g * a).clamp(min=0).mean(1) @ R
-    return _patches(r, _row(r, R))
+    return _patches(r, _row(r, R - torch.eye(N, dtype=torch.float64)))
 
 
 def attn_grad_cam64(r: Run64) -> torch.Tensor:
