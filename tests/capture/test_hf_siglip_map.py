@@ -7,6 +7,7 @@ q / kv); attn_lrp's pool rules against the same twin; the refusals; the model le
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import vit_explore as vx
 from vit_explore.capture import Needs, capture
@@ -208,3 +209,30 @@ def test_left_as_found_also_after_an_error(method):
     assert _state(m) == before and sorted(vars(zs)) == zs_before
     assert type(m.vision_model.head.attention) is torch.nn.MultiheadAttention  # back in the head
     assert not as_vit(zs).attn_pool._recorders
+
+
+def test_interventions_equal_the_twin():
+    """Head ablation, token blocking and mode="drop" (the pool then attends over the kept tokens only)."""
+    m = siglip("sdpa")
+    zs = zero_shot(m, text_inputs=ids())
+    tm = zero_shot_twin(m, zs)
+    x = image(batch=1)
+    with torch.no_grad():
+        with vx.ablate_heads(zs, {0: [1, 2], -1: 0}), vx.ablate_heads(tm, {0: [1, 2], -1: 0}):
+            ablated = zs(x)
+            torch.testing.assert_close(ablated, tm(x), rtol=1e-4, atol=1e-4)
+        with vx.block_tokens(zs, [3, 5], layers=[1]), vx.block_tokens(tm, [3, 5], layers=[1]):
+            blocked = zs(x)
+            torch.testing.assert_close(blocked, tm(x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(ablated, zs(x)) and not torch.allclose(blocked, zs(x))
+    keep = [0, 5, 6, 15]
+    got = vx.intervene(zs, x, keep, mode="drop", keep=True).logits
+    vm = m.vision_model
+    with torch.no_grad():  # the tower's own modules on the kept tokens
+        h = vm.embeddings(x)[:, keep]
+        for lyr in vm.encoder.layers:
+            h = lyr(h, None)
+        e = vm.head(vm.post_layernorm(h))
+        want = F.normalize(e, dim=-1) @ zs.text_embeds.t() * m.logit_scale.exp() + m.logit_bias
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, zs(x))
