@@ -156,10 +156,18 @@ def test_attn_lrp_pool_rules_equal_the_twin(variant):
     assert not torch.allclose(a, plain, rtol=1e-2, atol=1e-2 * float(b.abs().max()))
 
 
-def test_image_features_with_a_callable_target_equal_the_twin():
+def vision_model(m):
+    """A SiglipVisionModel holding ``m``'s vision tower."""
+    v = transformers.SiglipVisionModel(m.config.vision_config)
+    v.load_state_dict(m.vision_model.state_dict(), strict=True)
+    return v.eval()
+
+
+@pytest.mark.parametrize("tower", ["SiglipModel", "SiglipVisionModel"])
+def test_image_features_with_a_callable_target_equal_the_twin(tower):
     """The pooled output of the MAP head (SigLIP's image embedding, no projection) with a similarity target."""
     m = siglip()
-    feats = image_features(m)
+    feats = image_features(m if tower == "SiglipModel" else vision_model(m))
     assert isinstance(as_vit(feats), HFViT)
     tm = timm_twin(m, torch.nn.Identity(), 0)
     x = image(batch=2)

@@ -17,7 +17,8 @@ classifier's read-out, read from the installed transformers (5.x) sources:
 * ``vx.zero_shot`` / ``vx.image_features`` over a ``CLIPModel`` (``image_features`` also over a
   ``CLIPVisionModelWithProjection``; ``hf_zero_shot.py``): the vision
   tower with ``post_layernorm`` as the final norm on the whole sequence (it stands aside in the
-  tower's own pooler for the pass) and ``ZeroShotHead`` on the CLS token; over a ``SiglipModel``:
+  tower's own pooler for the pass) and ``ZeroShotHead`` on the CLS token; over a ``SiglipModel``
+  (``image_features`` also over a ``SiglipVisionModel``):
   no class token, ``post_layernorm`` on the sequence (the tower's own), the attention-pool (MAP)
   head (``hf_pool.HFPool``, read-out ``"map"``) and ``ZeroShotHead`` (no projection) on its output.
 """
@@ -157,15 +158,15 @@ def parts_of(model: Any) -> HFParts:
 
 def _zero_shot_parts(wrapper: Any) -> HFParts:
     """The parts of a ``ZeroShot`` / ``ImageFeatures`` wrapper over a ``CLIPModel`` or a ``SiglipModel``
-    (``ImageFeatures``: or a ``CLIPVisionModelWithProjection``; ``hf_zero_shot.py``)."""
+    (``ImageFeatures``: or a ``CLIPVisionModelWithProjection`` / ``SiglipVisionModel``; ``hf_zero_shot.py``)."""
     why = unsupported_reason(wrapper)
     if why is not None:
         raise UnsupportedModelError(why)
     hf = wrapper.model
-    vm = hf.vision_model
+    vm = getattr(hf, "vision_model", hf)  # a SiglipVisionModel is the tower itself
     layers = vm.encoder.layers
     zero_shot = type(wrapper).__name__ == "ZeroShot"
-    if type(hf).__name__ == "SiglipModel":  # no class token; post_layernorm on the sequence, then the MAP head
+    if type(hf).__name__ in ("SiglipModel", "SiglipVisionModel"):  # no class token; post_layernorm on the sequence, then the MAP head
         return HFParts(
             layers=layers, attn="self_attn", mlp="mlp",
             norms=tuple((lyr.layer_norm1, lyr.layer_norm2) for lyr in layers), layer_scales=(None,) * len(layers),

@@ -16,7 +16,7 @@ side of CLIP's similarity this way, ICCV 2021). Chefer's LRP has no rule for the
 and refuses the head (``lrp_refusal``); AttnLRP gives it the identity rule of every normalisation
 (``UnitNorm``: the norm taken as a constant, as LXT does for LayerNorm / RMSNorm).
 
-SigLIP's vision tower (``SiglipModel``) has no class token and reads out with an attention-pool (MAP)
+SigLIP's vision tower (``SiglipModel``; ``vx.image_features`` also over a ``SiglipVisionModel``) has no class token and reads out with an attention-pool (MAP)
 head: ``post_layernorm`` on the sequence, then a probe attending over all tokens, a LayerNorm and an
 MLP, the pooled vector being the image embedding (no projection; ``ZeroShotHead`` with an identity
 ``proj``). Its read-out row is the probe's attention, as for timm's MAP (``hf_pool.py``, ``attn_pool.py``).
@@ -53,18 +53,20 @@ def unsupported_reason(wrapper: nn.Module) -> str | None:
     kind = type(hf).__name__
     if kind == "CLIPModel" or (kind == "CLIPVisionModelWithProjection" and type(wrapper).__name__ == "ImageFeatures"):
         return None
-    head = getattr(getattr(hf, "vision_model", None), "head", None)
-    if kind == "SiglipModel" and type(head).__name__ == "SiglipMultiheadAttentionPoolingHead":
+    head = getattr(getattr(hf, "vision_model", hf), "head", None)  # a SiglipVisionModel is the tower itself
+    siglip = kind == "SiglipModel" or (kind == "SiglipVisionModel" and type(wrapper).__name__ == "ImageFeatures")
+    if siglip and type(head).__name__ == "SiglipMultiheadAttentionPoolingHead":
         return None
-    if kind == "SiglipModel" or type(head).__name__.endswith("AttentionPoolingHead"):
+    if siglip or type(head).__name__.endswith("AttentionPoolingHead"):
         return (
-            f"the attention methods read a SiglipModel's vision tower through its attention-pool (MAP) head "
+            f"the attention methods read a SiglipModel's (or SiglipVisionModel's) vision tower through its attention-pool (MAP) head "
             f"(SiglipMultiheadAttentionPoolingHead, vision_use_head=True); {kind}'s vision tower has "
             f"{'none' if head is None else 'a ' + type(head).__name__}"
         )
     return (
         f"the attention methods read the vision tower of a transformers CLIPModel or SiglipModel inside "
-        f"vx.zero_shot / vx.image_features (or a CLIPVisionModelWithProjection inside vx.image_features), not of "
+        f"vx.zero_shot / vx.image_features (or a CLIPVisionModelWithProjection / SiglipVisionModel inside "
+        f"vx.image_features), not of "
         f"{type(hf).__module__}.{kind}"
     )
 
