@@ -16,6 +16,7 @@ through the same weights. Rollout and Chefer's generic rule read ``p J``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,9 +46,12 @@ class PoolAttention(AttentionAdapter):
 
 
 def find_pool(model: nn.Module) -> nn.Module | None:
-    """The model's attention-pool head (``model.attn_pool``) if it has the MAP structure."""
+    """The model's attention-pool head (``model.attn_pool``) if it has the MAP structure, or a view
+    that records its own probabilities (``record``: SigLIP's head in transformers, ``hf_pool.py``)."""
     pool = getattr(model, "attn_pool", None)
-    return pool if isinstance(pool, nn.Module) and PoolAttention.matches(pool) else None
+    if not isinstance(pool, nn.Module):
+        return None
+    return pool if PoolAttention.matches(pool) or callable(getattr(pool, "record", None)) else None
 
 
 def latent_weights(pool: nn.Module, q: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -77,14 +81,35 @@ class PoolTap:
     """Record the pool's scores (detached) and probabilities (in the graph) for one pass.
 
     Args:
-        pool: the ``AttentionPoolLatent`` module.
-        edit_out: optional rule applied to the probabilities (``lrp_rules``).
+        pool: the ``AttentionPoolLatent`` module, or a view with ``record`` (``hf_pool.HFPool``, which
+            hands over its probabilities but not its scores: ``scores`` stays empty).
+        grad_factor: optional rule on the probabilities (``lrp_rules``): their gradient multiplied by
+            it (0: detached), their values unchanged.
+
+    ``graph[0]`` is the tensor of the model's graph to differentiate (timm: ``attn[0]`` itself; the view:
+    the (B·H, Q, N) tensor its module used, of which ``attn[0]`` is a view).
     """
 
-    def __init__(self, pool: nn.Module, edit_out: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(self, pool: nn.Module, grad_factor: float | None = None) -> None:
         self.scores: list[torch.Tensor] = []
         self.attn: list[torch.Tensor] = []
+        record = getattr(pool, "record", None)
+        if callable(record):
+            self.graph: list[torch.Tensor] = []
+            self.tap: ScoreTap | Any = record(self.attn, self.graph, grad_factor)
+            return
+        self.graph = self.attn
+        edit_out: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if grad_factor == 0:
+            edit_out = _detached
+        elif grad_factor is not None:
+            f = float(grad_factor)
+            edit_out = lambda a: a.detach() + f * (a - a.detach())
         self.tap = ScoreTap(pool, self.scores, detach=True, outputs=self.attn, edit_out=edit_out)
 
     def remove(self) -> None:
         self.tap.remove()
+
+
+def _detached(a: torch.Tensor) -> torch.Tensor:
+    return a.detach()

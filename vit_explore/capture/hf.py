@@ -42,7 +42,9 @@ gets ``HFClassifier`` (``hf_classifier.py``): the model-agnostic methods.
 ``CLIPVisionModelWithProjection``) get the same view of the vision tower
 (``hf_zero_shot.py``): its forward is the wrapper's own, with ``post_layernorm`` standing aside in the
 tower's pooler and run as ``norm`` on the whole sequence after the last layer; ``head`` maps the normed
-CLS token to the wrapper's output. Over a ``SiglipModel`` (attention-pool read-out) or another model
+CLS token to the wrapper's output. Over a ``SiglipModel`` the read-out is the attention-pool (MAP)
+head: ``attn_pool`` (``hf_pool.HFPool``) stands in its ``attention`` slot for the pass and records the
+probe's attention, the read-out row (``"map"``, as timm's ``AttentionPoolLatent``). Over another model
 the wrapper is returned unchanged: the model-agnostic methods, and a clear error from the others.
 
 One view per model (``as_vit``): reused while the model's modules are the same objects.
@@ -66,6 +68,7 @@ from ..errors import CaptureError, UnsupportedModelError
 from .attn_base import AttentionAdapter
 from .hf_classifier import HFClassifier, logits_of
 from .hf_parts import SUPPORTED, parts_of
+from .hf_pool import HFPool
 from .hf_standins import _QKV, _MLPView, _PatchEmbedView, _Positional, _Scale
 from .hf_zero_shot import is_wrapper, unsupported_reason
 
@@ -266,6 +269,9 @@ class HFViT(nn.Module):
         if self._wrapper:
             self.pretrained_cfg = model.pretrained_cfg  # input size, statistics, label names
         self._pooled_norm = parts.pooled_norm
+        if parts.pool_head is not None:  # SigLIP's MAP head: its attention slot holds the view for the pass
+            self.global_pool = "map"
+            self.attn_pool = HFPool(parts.pool_head)
         self._standin_norm = (nn.Identity(),)  # a tuple: not a child
         self._layers = weakref.ref(parts.layers)  # the ModuleList whose entries the blocks stand in for
         self._names = (parts.attn, parts.mlp)
@@ -300,6 +306,8 @@ class HFViT(nn.Module):
             if self._pooled_norm is not None:  # the tower's own norm on the pooled token: ``norm`` ran already
                 owner, slot = self._pooled_norm
                 owner._modules[slot] = self._standin_norm[0]
+            if isinstance(getattr(self, "attn_pool", None), HFPool):
+                self.attn_pool.head._modules["attention"] = self.attn_pool
             for i, blk in enumerate(self.blocks):
                 layers._modules[str(i)] = blk
                 blk.inner._modules[attn_name] = blk.attn_call
@@ -313,6 +321,8 @@ class HFViT(nn.Module):
             if self._pooled_norm is not None:
                 owner, slot = self._pooled_norm
                 owner._modules[slot] = self.norm
+            if isinstance(getattr(self, "attn_pool", None), HFPool):
+                self.attn_pool.head._modules["attention"] = self.attn_pool.mha
             for h in handles:
                 h.remove()
             self._kept = None
@@ -337,6 +347,8 @@ class HFViT(nn.Module):
             return self.head(torch.cat([x[:, 0], x[:, T:].mean(1)], -1))
         if self.vx_readout == "avg":
             return self.head(self.fc_norm(x[:, T:].mean(1)))
+        if self.vx_readout == "map":
+            return self.head(self.attn_pool.head(x))
         return self.head(x[:, 0])
 
 

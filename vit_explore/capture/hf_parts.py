@@ -17,7 +17,10 @@ classifier's read-out, read from the installed transformers (5.x) sources:
 * ``vx.zero_shot`` / ``vx.image_features`` over a ``CLIPModel`` (``image_features`` also over a
   ``CLIPVisionModelWithProjection``; ``hf_zero_shot.py``): the vision
   tower with ``post_layernorm`` as the final norm on the whole sequence (it stands aside in the
-  tower's own pooler for the pass) and ``ZeroShotHead`` on the CLS token.
+  tower's own pooler for the pass) and ``ZeroShotHead`` on the CLS token; over a ``SiglipModel``
+  (``image_features`` also over a ``SiglipVisionModel``):
+  no class token, ``post_layernorm`` on the sequence (the tower's own), the attention-pool (MAP)
+  head (``hf_pool.HFPool``, read-out ``"map"``) and ``ZeroShotHead`` (no projection) on its output.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class HFParts:
             holds an identity during the pass while ``norm`` (that same norm) runs on the whole
             sequence after the last layer (CLIP's ``post_layernorm`` in a zero-shot wrapper), else None.
         num_heads: attention heads per layer (None: from the model's config).
+        pool_head: SigLIP's attention-pool (MAP) head (``readout == "map"``, ``hf_pool.py``), else None.
     """
 
     layers: nn.ModuleList
@@ -82,6 +86,7 @@ class HFParts:
     rel_bias: bool = False
     pooled_norm: tuple[nn.Module, str] | None = None
     num_heads: int | None = None
+    pool_head: nn.Module | None = None
 
 
 def _size(cfg) -> tuple[int, int]:
@@ -152,15 +157,23 @@ def parts_of(model: Any) -> HFParts:
 
 
 def _zero_shot_parts(wrapper: Any) -> HFParts:
-    """The parts of a ``ZeroShot`` / ``ImageFeatures`` wrapper over a ``CLIPModel`` (``ImageFeatures``: or a
-    ``CLIPVisionModelWithProjection``; ``hf_zero_shot.py``)."""
+    """The parts of a ``ZeroShot`` / ``ImageFeatures`` wrapper over a ``CLIPModel`` or a ``SiglipModel``
+    (``ImageFeatures``: or a ``CLIPVisionModelWithProjection`` / ``SiglipVisionModel``; ``hf_zero_shot.py``)."""
     why = unsupported_reason(wrapper)
     if why is not None:
         raise UnsupportedModelError(why)
     hf = wrapper.model
-    vm = hf.vision_model
+    vm = getattr(hf, "vision_model", hf)  # a SiglipVisionModel is the tower itself
     layers = vm.encoder.layers
     zero_shot = type(wrapper).__name__ == "ZeroShot"
+    if type(hf).__name__ in ("SiglipModel", "SiglipVisionModel"):  # no class token; post_layernorm on the sequence, then the MAP head
+        return HFParts(
+            layers=layers, attn="self_attn", mlp="mlp",
+            norms=tuple((lyr.layer_norm1, lyr.layer_norm2) for lyr in layers), layer_scales=(None,) * len(layers),
+            embeddings=vm.embeddings, proj=vm.embeddings.patch_embedding, norm=vm.post_layernorm, fc_norm=None,
+            head=ZeroShotHead(nn.Identity(), wrapper if zero_shot else None), head_dist=None, readout="map",
+            num_prefix=0, img_size=_size(vm.config), num_heads=int(vm.config.num_attention_heads), pool_head=vm.head,
+        )
     return HFParts(
         layers=layers, attn="self_attn", mlp="mlp", norms=tuple((lyr.layer_norm1, lyr.layer_norm2) for lyr in layers),
         layer_scales=(None,) * len(layers), embeddings=vm.embeddings, proj=vm.embeddings.patch_embedding,

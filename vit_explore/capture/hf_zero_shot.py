@@ -16,8 +16,10 @@ side of CLIP's similarity this way, ICCV 2021). Chefer's LRP has no rule for the
 and refuses the head (``lrp_refusal``); AttnLRP gives it the identity rule of every normalisation
 (``UnitNorm``: the norm taken as a constant, as LXT does for LayerNorm / RMSNorm).
 
-SigLIP's vision tower reads out with an attention-pool (MAP) head, which has no read-out row: the
-attention methods refuse it (``unsupported_reason``); the model-agnostic methods apply.
+SigLIP's vision tower (``SiglipModel``; ``vx.image_features`` also over a ``SiglipVisionModel``) has no class token and reads out with an attention-pool (MAP)
+head: ``post_layernorm`` on the sequence, then a probe attending over all tokens, a LayerNorm and an
+MLP, the pooled vector being the image embedding (no projection; ``ZeroShotHead`` with an identity
+``proj``). Its read-out row is the probe's attention, as for timm's MAP (``hf_pool.py``, ``attn_pool.py``).
 """
 
 from __future__ import annotations
@@ -51,18 +53,20 @@ def unsupported_reason(wrapper: nn.Module) -> str | None:
     kind = type(hf).__name__
     if kind == "CLIPModel" or (kind == "CLIPVisionModelWithProjection" and type(wrapper).__name__ == "ImageFeatures"):
         return None
-    if kind == "SiglipModel" or type(getattr(getattr(hf, "vision_model", None), "head", None)).__name__.endswith(
-        "AttentionPoolingHead"
-    ):
+    head = getattr(getattr(hf, "vision_model", hf), "head", None)  # a SiglipVisionModel is the tower itself
+    siglip = kind == "SiglipModel" or (kind == "SiglipVisionModel" and type(wrapper).__name__ == "ImageFeatures")
+    if siglip and type(head).__name__ == "SiglipMultiheadAttentionPoolingHead":
+        return None
+    if siglip or type(head).__name__.endswith("AttentionPoolingHead"):
         return (
-            f"{kind}'s vision tower reads its embedding out with an attention-pool (MAP) head: a learned query "
-            "attends over all patch tokens, then a LayerNorm and an MLP; that read-out is not a row of the "
-            "encoder's attention (no class token, no fixed pooling), so raw attention, rollout and the relevance "
-            "methods have no read-out row to start from"
+            f"the attention methods read a SiglipModel's (or SiglipVisionModel's) vision tower through its attention-pool (MAP) head "
+            f"(SiglipMultiheadAttentionPoolingHead, vision_use_head=True); {kind}'s vision tower has "
+            f"{'none' if head is None else 'a ' + type(head).__name__}"
         )
     return (
-        f"the attention methods read the vision tower of a transformers CLIPModel inside vx.zero_shot / "
-        f"vx.image_features (or a CLIPVisionModelWithProjection inside vx.image_features), not of "
+        f"the attention methods read the vision tower of a transformers CLIPModel or SiglipModel inside "
+        f"vx.zero_shot / vx.image_features (or a CLIPVisionModelWithProjection / SiglipVisionModel inside "
+        f"vx.image_features), not of "
         f"{type(hf).__module__}.{kind}"
     )
 

@@ -160,10 +160,8 @@ def _pool_rules(pool: nn.Module, variant: Variant, handles: list, taps: list) ->
     if act is not None:
         handles.append(act.register_forward_hook(_identity_act_hook))
     pool.fused_attn = False
-    if variant == "cp":
-        taps.append(PoolTap(pool, edit_out=lambda a: a.detach()))
-    else:
-        taps.append(PoolTap(pool, edit_out=lambda a: scale_grad(a, 0.5)))
+    taps.append(PoolTap(pool, grad_factor=0.0 if variant == "cp" else 0.5))
+    if variant != "cp":
         handles.append(pool.kv.register_forward_hook(_half_grad_hook))
 
 
@@ -257,6 +255,8 @@ def lrp_rules(
                         # LayerNorm rule, the rotary embedding and score biases are linear / constant)
                         handles.append(attn.proj.register_forward_pre_hook(_half_grad_pre_hook))
             if pool is not None:
+                if gamma_linear > 0 and getattr(pool, "gamma_refusal", None):  # hf_pool.HFPool
+                    raise UnsupportedModelError(pool.gamma_refusal)
                 _pool_rules(pool, variant, handles, taps)
         yield model
     finally:

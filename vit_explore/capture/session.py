@@ -320,7 +320,7 @@ def capture(
                 wanted.append(xin)
                 keys.append(("input", None))
             if needs.attn_grad and pool_tap is not None:
-                wanted.append(pool_tap.attn[0])
+                wanted.append(pool_tap.graph[0])  # the tensor the pool used (attn[0] or its base)
                 keys.append(("pool", None))
             y = target_score(logits, tgt, score).sum()
             if not y.requires_grad:
@@ -388,8 +388,9 @@ def capture(
             inputs={n: v[-1].detach() for n, v in in_store.items() if v},
             rope=rope,
             pool_attn=pool_tap.attn[0].detach() if pool_tap is not None else None,
-            pool_attn_grad=grads.get("pool:None") if pool_tap is not None and needs.attn_grad else None,
-            pool_scores=pool_tap.scores[0] if pool_tap is not None else None,
+            pool_attn_grad=grads["pool:None"].reshape(pool_tap.attn[0].shape)
+            if pool_tap is not None and needs.attn_grad and need_grad else None,
+            pool_scores=pool_tap.scores[0] if pool_tap is not None and pool_tap.scores else None,
             notes=tuple(None if a.probabilities else a.not_probabilities for a in info.adapters),
             below=info.below,
         )
