@@ -158,9 +158,20 @@ def perturbation_curves_many(
                 cells.append(("group", group_of[gk]))
             layout.append((name, ri, [(start, finish)] + cells, xs))  # type: ignore[list-item]
 
-    # one stream: whole images first, then every group's B images; score as they come out
+    # one stream: whole images first, then every group's B images; score as they come out.
+    # Each pass's input is written straight into one buffer: the whole images copied, each
+    # group's images chosen pixel by pixel (``torch.where(..., out=)``) from contiguous slices
+    # of its start and finish images under a pixel-level rank map built once per ranking.
+    pix_rank: dict[tuple, torch.Tensor] = {}
+    for pkey, (r, _st, _fi, geo) in plans.items():
+        if pkey[0] not in pix_rank:
+            if geo is not None:
+                gh, gw, ph, pw = geo
+                rp = r.reshape(B, gh, 1, gw, 1).expand(B, gh, ph, gw, pw)
+            else:
+                rp = r
+            pix_rank[pkey[0]] = rp.reshape(B, 1, H, W)
     n_whole, total = len(whole_src), len(whole_src) + len(groups) * B
-    whole_logits: torch.Tensor | None = None
     group_scores = {"prob": torch.empty(len(groups), B), "accuracy": torch.empty(len(groups), B)}
     need = {p.score for p in presets}
     starts = list(range(0, total, batch_size))
@@ -168,36 +179,36 @@ def perturbation_curves_many(
         starts.pop()
     bounds = list(zip(starts, starts[1:] + [total]))
     whole_parts: list[torch.Tensor] = []
+    buf = torch.empty((max(j - i for i, j in bounds), *x.shape[1:]), dtype=x.dtype, device=x.device)
     with torch.inference_mode():
         for i, j in bounds:
-            parts = []
-            if i < n_whole:
-                parts.append(torch.stack([images[kd][b] for kd, b in whole_src[i:min(j, n_whole)]]))
-            lo, hi = max(i, n_whole) - n_whole, j - n_whole
-            jobs = torch.arange(lo, hi, device=x.device) if hi > lo else None
-            if jobs is not None:
-                g_of, b_of = jobs // B, jobs % B
-                for g in torch.unique_consecutive(g_of).tolist():
-                    (pkey, k) = groups[g]
-                    r, st, fi, geo = plans[pkey]
-                    bb = b_of[g_of == g]
-                    m = r[bb] < k
-                    if geo is not None:
-                        gh, gw, ph, pw = geo
-                        m = m.reshape(-1, gh, gw).repeat_interleave(ph, 1).repeat_interleave(pw, 2)
-                    m = m.reshape(-1, 1, H, W)
-                    parts.append(torch.where(m, _pick(images, fi, bb), _pick(images, st, bb)))
-            logits = model(torch.cat(parts) if len(parts) > 1 else parts[0]).float()
             nw = max(0, min(j, n_whole) - i)
             if nw:
+                torch.stack([images[kd][b] for kd, b in whole_src[i : i + nw]], out=buf[:nw])
+            o = nw
+            pieces: list[tuple[int, int, int]] = []  # (group, first image, end image)
+            job = max(i, n_whole) - n_whole
+            while job < j - n_whole:
+                g, b0 = divmod(job, B)
+                b1 = min(B, b0 + (j - n_whole - job))
+                (pkey, k) = groups[g]
+                _r, st, fi, _geo = plans[pkey]
+                torch.where(pix_rank[pkey[0]][b0:b1] < k, images[fi][b0:b1], images[st][b0:b1], out=buf[o : o + b1 - b0])
+                pieces.append((g, b0, b1))
+                o += b1 - b0
+                job += b1 - b0
+            logits = model(buf[: j - i]).float()
+            if nw:
                 whole_parts.append(logits[:nw])
-            if jobs is not None:
+            if pieces:
                 lg = logits[nw:]
-                tt = tgt[b_of]
+                g_of = torch.cat([torch.full((b1 - b0,), g, dtype=torch.long) for g, b0, b1 in pieces])
+                b_of = torch.cat([torch.arange(b0, b1) for _g, b0, b1 in pieces])
                 if "prob" in need:
+                    tt = tgt[b_of.to(tgt.device)]
                     group_scores["prob"][g_of, b_of] = lg.softmax(-1).gather(1, tt[:, None])[:, 0].cpu()
                 if "accuracy" in need:
-                    group_scores["accuracy"][g_of, b_of] = (lg.argmax(-1) == labels[b_of]).float().cpu()
+                    group_scores["accuracy"][g_of, b_of] = (lg.argmax(-1) == labels[b_of.to(labels.device)]).float().cpu()
         whole_logits = torch.cat(whole_parts)
     whole_prob = whole_logits.softmax(-1)
     whole_top = whole_logits.argmax(-1)
@@ -228,6 +239,3 @@ def perturbation_curves_many(
         )
     return out
 
-
-def _pick(images: dict[str, torch.Tensor], kind: str, b: torch.Tensor) -> torch.Tensor:
-    return images[kind][b]
