@@ -8,9 +8,9 @@ rules are those of the reference's ``modules/layers_ours.py`` (§4.3), as closed
 instead of one autograd call per layer, batched (the reference only does batch 1):
 
 * Linear, alpha=1/beta=0, bias ignored, common denominator:
-  ``S = sdiv(R, x+ W+^T + x- W-^T)``, ``R_x = x+ (S W+) + x- (S W-)``; inside the blocks the
-  denominator is computed as ``(x W^T + |x| |W|^T) / 2`` from the recorded layer output
-  (three matmuls per layer instead of the reference's eight).
+  ``S = sdiv(R, x+ W+^T + x- W-^T)``, ``R_x = x+ (S W+) + x- (S W-)``, computed as
+  ``(x W^T + |x| |W|^T) / 2`` (``x W^T`` from the recorded layer output inside the blocks) and
+  ``(x (S W) + |x| (S |W|)) / 2`` (three matmuls per layer instead of the reference's eight).
 * Bilinear einsums (``A v`` and the unscaled ``q k^T``), the "simple" rule:
   ``S = sdiv(R, Z)``, ``R_A = A (S v^T)``, ``R_v = v (A^T S)``, each halved.
 * Residual Add: ``a = x0 sdiv(R, Z)``, ``b = x1 sdiv(R, Z)``, rescaled so the branches share
@@ -55,27 +55,32 @@ def sdiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     The reference computes ``den = clamp(b, min=1e-9) + clamp(b, max=1e-9)``, which is
     ``b + 1e-9`` exactly (one clamp returns ``b``, the other ``1e-9``), replaces ``den == 0``
-    by 1e-9 and multiplies by ``b != 0``; the same values here with fewer passes over memory.
+    by 1e-9 and multiplies by ``b != 0``; the same values here with fewer passes over memory
+    (``den == 0`` only where ``b == -1e-9``, checked once, fixed only if it occurs).
     """
     den = b + 1e-9
-    den.masked_fill_(den == 0, 1e-9)
+    hole = den == 0
+    if hole.any():
+        den.masked_fill_(hole, 1e-9)
     return (a / den).masked_fill_(b == 0, 0.0)
 
 
 def linear_rule(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor, xw: torch.Tensor | None = None) -> torch.Tensor:
     """Alpha=1/beta=0 rule of a Linear (bias ignored): x (..., K), r (..., O), w (O, K) -> (..., K).
 
-    ``xw``: ``x W^T`` if already known (the recorded output minus the bias); then the
-    denominator ``x+ W+^T + x- W-^T = (x W^T + |x| |W|^T) / 2`` costs one matmul instead of two.
+    With ``x± W±`` written through ``|x|`` and ``|W|`` (``x+ W+ + x- W- = (x W + |x| |W|) / 2``,
+    ``x+ (S W+) + x- (S W-) = (x (S W) + |x| (S |W|)) / 2``) the rule reads one weight-sized
+    temporary (``|W|``) instead of three (``W+``, ``W-``, ``|W|``): at batch 1 the weights are
+    as large as the activations. ``xw``: ``x W^T`` if already known (the recorded output minus
+    the bias), saving one matmul.
     """
-    wp, wn = w.clamp(min=0), w.clamp(max=0)
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    aw = w.abs()
+    ax = x.abs()
     if xw is None:
-        z = F.linear(xp, wp) + F.linear(xn, wn)
-    else:
-        z = (xw + F.linear(x.abs(), w.abs())) / 2
+        xw = F.linear(x, w)
+    z = F.linear(ax, aw).add_(xw).mul_(0.5)  # x+ W+^T + x- W-^T >= 0
     s = sdiv(r, z)
-    return xp * (s @ wp) + xn * (s @ wn)
+    return (x * (s @ w)).add_(ax.mul_(s @ aw)).mul_(0.5)
 
 
 def _xw(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
