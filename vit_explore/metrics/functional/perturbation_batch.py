@@ -64,7 +64,7 @@ def perturbation_curves_many(
         raise InputError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if batch_size < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
-    B, _C, H, W = x.shape
+    B, C, H, W = x.shape
     sals = {}
     for name, sal in maps.items():
         s = as_maps(sal).to(x.device)
@@ -159,18 +159,38 @@ def perturbation_curves_many(
             layout.append((name, ri, [(start, finish)] + cells, xs))  # type: ignore[list-item]
 
     # one stream: whole images first, then every group's B images; score as they come out.
-    # Each pass's input is written straight into one buffer: the whole images copied, each
-    # group's images chosen pixel by pixel (``torch.where(..., out=)``) from contiguous slices
-    # of its start and finish images under a pixel-level rank map built once per ranking.
-    pix_rank: dict[tuple, torch.Tensor] = {}
+    # Each pass's input is written straight into one buffer. Every curve is cumulative (the
+    # image at count k is the one at any smaller count with the next-ranked pixels replaced), so
+    # each (map, ranking, start, finish) keeps its B current images and moves them from one
+    # count to the next by replacing only the pixels ranked in between (scatter along the
+    # ranking); a group's images are then one contiguous copy into the buffer.
+    pix_order: dict[tuple, torch.Tensor] = {}  # rkey -> (B, H*W) pixels, most salient first
     for pkey, (r, _st, _fi, geo) in plans.items():
-        if pkey[0] not in pix_rank:
-            if geo is not None:
-                gh, gw, ph, pw = geo
-                rp = r.reshape(B, gh, 1, gw, 1).expand(B, gh, ph, gw, pw)
-            else:
-                rp = r
-            pix_rank[pkey[0]] = rp.reshape(B, 1, H, W)
+        if pkey[0] not in pix_order:
+            n = r.shape[1]
+            order = torch.empty_like(r).scatter_(1, r, torch.arange(n, device=r.device).expand_as(r))
+            if geo is not None:  # each patch's pixels, patch by patch
+                _gh, gw, ph, pw = geo
+                cell = (torch.arange(ph, device=r.device)[:, None] * W + torch.arange(pw, device=r.device)).reshape(-1)
+                corner = (torch.arange(n, device=r.device) // gw) * (ph * W) + (torch.arange(n, device=r.device) % gw) * pw
+                order = (corner[order][..., None] + cell).reshape(B, -1)
+            pix_order[pkey[0]] = order
+    last_group = {groups[g][0]: g for g in range(len(groups))}
+    state: dict[tuple, list] = {}  # pkey -> [current images (B, C, H*W), count]
+
+    def advance(pkey: tuple, k: int) -> torch.Tensor:
+        _r, st, fi, geo = plans[pkey]
+        per = 1 if geo is None else geo[2] * geo[3]  # pixels per ranked unit
+        if pkey not in state or state[pkey][1] > k:
+            state[pkey] = [images[st].reshape(B, C, H * W).clone(), 0]
+        cur, k0 = state[pkey]
+        if k > k0:
+            idx = pix_order[pkey[0]][:, k0 * per : k * per]
+            idx = idx[:, None, :].expand(B, C, idx.shape[1])
+            cur.scatter_(2, idx, images[fi].reshape(B, C, H * W).gather(2, idx))
+            state[pkey][1] = k
+        return cur.view(B, C, H, W)
+
     n_whole, total = len(whole_src), len(whole_src) + len(groups) * B
     group_scores = {"prob": torch.empty(len(groups), B), "accuracy": torch.empty(len(groups), B)}
     need = {p.score for p in presets}
@@ -192,8 +212,9 @@ def perturbation_curves_many(
                 g, b0 = divmod(job, B)
                 b1 = min(B, b0 + (j - n_whole - job))
                 (pkey, k) = groups[g]
-                _r, st, fi, _geo = plans[pkey]
-                torch.where(pix_rank[pkey[0]][b0:b1] < k, images[fi][b0:b1], images[st][b0:b1], out=buf[o : o + b1 - b0])
+                buf[o : o + b1 - b0].copy_(advance(pkey, k)[b0:b1])
+                if g == last_group[pkey] and b1 == B:
+                    del state[pkey]
                 pieces.append((g, b0, b1))
                 o += b1 - b0
                 job += b1 - b0
