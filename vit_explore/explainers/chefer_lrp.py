@@ -254,11 +254,11 @@ def _block_relevance(
         qkv_out = qkv_xw if bs["qkv"] is None else qkv_xw + bs["qkv"]
     q0, k0, v = qkv_out.reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4)
     r_att = r_att.reshape(B, N, h, -1).transpose(1, 2)  # b n (h d) -> b h n d
-    s = sdiv(r_att, attn @ v)
-    r_a = attn * (s @ v.transpose(-1, -2)) / 2
+    s = sdiv(r_att, attn @ v).mul_(0.5)  # the halving on (N, d), not on (N, N): exact (a power of 2)
+    r_a = attn * (s @ v.transpose(-1, -2))
     if last:
         return None, r_a
-    r_v = v * (attn.transpose(-1, -2) @ s) / 2
+    r_v = v * (attn.transpose(-1, -2) @ s)
     if blk.qk_norm_modules:  # q_norm / k_norm: identity; softmax, attn_drop: identity
         q0, k0 = acts[f"{p}.attn.q_norm"], acts[f"{p}.attn.k_norm"]
     m = trace.rope[layer] if blk.rope and trace.rope is not None else None
@@ -303,7 +303,7 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
     vec = None
     for i in range(L - 1, start_layer - 1, -1):
         r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer, layer=i)
-        a_bar = (trace.attn_grad_at(i) * r_a).clamp(min=0).mean(dim=1)  # (B, N, N)
+        a_bar = (trace.attn_grad_at(i) * r_a).clamp_(min=0).mean(dim=1)  # (B, N, N)
         if vec is None:
             vec = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)
         vec = vec + (vec[:, None, :] @ a_bar)[:, 0]
