@@ -28,7 +28,10 @@ key rows of every ``qkv`` weight and bias by 4, so attention logits grow 16x and
 softmax concentrates on a few keys (the mean of the row maxima is printed).
 
     python bench/bench_peers.py [--quick] [--batches 1 8] [--repeats 3] [--attention random peaky]
-                                [--methods saliency,grad_cam,...] [--markdown]
+                                [--methods saliency,grad_cam,...] [--markdown] [--readme]
+
+``--readme`` also writes the ``--markdown`` table into README.md between its two
+``<!-- speed-table -->`` lines (run it on an idle machine).
 
 ``--quick`` runs the embedded toy-shapes model (96 px, patch 8) with batches 1 and 2 and one
 repeat: a smoke test, not a measurement. Peak memory: the growth of the peak resident set
@@ -234,6 +237,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--markdown", action="store_true", help="print the README speed table")
+    ap.add_argument("--readme", action="store_true",
+                    help=f"also write that table into README.md, between its two {README_MARKER} lines")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -276,15 +281,32 @@ def main() -> None:
                       f"floor {r['floor']:.3f} s/img (ours/floor {r['ours'] / r['floor']:.2f})"
                       + (f", peak RSS growth {', '.join(f'{k} {v:.0f} MB' for k, v in mem.items())}" if mem else ""),
                       flush=True)
-    if a.markdown:
+    if a.markdown or a.readme:
+        md = markdown(rows, name, a)
         print()
-        print(markdown(rows, name, a))
+        print(md)
+        if a.readme:
+            write_readme(md)
+
+
+README_MARKER = "<!-- speed-table -->"
+
+
+def write_readme(md: str, path: Path = ROOT / "README.md") -> None:
+    """Replace the block between the two ``README_MARKER`` lines of ``path`` (atomically)."""
+    parts = path.read_text().split(README_MARKER)
+    if len(parts) != 3:
+        raise SystemExit(f"{path} needs exactly two {README_MARKER} lines")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(parts[0] + README_MARKER + "\n" + md + "\n" + README_MARKER + parts[2])
+    tmp.replace(path)  # nothing half-written
 
 
 def markdown(rows, name, a) -> str:
-    head = (f"{name}, random init and peaky attention, CPU: {cpu_name()}, {a.threads} threads, torch "
+    head = (f"{name}, random init and peaky attention, CPU: {cpu_name()} ({os.cpu_count()} cores),"
+            f" {a.threads} threads, torch "
             f"{torch.__version__}; medians of {a.repeats} interleaved runs, seconds per image "
-            f"(`python bench/bench_peers.py{' --quick' if a.quick else ''} --markdown`). Integrated gradients: "
+            f"(`python bench/bench_peers.py{' --quick' if a.quick else ''} --readme`, {time.strftime('%Y-%m-%d')}). Integrated gradients: "
             f"{a.ig_steps} steps.\n\n")
     lines = ["| attention | batch | method | ours | peer | peer | peer / ours | floor | ours / floor | peak MB (ours / peer) |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -24,3 +24,21 @@ def test_bench_peers_quick_runs_and_prints_the_markdown_table():
     assert [r.split("|")[3].strip() for r in rows] == ["saliency", "grad_cam", "chefer_lrp"]
     assert "captum Saliency" in rows[0] and "pytorch-grad-cam GradCAM" in rows[1] and "official" in rows[2]
     assert "CPU:" in out.stdout and "toy-shapes" in out.stdout
+
+
+def test_readme_flag_replaces_only_the_marked_block(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_peers_t", ROOT / "bench" / "bench_peers.py")
+    bp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bp)
+    m = bp.README_MARKER
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{m}\nold table\n{m}\nrest\n")
+    bp.write_readme("| new | table |", readme)
+    assert readme.read_text() == f"intro\n{m}\n| new | table |\n{m}\nrest\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="exactly two"):
+        bp.write_readme("| t |", readme)
+    assert readme.read_text() == "no markers\n"
+    assert (ROOT / "README.md").read_text().count(m) == 2

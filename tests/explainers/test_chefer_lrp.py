@@ -248,6 +248,18 @@ def test_linear_rule_conserves_positive_contributions():
     torch.testing.assert_close(linear_rule(x, r, w).sum(-1), r.sum(-1), rtol=1e-5, atol=1e-6)
 
 
+def test_linear_rule_through_abs_weights_equals_the_reference_rule():
+    """The |x|, |W| form (one weight-sized temporary) against layers_ours.Linear.relprop (W+, W-,
+    autograd) in float64, mixed signs, with and without the recorded x W^T."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 6, 9, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 9, generator=g, dtype=torch.float64)
+    r = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    ref = ref_linear(x, w, r)
+    torch.testing.assert_close(linear_rule(x, r, w), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(linear_rule(x, r, w, x @ w.T), ref, rtol=1e-12, atol=1e-12)
+
+
 def test_add_rule_by_hand_and_conservation():
     x0 = torch.tensor([[[1.0, 3.0]], [[2.0, 0.0]]])  # two images
     x1 = torch.tensor([[[1.0, -1.0]], [[2.0, 4.0]]])

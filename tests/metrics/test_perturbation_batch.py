@@ -130,3 +130,22 @@ def test_benchmark_table_equals_old_loop(toy):
             curves, auc = old_curves(model, x, sal, preset, mode, pred, labels, 128, 8)
             assert res.table[name][metric] == float(np.mean(auc.numpy())), (name, metric)
             assert res.curves[name][metric]["y"] == np.mean(curves.double().numpy(), 0).tolist(), (name, metric)
+
+
+def test_passes_that_cut_groups_anywhere_equal_old_loop(toy):
+    """Small passes (6 images) cut every group of B images at a different place, and the stream
+    mixes whole images, pixel and patch groups in one pass: the scores are still the old loop's."""
+    model, x, labels = toy
+    x3 = torch.cat([x, x[:1].flip(-1)])
+    lab3 = torch.cat([labels, labels[:1]])
+    with torch.no_grad():
+        pred = model(x3).argmax(-1)
+    maps = {"m": torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(7))}
+    runs = [("patch", "deletion"), ("chefer_perturbation", "negative"), ("rise", "insertion")]
+    new = MF.perturbation_curves_many(model, x3, maps, runs, target=pred, labels=lab3, batch_size=6, patch_size=8)
+    for preset, mode in runs:
+        # 43 images per old pass: no pass of 1-3 images (3 x 145, 3 x 10 and 3 x 43 images)
+        curves, auc = old_curves(model, x3, maps["m"], preset, mode, pred, lab3, 43, 8)
+        got = new["m"][(preset, mode)]
+        assert torch.equal(got.curves, curves), (preset, mode)
+        assert torch.equal(got.auc, auc), (preset, mode)

@@ -8,9 +8,9 @@ rules are those of the reference's ``modules/layers_ours.py`` (§4.3), as closed
 instead of one autograd call per layer, batched (the reference only does batch 1):
 
 * Linear, alpha=1/beta=0, bias ignored, common denominator:
-  ``S = sdiv(R, x+ W+^T + x- W-^T)``, ``R_x = x+ (S W+) + x- (S W-)``; inside the blocks the
-  denominator is computed as ``(x W^T + |x| |W|^T) / 2`` from the recorded layer output
-  (three matmuls per layer instead of the reference's eight).
+  ``S = sdiv(R, x+ W+^T + x- W-^T)``, ``R_x = x+ (S W+) + x- (S W-)``, computed as
+  ``(x W^T + |x| |W|^T) / 2`` (``x W^T`` from the recorded layer output inside the blocks) and
+  ``(x (S W) + |x| (S |W|)) / 2`` (three matmuls per layer instead of the reference's eight).
 * Bilinear einsums (``A v`` and the unscaled ``q k^T``), the "simple" rule:
   ``S = sdiv(R, Z)``, ``R_A = A (S v^T)``, ``R_v = v (A^T S)``, each halved.
 * Residual Add: ``a = x0 sdiv(R, Z)``, ``b = x1 sdiv(R, Z)``, rescaled so the branches share
@@ -56,27 +56,32 @@ def sdiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     The reference computes ``den = clamp(b, min=1e-9) + clamp(b, max=1e-9)``, which is
     ``b + 1e-9`` exactly (one clamp returns ``b``, the other ``1e-9``), replaces ``den == 0``
-    by 1e-9 and multiplies by ``b != 0``; the same values here with fewer passes over memory.
+    by 1e-9 and multiplies by ``b != 0``; the same values here with fewer passes over memory
+    (``den == 0`` only where ``b == -1e-9``, checked once, fixed only if it occurs).
     """
     den = b + 1e-9
-    den.masked_fill_(den == 0, 1e-9)
+    hole = den == 0
+    if hole.any():
+        den.masked_fill_(hole, 1e-9)
     return (a / den).masked_fill_(b == 0, 0.0)
 
 
 def linear_rule(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor, xw: torch.Tensor | None = None) -> torch.Tensor:
     """Alpha=1/beta=0 rule of a Linear (bias ignored): x (..., K), r (..., O), w (O, K) -> (..., K).
 
-    ``xw``: ``x W^T`` if already known (the recorded output minus the bias); then the
-    denominator ``x+ W+^T + x- W-^T = (x W^T + |x| |W|^T) / 2`` costs one matmul instead of two.
+    With ``x± W±`` written through ``|x|`` and ``|W|`` (``x+ W+ + x- W- = (x W + |x| |W|) / 2``,
+    ``x+ (S W+) + x- (S W-) = (x (S W) + |x| (S |W|)) / 2``) the rule reads one weight-sized
+    temporary (``|W|``) instead of three (``W+``, ``W-``, ``|W|``): at batch 1 the weights are
+    as large as the activations. ``xw``: ``x W^T`` if already known (the recorded output minus
+    the bias), saving one matmul.
     """
-    wp, wn = w.clamp(min=0), w.clamp(max=0)
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    aw = w.abs()
+    ax = x.abs()
     if xw is None:
-        z = F.linear(xp, wp) + F.linear(xn, wn)
-    else:
-        z = (xw + F.linear(x.abs(), w.abs())) / 2
+        xw = F.linear(x, w)
+    z = F.linear(ax, aw).add_(xw).mul_(0.5)  # x+ W+^T + x- W-^T >= 0
     s = sdiv(r, z)
-    return xp * (s @ wp) + xn * (s @ wn)
+    return (x * (s @ w)).add_(ax.mul_(s @ aw)).mul_(0.5)
 
 
 def _xw(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -250,11 +255,11 @@ def _block_relevance(
         qkv_out = qkv_xw if bs["qkv"] is None else qkv_xw + bs["qkv"]
     q0, k0, v = qkv_out.reshape(B, N, 3, h, -1).permute(2, 0, 3, 1, 4)
     r_att = r_att.reshape(B, N, h, -1).transpose(1, 2)  # b n (h d) -> b h n d
-    s = sdiv(r_att, attn @ v)
-    r_a = attn * (s @ v.transpose(-1, -2)) / 2
+    s = sdiv(r_att, attn @ v).mul_(0.5)  # the halving on (N, d), not on (N, N): exact (a power of 2)
+    r_a = attn * (s @ v.transpose(-1, -2))
     if last:
         return None, r_a
-    r_v = v * (attn.transpose(-1, -2) @ s) / 2
+    r_v = v * (attn.transpose(-1, -2) @ s)
     if blk.qk_norm_modules:  # q_norm / k_norm: identity; softmax, attn_drop: identity
         q0, k0 = acts[f"{p}.attn.q_norm"], acts[f"{p}.attn.k_norm"]
     m = trace.rope[layer] if blk.rope and trace.rope is not None else None
@@ -301,7 +306,7 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
     w, d = None, None
     for i in range(L - 1, start_layer - 1, -1):
         r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer, layer=i)
-        a_bar = (trace.attn_grad_at(i) * r_a).clamp(min=0).mean(dim=1)  # (B, N, N)
+        a_bar = (trace.attn_grad_at(i) * r_a).clamp_(min=0).mean(dim=1)  # (B, N, N)
         if w is None or d is None:
             w = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)
             d = torch.zeros_like(w)

@@ -65,7 +65,7 @@ def perturbation_curves_many(
         raise InputError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if batch_size < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
-    B, _C, H, W = x.shape
+    B, C, H, W = x.shape
     sals = {}
     for name, sal in maps.items():
         s = as_maps(sal).to(x.device)
@@ -159,9 +159,40 @@ def perturbation_curves_many(
                 cells.append(("group", group_of[gk]))
             layout.append((name, ri, [(start, finish)] + cells, xs))  # type: ignore[list-item]
 
-    # one stream: whole images first, then every group's B images; score as they come out
+    # one stream: whole images first, then every group's B images; score as they come out.
+    # Each pass's input is written straight into one buffer. Every curve is cumulative (the
+    # image at count k is the one at any smaller count with the next-ranked pixels replaced), so
+    # each (map, ranking, start, finish) keeps its B current images and moves them from one
+    # count to the next by replacing only the pixels ranked in between (scatter along the
+    # ranking); a group's images are then one contiguous copy into the buffer.
+    pix_order: dict[tuple, torch.Tensor] = {}  # rkey -> (B, H*W) pixels, most salient first
+    for pkey, (r, _st, _fi, geo) in plans.items():
+        if pkey[0] not in pix_order:
+            n = r.shape[1]
+            order = torch.empty_like(r).scatter_(1, r, torch.arange(n, device=r.device).expand_as(r))
+            if geo is not None:  # each patch's pixels, patch by patch
+                _gh, gw, ph, pw = geo
+                cell = (torch.arange(ph, device=r.device)[:, None] * W + torch.arange(pw, device=r.device)).reshape(-1)
+                corner = (torch.arange(n, device=r.device) // gw) * (ph * W) + (torch.arange(n, device=r.device) % gw) * pw
+                order = (corner[order][..., None] + cell).reshape(B, -1)
+            pix_order[pkey[0]] = order
+    last_group = {groups[g][0]: g for g in range(len(groups))}
+    state: dict[tuple, list] = {}  # pkey -> [current images (B, C, H*W), count]
+
+    def advance(pkey: tuple, k: int) -> torch.Tensor:
+        _r, st, fi, geo = plans[pkey]
+        per = 1 if geo is None else geo[2] * geo[3]  # pixels per ranked unit
+        if pkey not in state or state[pkey][1] > k:
+            state[pkey] = [images[st].reshape(B, C, H * W).clone(), 0]
+        cur, k0 = state[pkey]
+        if k > k0:
+            idx = pix_order[pkey[0]][:, k0 * per : k * per]
+            idx = idx[:, None, :].expand(B, C, idx.shape[1])
+            cur.scatter_(2, idx, images[fi].reshape(B, C, H * W).gather(2, idx))
+            state[pkey][1] = k
+        return cur.view(B, C, H, W)
+
     n_whole, total = len(whole_src), len(whole_src) + len(groups) * B
-    whole_logits: torch.Tensor | None = None
     group_scores = {"prob": torch.empty(len(groups), B), "accuracy": torch.empty(len(groups), B)}
     need = {p.score for p in presets}
     starts = list(range(0, total, batch_size))
@@ -169,36 +200,38 @@ def perturbation_curves_many(
         starts.pop()
     bounds = list(zip(starts, starts[1:] + [total]))
     whole_parts: list[torch.Tensor] = []
+    buf = torch.empty((max(j - i for i, j in bounds), *x.shape[1:]), dtype=x.dtype, device=x.device)
     with torch.inference_mode():
         for i, j in bounds:
-            parts = []
-            if i < n_whole:
-                parts.append(torch.stack([images[kd][b] for kd, b in whole_src[i:min(j, n_whole)]]))
-            lo, hi = max(i, n_whole) - n_whole, j - n_whole
-            jobs = torch.arange(lo, hi, device=x.device) if hi > lo else None
-            if jobs is not None:
-                g_of, b_of = jobs // B, jobs % B
-                for g in torch.unique_consecutive(g_of).tolist():
-                    (pkey, k) = groups[g]
-                    r, st, fi, geo = plans[pkey]
-                    bb = b_of[g_of == g]
-                    m = r[bb] < k
-                    if geo is not None:
-                        gh, gw, ph, pw = geo
-                        m = m.reshape(-1, gh, gw).repeat_interleave(ph, 1).repeat_interleave(pw, 2)
-                    m = m.reshape(-1, 1, H, W)
-                    parts.append(torch.where(m, _pick(images, fi, bb), _pick(images, st, bb)))
-            logits = model(torch.cat(parts) if len(parts) > 1 else parts[0]).float()
             nw = max(0, min(j, n_whole) - i)
             if nw:
+                torch.stack([images[kd][b] for kd, b in whole_src[i : i + nw]], out=buf[:nw])
+            o = nw
+            pieces: list[tuple[int, int, int]] = []  # (group, first image, end image)
+            job = max(i, n_whole) - n_whole
+            while job < j - n_whole:
+                g, b0 = divmod(job, B)
+                b1 = min(B, b0 + (j - n_whole - job))
+                (pkey, k) = groups[g]
+                buf[o : o + b1 - b0].copy_(advance(pkey, k)[b0:b1])
+                if g == last_group[pkey] and b1 == B:
+                    del state[pkey]
+                pieces.append((g, b0, b1))
+                o += b1 - b0
+                job += b1 - b0
+            logits = model(buf[: j - i]).float()
+            if nw:
                 whole_parts.append(logits[:nw])
-            if jobs is not None:
+            if pieces:
                 lg = logits[nw:]
-                tt = tgt[b_of]
+                g_of = torch.cat([torch.full((b1 - b0,), g, dtype=torch.long) for g, b0, b1 in pieces])
+                b_of = torch.cat([torch.arange(b0, b1) for _g, b0, b1 in pieces])
                 if "prob" in need:
+                    tt = tgt[b_of.to(tgt.device)]
                     group_scores["prob"][g_of, b_of] = lg.softmax(-1).gather(1, tt[:, None])[:, 0].cpu()
                 if "accuracy" in need:
-                    group_scores["accuracy"][g_of, b_of] = (lg.argmax(-1) == labels[b_of]).float().cpu()
+                    assert labels is not None  # an accuracy preset is run only with labels
+                    group_scores["accuracy"][g_of, b_of] = (lg.argmax(-1) == labels[b_of.to(labels.device)]).float().cpu()
         whole_logits = torch.cat(whole_parts)
     whole_prob = whole_logits.softmax(-1)
     whole_top = whole_logits.argmax(-1)
@@ -229,6 +262,3 @@ def perturbation_curves_many(
         )
     return out
 
-
-def _pick(images: dict[str, torch.Tensor], kind: str, b: torch.Tensor) -> torch.Tensor:
-    return images[kind][b]
