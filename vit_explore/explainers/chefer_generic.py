@@ -43,16 +43,10 @@ def chefer_generic(trace: Trace, *, start_layer: int = 0) -> torch.Tensor:
     a_last = trace.attn_at(-1)
     B = a_last.shape[0]
     w = layout.readout_weights(a_last.dtype, a_last.device).expand(B, -1)  # (B, N)
-    if layout.readout in ("cls", "cls_dist", "map"):
-        # w R, the reference's product: a class token's w I lies in the prefix columns (never shown);
-        # an attention pool's w is its attention to each token, part of its read-out (§1.3)
-        v = w
-        for i in range(trace.num_layers - 1, start - 1, -1):
-            a_bar = (trace.attn_grad_at(i) * trace.attn_at(i)).clamp(min=0).mean(dim=1)  # (B, N, N)
-            v = v + (v[:, None, :] @ a_bar)[:, 0]
-        return layout.patch_columns(v)
-    d = torch.zeros_like(w)  # a mean pool: w (R - I), without the constant w I (never formed, never subtracted)
+    d = torch.zeros_like(w)  # w (R - I), accumulated without forming (or subtracting) the constant w I
     for i in range(trace.num_layers - 1, start - 1, -1):
         a_bar = (trace.attn_grad_at(i) * trace.attn_at(i)).clamp(min=0).mean(dim=1)  # (B, N, N)
         d = d + ((w + d)[:, None, :] @ a_bar)[:, 0]
+    if layout.readout == "map":  # an attention pool's w is its attention to each token: part of its read-out (§1.3)
+        d = d + w
     return layout.patch_columns(d)

@@ -169,6 +169,7 @@ class Survey:
         self._target = np.asarray(store.arrays["target"]).astype(np.int64)
         self.given_labels = labels
         self._analysis: dict[int, spray.ClassAnalysis] = {}
+        self._means: dict[tuple[int, int | None], np.ndarray] = {}  # (class, cluster or None) -> mean map
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None, data: Any = None,
@@ -253,13 +254,19 @@ class Survey:
 
     def mean_map(self, c: int, k: int) -> np.ndarray:
         """(gh, gw) float64 mean of the members' maps, each scaled by its largest absolute value."""
-        m = spray.normalise(np.asarray(self.store.maps[self.members(c, k)], dtype=np.float32))
-        return m.mean(axis=0).reshape(self.grid)
+        return self._mean(int(c), int(k), self.members(c, k))
 
     def class_mean_map(self, c: int) -> np.ndarray:
         """(gh, gw) float64 mean of every class-``c`` image's map, each scaled by its largest absolute value."""
-        m = spray.normalise(np.asarray(self.store.maps[self.indices(c)], dtype=np.float32))
-        return m.mean(axis=0).reshape(self.grid)
+        return self._mean(int(c), None, self.indices(c))
+
+    def _mean(self, c: int, k: int | None, idx: np.ndarray) -> np.ndarray:
+        """The normalised mean of the maps ``idx``, read from the store once per (class, cluster): the
+        Atlas's cards, ``contrast_map``, ``hot_patches`` and ``scan`` ask for the same means repeatedly."""
+        if (c, k) not in self._means:
+            m = spray.normalise(np.asarray(self.store.maps[idx], dtype=np.float32))
+            self._means[(c, k)] = m.mean(axis=0).reshape(self.grid)
+        return self._means[(c, k)].copy()
 
     def contrast_map(self, c: int, k: int) -> np.ndarray:
         """(gh, gw) float64 ``mean_map(c, k) - class_mean_map(c)``: where cluster ``k`` looks more (> 0)
