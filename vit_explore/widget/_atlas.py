@@ -114,6 +114,13 @@ class Atlas(anywidget.AnyWidget):
         self.observe(self._on_selected, names=["selected"])
         self.on_msg(self._on_msg)
 
+    def close(self) -> None:
+        """Close the widget and its job thread: pending jobs are dropped, a running one ends on its own."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.close(timeout=0)
+        super().close()
+
     # ------------------------------------------------------------------ payloads
 
     def _names(self) -> list[str]:

@@ -180,6 +180,13 @@ class Explorer(ExplorerJobs, anywidget.AnyWidget):
         self._teaching = Teaching(self, tour)  # logit lens, similarity, head attribution, patching, tour
         self._schedule_map()
 
+    def close(self) -> None:
+        """Close the widget and its job thread: pending jobs are dropped, a running one ends on its own."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.close(timeout=0)
+        super().close()
+
     # ------------------------------------------------------------------ constructor arguments
 
     @staticmethod

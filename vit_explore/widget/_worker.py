@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 import weakref
@@ -17,9 +18,16 @@ from collections.abc import Callable
 
 from torch import nn
 
+#: every live worker, for ``_join_all_at_exit``
+_LIVE: weakref.WeakSet[_Worker] = weakref.WeakSet()
+
 
 class _Worker:
-    """One daemon thread running jobs by slot; a new job replaces the pending job of its slot."""
+    """One daemon thread running jobs by slot; a new job replaces the pending job of its slot.
+
+    At interpreter exit the pending jobs are dropped and the running one is waited for
+    (``_join_all_at_exit``): a daemon thread still inside torch while the interpreter tears down
+    its thread pools aborts the process ("terminate called without an active exception")."""
 
     def __init__(self, on_state: Callable[[bool, str], None],
                  on_error: Callable[[str, BaseException], object] | None = None):
@@ -29,9 +37,26 @@ class _Worker:
         self._running: str | None = None
         self._thread: threading.Thread | None = None
         self._on_state = on_state
+        self._closed = False
+        _LIVE.add(self)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Drop the pending jobs, refuse new ones, and wait for the running job to end;
+        False when it is still running after ``timeout`` seconds."""
+        with self._cv:
+            self._closed = True
+            self._pending.clear()
+            thread = self._thread
+            self._cv.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def submit(self, slot: str, label: str, fn: Callable[[], object]) -> None:
         with self._cv:
+            if self._closed:
+                return
             self._pending.pop(slot, None)  # superseded
             self._pending[slot] = (label, fn)
             if self._thread is None or not self._thread.is_alive():
@@ -45,7 +70,7 @@ class _Worker:
                 while not self._pending:
                     self._running = None
                     self._cv.notify_all()
-                    if not self._cv.wait(timeout=30.0) and not self._pending:
+                    if self._closed or (not self._cv.wait(timeout=30.0) and not self._pending):
                         self._thread = None
                         return
                 slot = next(iter(self._pending))
@@ -90,6 +115,13 @@ class _Worker:
                     return False
                 self._cv.wait(timeout=0.05 if left is None else min(left, 0.05))
         return True
+
+
+@atexit.register
+def _join_all_at_exit(timeout: float = 120.0) -> None:
+    """Close every live worker before the interpreter finalises (see ``_Worker``)."""
+    for w in list(_LIVE):
+        w.close(timeout)
 
 
 class RequestIds:
