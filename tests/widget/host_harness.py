@@ -1,6 +1,6 @@
 """Drive the Explorer in the other hosts it supports, Voilà and marimo, with Debian's Chromium.
 
-Used by tests/widget/test_e2e_voila.py and test_e2e_marimo.py. Like jupyter_harness: nothing is
+Used by tests/widget/test_e2e_hosts.py. Like jupyter_harness: nothing is
 downloaded, each server runs from this Python environment on a free localhost port with a random
 token, in a temporary directory, and is stopped by its PID. What the page shows is read from the
 DOM and compared with the same computation run here, in the test process.
