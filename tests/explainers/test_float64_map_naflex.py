@@ -53,9 +53,9 @@ def map_model(latents=1, pool="token", prefix=False, heads=2, sharpen=True):
     return m
 
 
-def naflex_model():
+def naflex_model(name="naflexvit_base_patch16_gap"):
     torch.manual_seed(0)
-    m = timm.create_model("naflexvit_base_patch16_gap", pretrained=False, num_classes=5, **SMALL).eval()
+    m = timm.create_model(name, pretrained=False, num_classes=5, **SMALL).eval()
     _sharpen(m)
     return m
 
@@ -79,6 +79,7 @@ CASES = {
     "map-2latents-avg-prefix": (lambda: map_model(2, "avg", prefix=True), (32, 32)),
     "naflex": (naflex_model, (64, 64)),
     "naflex-3x5": (naflex_model, (48, 80)),  # the patch count follows the input: 15 patches
+    "naflex-map-3x4": (lambda: naflex_model("naflexvit_base_patch16_map"), (48, 64)),  # both: a class token, a pool
 }
 _CACHE: dict = {}
 
