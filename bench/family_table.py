@@ -32,6 +32,7 @@ import torch
 import vit_explore as vx
 from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.testing import float64 as f64
+from vit_explore.testing.float64_map import is_map
 from vit_explore.testing.float64_perturb import GradientCheckError
 
 SMALL = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
@@ -122,7 +123,8 @@ RESTATED_ATTN = ("timm.layers.attention.Attention", "timm.models.eva.EvaAttentio
 
 #: model classes whose embedding, blocks and read-out the restatements assume (subclasses too)
 RESTATED_MODELS = ("timm.models.vision_transformer.VisionTransformer", "timm.models.eva.Eva",
-                   "timm.models.beit.Beit", "timm.models.vision_transformer_relpos.VisionTransformerRelPos")
+                   "timm.models.beit.Beit", "timm.models.vision_transformer_relpos.VisionTransformerRelPos",
+                   "timm.models.naflexvit.NaFlexVit")
 
 
 #: methods whose restatement needs only the model's forward / input gradient (any patch-grid model)
@@ -141,7 +143,7 @@ def restated(model: torch.nn.Module) -> str | None:
         a = type(b.attn)
         if f"{a.__module__}.{a.__qualname__}" not in RESTATED_ATTN:
             return f"no float64 restatement of {a.__name__} attention"
-    if getattr(model, "global_pool", "token") not in ("token", "avg"):
+    if getattr(model, "global_pool", "token") not in ("token", "avg") and not is_map(model):
         return f"no float64 read-out for global_pool={model.global_pool!r}"
     return None
 

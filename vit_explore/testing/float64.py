@@ -13,7 +13,9 @@ Chefer LRP, AttnLRP / CP-LRP and RISE are restated in ``float64_chefer_lrp``, ``
 and ``float64_rise``.
 
 Families: timm ``Attention`` (ViT, DeiT, DINOv2, CLIP, SigLIP-GAP, ...), EVA / EVA-02 / RoPE /
-DINOv3 (rotary), BEiT / BEiT v2 and relpos / srelpos (relative position bias).
+DINOv3 (rotary), BEiT / BEiT v2 and relpos / srelpos (relative position bias); the attention-pool
+(MAP) head, whose read-out row is the restated pool's attention (``float64_map``); NaFlexViT,
+run from its restated embedding (``float64_naflex``).
 """
 
 

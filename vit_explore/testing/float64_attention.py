@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .float64_model import Run64, run64
+from .float64_model import Run64, patch_size64, run64
 
 
 def _patches(r: Run64, v: torch.Tensor) -> torch.Tensor:
@@ -16,8 +16,8 @@ def _patches(r: Run64, v: torch.Tensor) -> torch.Tensor:
 
 
 def _row(r: Run64, m: torch.Tensor) -> torch.Tensor:
-    """Read-out row ``w M`` of (B, N, N) matrices: (B, N)."""
-    return torch.einsum("n,bnm->bm", r.w, m)
+    """Read-out row ``w M`` of (B, N, N) matrices: (B, N) (``w`` (N,), or (B, N): an attention pool's row)."""
+    return torch.einsum("bn,bnm->bm", r.w.expand(m.shape[0], -1), m)
 
 
 def _hat(a: torch.Tensor) -> torch.Tensor:
@@ -55,9 +55,10 @@ def attention_flow64(r: Run64) -> torch.Tensor:
             for f in range(N):
                 for t in range(N):
                     g.add_edge((i, f), (i - 1, t), capacity=float(ah[f, t]))
+        w = r.w if r.w.dim() == 1 else r.w[b]
         for f in range(N):
-            if r.w[f] > 0:
-                g.add_edge("s", (L, f), capacity=float(r.w[f]))
+            if w[f] > 0:
+                g.add_edge("s", (L, f), capacity=float(w[f]))
         flows = np.array([nx.maximum_flow_value(g, "s", (0, t)) for t in range(N)])
         out.append(torch.from_numpy(flows / flows.sum()))
     return _patches(r, torch.stack(out))
@@ -65,12 +66,13 @@ def attention_flow64(r: Run64) -> torch.Tensor:
 
 def chefer_generic64(r: Run64) -> torch.Tensor:
     """Chefer, Gur & Wolf, ICCV 2021: ``R = I``; ``R ← R + E_h[(∇A ⊙ A)^+] R`` for every block,
-    first block first; read-out row of ``R - I`` (docs/methods.md §5: for a class token the row of R)."""
+    first block first; read-out row of ``R - I`` (docs/methods.md §5: for a class token the row of R;
+    an attention pool's row p keeps ``p R``)."""
     B, N = r.A[0].shape[0], r.A[0].shape[-1]
     R = torch.eye(N, dtype=torch.float64).repeat(B, 1, 1)
     for a, g in zip(r.A, r.G):
         R = R + (g * a).clamp(min=0).mean(1) @ R
-    return _patches(r, _row(r, R - torch.eye(N, dtype=torch.float64)))
+    return _patches(r, _row(r, R if r.pool is not None else R - torch.eye(N, dtype=torch.float64)))
 
 
 def attn_grad_cam64(r: Run64) -> torch.Tensor:
@@ -116,7 +118,7 @@ def vit_cx64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int = 
     from sklearn.cluster import AgglomerativeClustering
 
     T = int(m64.num_prefix_tokens)
-    ph, pw = m64.patch_embed.patch_size
+    ph, pw = patch_size64(m64)
     out = []
     for b in range(x.shape[0]):
         x1 = x[b : b + 1].double()

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .float64_chefer_lrp import bias64, gamma64, qkv64
-from .float64_model import _rotate64, model64
+from .float64_map import is_map, pool64
+from .float64_model import _rotate64, model64, patch_size64
+from .float64_naflex import is_naflex
 
 
 def _half(t: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ def _embedded(m: nn.Module, xi: torch.Tensor) -> tuple[torch.Tensor, list[dict],
     pre = getattr(m, "norm_pre", None)
     if pre is not None and not isinstance(pre, nn.Identity) and not isinstance(pre, nn.LayerNorm):
         raise ValueError(f"no float64 AttnLRP restatement of norm_pre={type(pre).__name__}")
-    pn = getattr(m.patch_embed, "norm", None)
+    pn = getattr(m.embeds if is_naflex(m) else m.patch_embed, "norm", None)
     if pn is not None and not isinstance(pn, nn.Identity):
         raise ValueError(f"no float64 AttnLRP restatement of patch_embed.norm={type(pn).__name__}")
     entry = pre if isinstance(pre, nn.LayerNorm) else m.blocks[0]
@@ -134,7 +136,12 @@ def attn_lrp_pixels64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, r
         t = _ln(t, m.norm)
         T = int(m.num_prefix_tokens)
         fc_norm = getattr(m, "fc_norm", ident)
-        if getattr(m, "global_pool", "token") == "avg":
+        if is_map(m):  # the attention pool takes the block rules (docs/methods.md §1.3, §11)
+            lo = 0 if getattr(m, "pool_include_prefix", False) else T
+            pooled, _, _ = pool64(m.attn_pool, t[:, lo:], ln=_ln, act=_act, kv_rule=(lambda z: z) if rule == "cp" else _half,
+                                  attn_rule=(lambda a: a.detach()) if rule == "cp" else _half)
+            logits = _lin(_ln(pooled, fc_norm), m.head)
+        elif getattr(m, "global_pool", "token") == "avg":
             lo = 0 if getattr(m, "pool_include_prefix", False) else T
             logits = _lin(_ln(t[:, lo:].mean(1), fc_norm), m.head)
         elif getattr(m, "dist_token", None) is not None and hasattr(m, "head_dist"):
@@ -150,7 +157,6 @@ def attn_lrp_pixels64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, r
 def attn_lrp64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rule: str = "cp") -> torch.Tensor:
     """The map (B, gh, gw): ``attn_lrp_pixels64`` summed within each patch."""
     pix = attn_lrp_pixels64(model, x, target, rule)
-    ps = model.patch_embed.patch_size
-    ph, pw = (ps, ps) if isinstance(ps, int) else ps
+    ph, pw = patch_size64(model)
     B, H, W = pix.shape
     return pix[:, : H // ph * ph, : W // pw * pw].reshape(B, H // ph, ph, W // pw, pw).sum(dim=(2, 4))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .float64_model import _norm64, _rotate64, model64, readout64
+from .float64_model import _norm64, _rotate64, model64, patch_size64, readout64
 
 # ------------------------------------------------------------------ the reference's rules
 
@@ -332,8 +332,7 @@ def chefer_row64(model: nn.Module, x1: torch.Tensor, target: int, start_layer: i
 def chefer_lrp64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
     """Chefer LRP (B, gh, gw) in float64, image by image (the reference's batch of one)."""
     T = int(model.num_prefix_tokens)
-    ps = model.patch_embed.patch_size
-    ph, pw = (ps, ps) if isinstance(ps, int) else ps
+    ph, pw = patch_size64(model)
     grid = (x.shape[-2] // ph, x.shape[-1] // pw)
     rows = [chefer_row64(model, x[b : b + 1], int(target[b]), start_layer)[T:] for b in range(x.shape[0])]
     return torch.stack(rows).reshape(-1, *grid)

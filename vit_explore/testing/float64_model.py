@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .float64_map import Pool64, is_map, map_hook, map_row64
+from .float64_naflex import embed_hook, is_naflex
+
 # --------------------------------------------------------------------------- the float64 model
 
 
@@ -20,7 +23,15 @@ def model64(model: nn.Module) -> nn.Module:
     for blk in getattr(m, "blocks", ()):
         if hasattr(getattr(blk, "attn", None), "fused_attn"):
             blk.attn.fused_attn = False
+    if hasattr(getattr(m, "attn_pool", None), "fused_attn"):
+        m.attn_pool.fused_attn = False
     return m
+
+
+def patch_size64(model: nn.Module) -> tuple[int, int]:
+    """(ph, pw) of the patch embedding (``patch_embed``; NaFlexViT: ``embeds``)."""
+    ps = (model.embeds if is_naflex(model) else model.patch_embed).patch_size
+    return (ps, ps) if isinstance(ps, int) else (int(ps[0]), int(ps[1]))
 
 
 def readout64(model: nn.Module, N: int) -> torch.Tensor:
@@ -41,8 +52,8 @@ def readout64(model: nn.Module, N: int) -> torch.Tensor:
             w[:] = 1.0 / N
         else:
             w[T:] = 1.0 / (N - T)
-    else:
-        raise ValueError(f"no float64 read-out for global_pool={pool!r}")
+    else:  # an attention pool's row depends on the image: run64 reads it (float64_map.map_row64)
+        raise ValueError(f"no fixed float64 read-out for global_pool={pool!r}")
     return w
 
 
@@ -107,7 +118,8 @@ def scores64(attn: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
 @dataclass
 class Run64:
     """One float64 pass: logits (B, C); per block the attention A (B, H, N, N) at ``attn_drop``'s
-    output, its gradient G of the target logits, the restated scores S; the read-out weights w."""
+    output, its gradient G of the target logits, the restated scores S; the read-out weights w
+    (N,), or (B, N) for an attention pool, whose own pass is ``pool`` (``float64_map``)."""
 
     logits: torch.Tensor
     A: list[torch.Tensor]
@@ -116,6 +128,7 @@ class Run64:
     w: torch.Tensor
     T: int
     grid: tuple[int, int]
+    pool: Pool64 | None = None
 
 
 def run64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, detach_attn_input: bool = False) -> Run64:
@@ -130,19 +143,28 @@ def run64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, detach_attn_inp
         return (xin, *args[1:]), kwargs
 
     handles = []
+    pooled: list[tuple[torch.Tensor, torch.Tensor]] = []  # the attention pool's (S, A), restated
+    xin = x.detach().double().requires_grad_(True)
+    if is_map(m64):
+        handles.append(map_hook(m64, pooled))
+    if is_naflex(m64):
+        handles.append(embed_hook(m64, xin))
     for blk in m64.blocks:
         handles.append(blk.attn.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(blk.attn.attn_drop.register_forward_hook(lambda mod, a, out: attns.append(out)))
     try:
         with torch.enable_grad():
-            xin = x.detach().double().requires_grad_(True)
             logits = m64(xin)
-            G = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), attns)
+            G = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), [*attns, *(a for _, a in pooled)])
     finally:
         for h in handles:
             h.remove()
-    ph, pw = m64.patch_embed.patch_size
+    ph, pw = patch_size64(m64)
     grid = (x.shape[-2] // ph, x.shape[-1] // pw)
     N = attns[0].shape[-1]
-    return Run64(logits.detach(), [a.detach() for a in attns], list(G), scores, readout64(m64, N),
-                 int(m64.num_prefix_tokens), grid)
+    pool = None
+    if pooled:
+        (S, A), = pooled
+        pool = Pool64(S, A.detach(), G[-1], map_row64(m64, A, N))
+    return Run64(logits.detach(), [a.detach() for a in attns], list(G[: len(attns)]), scores,
+                 pool.p if pool is not None else readout64(m64, N), int(m64.num_prefix_tokens), grid, pool)

@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .float64_model import _norm64, _rotate64, model64
+from .float64_model import _norm64, _rotate64, model64, patch_size64
 
 
 def _patch(m64: nn.Module) -> tuple[int, int]:
-    ps = m64.patch_embed.patch_size
-    return (ps, ps) if isinstance(ps, int) else (int(ps[0]), int(ps[1]))
+    return patch_size64(m64)
 
 
 def _grid(m64: nn.Module, x: torch.Tensor) -> tuple[int, int, int, int]:
