@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .float64_cait import class_blocks64
 from .float64_model import Run64, run64
 
 
@@ -107,7 +108,8 @@ def tam64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 20
 
 def vit_cx64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int = 0, threshold: float = 0.1,
              sigma: float = 0.1) -> torch.Tensor:
-    """Xie et al., ViT-CX (IJCAI 2023), per image: the last block's ``norm1`` patch features
+    """Xie et al., ViT-CX (IJCAI 2023), per image: the last block's ``norm1`` patch features (CaiT,
+    XCiT: the last class-attention block's)
     upsampled bilinearly to the input size, min-max normalised per channel; channels merged by
     complete-linkage clustering of their cosine distances (threshold); each cluster's summed
     masks min-max normalised; mask k scored ``p_c(x M_k + ε_k (1 - M_k)) - p_c(x + ε_k (1 - M_k))
@@ -116,12 +118,14 @@ def vit_cx64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int = 
     from sklearn.cluster import AgglomerativeClustering
 
     T = int(m64.num_prefix_tokens)
-    ph, pw = m64.patch_embed.patch_size
+    ps = m64.patch_embed.patch_size
+    ph, pw = (ps, ps) if isinstance(ps, int) else ps
+    last = (class_blocks64(m64) or tuple(m64.blocks))[-1]  # CaiT, XCiT: the last class-attention block
     out = []
     for b in range(x.shape[0]):
         x1 = x[b : b + 1].double()
         feats = []
-        h = m64.blocks[-1].norm1.register_forward_hook(lambda m, a, o, feats=feats: feats.append(o.detach()))
+        h = last.norm1.register_forward_hook(lambda m, a, o, feats=feats: feats.append(o.detach()))
         try:
             with torch.no_grad():
                 p = m64(x1).softmax(-1)[0]
