@@ -5,6 +5,8 @@ laid out on the 1 + P tokens as docs/methods.md §1.3 says; no call into the exp
 capture), the captured attention, gradients and scores against the same restatement, batch 2
 against each image, and comparisons that fail where the restatement is changed."""
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -13,7 +15,13 @@ import torch.nn.functional as F
 import vit_explore as vx
 from vit_explore.capture.session import Needs, capture
 from vit_explore.testing.float64 import METHODS64, close_to, model64, reference64, run64
-from vit_explore.testing.float64_attention import chefer_generic64, raw_attention64, rollout64
+from vit_explore.testing.float64_attention import (
+    attention_flow64,
+    chefer_generic64,
+    raw_attention64,
+    rollout64,
+    tam64,
+)
 from vit_explore.testing.float64_cait import lay_out64
 from vit_explore.testing.float64_convit import attn_lrp_family64
 
@@ -214,3 +222,23 @@ def test_class_attention_read_out_is_the_class_row():
         r = run64(model64(m), x, t)
         assert close_to(ex.patch_map, raw_attention64(r))[0]
         assert not close_to(ex.patch_map, r.A[-2].mean(1)[:, 0, 1:].reshape(ex.patch_map.shape))[0]
+
+
+@pytest.mark.parametrize("method", ["rollout", "attention_flow", "tam"])
+def test_cait_methods_on_the_class_blocks_alone(method):
+    """rollout, attention flow and TAM refuse CaiT's talking-heads blocks (their rows are not
+    probabilities); with start_layer = depth they run on the class-attention blocks (docs/methods.md
+    §1.3): restated over those blocks only."""
+    m, x, t = fam("cait")
+    L = len(m.blocks)
+    ex = vx.explain(m, x, method, target=t, start_layer=L, **METHODS64.get(method, {}))
+    m64 = model64(m)
+    if method == "tam":
+        ref = tam64(m64, x, t, steps=METHODS64["tam"]["steps"], start_layer=L)
+    else:
+        r = run64(m64, x, t)
+        r = dataclasses.replace(r, A=r.A[L:], G=r.G[L:], S=r.S[L:])
+        ref = {"rollout": rollout64, "attention_flow": attention_flow64}[method](r)
+    assert float(ref.abs().max()) > 0
+    ok, err = close_to(ex.patch_map, ref)
+    assert ok, f"{method}: largest error {err:.2e} of the map's magnitude"

@@ -93,15 +93,15 @@ def ag_cam64(r: Run64) -> torch.Tensor:
     return total
 
 
-def tam64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 20) -> torch.Tensor:
+def tam64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 20, start_layer: int = 0) -> torch.Tensor:
     """Yuan et al. 2021 (Transition Attention Maps): states ``s = w E_h A_{L-1}``, then
-    ``s ← s E_h A_i + s`` for i = L-2 … 0; weights ``w E_h[(mean_α ∇A_{L-1}(α x))^+]`` over
+    ``s ← s E_h A_i + s`` for i = L-2 … start_layer; weights ``w E_h[(mean_α ∇A_{L-1}(α x))^+]`` over
     ``α ∈ linspace(0, 1, steps)``; the product on the patch columns."""
     r = run64(m64, x, target)
     grads = [run64(m64, float(a) * x.double(), target).G[-1] for a in np.linspace(0, 1, steps)]
     W = _row(r, (sum(grads) / steps).clamp(min=0).mean(1))
     s = _row(r, r.A[-1].mean(1))
-    for i in range(len(r.A) - 2, -1, -1):
+    for i in range(len(r.A) - 2, start_layer - 1, -1):
         s = torch.einsum("bn,bnm->bm", s, r.A[i].mean(1)) + s
     return _patches(r, s * W)
 
