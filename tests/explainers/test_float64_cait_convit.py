@@ -242,3 +242,18 @@ def test_cait_methods_on_the_class_blocks_alone(method):
     assert float(ref.abs().max()) > 0
     ok, err = close_to(ex.patch_map, ref)
     assert ok, f"{method}: largest error {err:.2e} of the map's magnitude"
+
+
+def test_a_restatement_that_is_not_the_module_is_refused(monkeypatch):
+    """restated_run64 checks each restated attention against the module's own output and
+    attention: a talking-heads restatement without proj_w raises instead of giving a reference."""
+    import vit_explore.testing.float64_cait as f64c
+
+    def no_proj_w(attn, x):
+        out, _, S = f64c.talking_heads64(attn, x)
+        return out, S.softmax(-1), S
+
+    m, x, t = fam("cait")
+    monkeypatch.setattr(f64c, "_th", no_proj_w)
+    with pytest.raises(AssertionError, match="TalkingHeadAttn is not the model's"):
+        run64(model64(m), x, t)
