@@ -109,7 +109,7 @@ def lay_out64(t: torch.Tensor, n: int, kind: Kind, fill: Literal["attn", "grad",
     if kind == "all":
         return t
     B, H = t.shape[:2]
-    eye = torch.eye(n, dtype=t.dtype)
+    eye = torch.eye(n, dtype=t.dtype, device=t.device)
     base = {"attn": eye, "grad": torch.zeros_like(eye),
             "scores": torch.full_like(eye, float("-inf")).fill_diagonal_(0.0)}[fill]
     out = base.expand(B, H, n, n).clone()

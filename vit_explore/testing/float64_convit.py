@@ -45,12 +45,12 @@ def is_convit64(m: Mod) -> bool:
         hasattr(b.attn, "gating_param") for b in getattr(m, "blocks", ()))
 
 
-def offsets64(P: int) -> torch.Tensor:
+def offsets64(P: int, device: torch.device | None = None) -> torch.Tensor:
     """(P, P, 3) float64: ``(Δx, Δy, Δx² + Δy²)`` from patch i to patch j, row-major square grid."""
     s = math.isqrt(P)
     if s * s != P:
         raise ValueError(f"ConViT's GPSA assumes a square grid; got {P} patches")
-    idx = torch.arange(P)
+    idx = torch.arange(P, device=device)
     r, c = (idx // s).double(), (idx % s).double()
     dx, dy = c[None, :] - c[:, None], r[None, :] - r[:, None]
     return torch.stack([dx, dy, dx**2 + dy**2], -1)
@@ -66,7 +66,7 @@ def gpsa64(attn: Mod, x: torch.Tensor, rule: Rule = None):
     q, k = qk.reshape(B, N, 2, H, C // H).permute(2, 0, 3, 1, 4)
     v = v.reshape(B, N, H, C // H).transpose(1, 2)
     content = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)
-    pos = lin64(offsets64(N), attn.pos_proj).permute(2, 0, 1).softmax(-1)  # (H, P, P)
+    pos = lin64(offsets64(N, x.device), attn.pos_proj).permute(2, 0, 1).softmax(-1)  # (H, P, P)
     g = torch.sigmoid(attn.gating_param)[None, :, None, None]
     A = (1 - g) * content + g * pos
     A = A / A.sum(-1, keepdim=True)
