@@ -15,7 +15,9 @@ and ``float64_rise``.
 Families: timm ``Attention`` (ViT, DeiT, DINOv2, CLIP, SigLIP-GAP, ...), EVA / EVA-02 / RoPE /
 DINOv3 (rotary), BEiT / BEiT v2 and relpos / srelpos (relative position bias); the attention-pool
 (MAP) head, whose read-out row is the restated pool's attention (``float64_map``); NaFlexViT,
-run from its restated embedding (``float64_naflex``).
+run from its restated embedding (``float64_naflex``); CaiT, XCiT's class-attention stage and
+ConViT (``float64_cait``, ``float64_convit``: attention restated from the weights, laid out on
+the 1 + P tokens).
 """
 
 
@@ -35,7 +37,9 @@ from .float64_attention import (
     vit_cx64,
 )
 from .float64_attn_lrp import attn_lrp64
+from .float64_cait import is_class_attention64
 from .float64_chefer_lrp import chefer_lrp64
+from .float64_convit import attn_lrp_family64, is_convit64
 from .float64_model import Run64, model64, readout64, run64, scores64
 from .float64_perturb import (
     dropped64,
@@ -90,6 +94,8 @@ def reference64(model: nn.Module, x: torch.Tensor, method: str, target: torch.Te
     if method == "chefer_lrp":
         return chefer_lrp64(model, x, target)
     if method == "attn_lrp":
+        if is_class_attention64(model) or is_convit64(model):
+            return attn_lrp_family64(model, x, target, METHODS64["attn_lrp"]["variant"])
         return attn_lrp64(model, x, target, METHODS64["attn_lrp"]["variant"])
     if method == "rise":
         return rise64(model, x, target, **METHODS64["rise"])

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .float64_cait import class_blocks64
 from .float64_model import Run64, patch_size64, run64
 
 
@@ -94,22 +95,23 @@ def ag_cam64(r: Run64) -> torch.Tensor:
     return total
 
 
-def tam64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 20) -> torch.Tensor:
+def tam64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int = 20, start_layer: int = 0) -> torch.Tensor:
     """Yuan et al. 2021 (Transition Attention Maps): states ``s = w E_h A_{L-1}``, then
-    ``s ← s E_h A_i + s`` for i = L-2 … 0; weights ``w E_h[(mean_α ∇A_{L-1}(α x))^+]`` over
+    ``s ← s E_h A_i + s`` for i = L-2 … start_layer; weights ``w E_h[(mean_α ∇A_{L-1}(α x))^+]`` over
     ``α ∈ linspace(0, 1, steps)``; the product on the patch columns."""
     r = run64(m64, x, target)
     grads = [run64(m64, float(a) * x.double(), target).G[-1] for a in np.linspace(0, 1, steps)]
     W = _row(r, (sum(grads) / steps).clamp(min=0).mean(1))
     s = _row(r, r.A[-1].mean(1))
-    for i in range(len(r.A) - 2, -1, -1):
+    for i in range(len(r.A) - 2, start_layer - 1, -1):
         s = torch.einsum("bn,bnm->bm", s, r.A[i].mean(1)) + s
     return _patches(r, s * W)
 
 
 def vit_cx64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int = 0, threshold: float = 0.1,
              sigma: float = 0.1) -> torch.Tensor:
-    """Xie et al., ViT-CX (IJCAI 2023), per image: the last block's ``norm1`` patch features
+    """Xie et al., ViT-CX (IJCAI 2023), per image: the last block's ``norm1`` patch features (CaiT,
+    XCiT: the last class-attention block's)
     upsampled bilinearly to the input size, min-max normalised per channel; channels merged by
     complete-linkage clustering of their cosine distances (threshold); each cluster's summed
     masks min-max normalised; mask k scored ``p_c(x M_k + ε_k (1 - M_k)) - p_c(x + ε_k (1 - M_k))
@@ -119,11 +121,12 @@ def vit_cx64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int = 
 
     T = int(m64.num_prefix_tokens)
     ph, pw = patch_size64(m64)
+    last = (class_blocks64(m64) or tuple(m64.blocks))[-1]  # CaiT, XCiT: the last class-attention block
     out = []
     for b in range(x.shape[0]):
         x1 = x[b : b + 1].double()
         feats = []
-        h = m64.blocks[-1].norm1.register_forward_hook(lambda m, a, o, feats=feats: feats.append(o.detach()))
+        h = last.norm1.register_forward_hook(lambda m, a, o, feats=feats: feats.append(o.detach()))
         try:
             with torch.no_grad():
                 p = m64(x1).softmax(-1)[0]

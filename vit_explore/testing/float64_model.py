@@ -133,7 +133,15 @@ class Run64:
 
 def run64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, detach_attn_input: bool = False) -> Run64:
     """Run ``m64`` (``model64``) on ``x``; gradients of ``Σ_b logits[b, target[b]]``.
-    ``detach_attn_input``: each attention's input detached (AG-CAM's graph)."""
+    ``detach_attn_input``: each attention's input detached (AG-CAM's graph). CaiT, XCiT and
+    ConViT: their attention restated from the weights (``float64_cait``, ``float64_convit``)."""
+    from .float64_cait import is_class_attention64, run64_class_attention  # they build on this module
+    from .float64_convit import is_convit64, run64_convit
+
+    if is_class_attention64(m64):
+        return run64_class_attention(m64, x, target, detach_attn_input)
+    if is_convit64(m64):
+        return run64_convit(m64, x, target, detach_attn_input)
     attns: list[torch.Tensor] = []
     scores: list[torch.Tensor] = []
 
