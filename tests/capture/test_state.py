@@ -1,5 +1,7 @@
 """Module-state plumbing: the module walk, the fingerprint, eval mode and its restoration."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +82,30 @@ def test_saved_state_freeze_and_restore():
     assert all(m.training for m in model.modules())
     assert "fused_attn" not in attn.__dict__  # the instance attribute is removed again
     assert hasattr(attn, "fused_attn") == had_class_attr
+
+
+def test_input_gradient_through_a_batch_norm_at_batch_1_is_right():
+    """XCiT's patch embedding ends in an eval BatchNorm2d followed by ``flatten(2).transpose(1, 2)``;
+    torch's batch-1 backward through it is wrong without the capture layer's fix (state.py)."""
+    import timm
+
+    from vit_explore.capture.classifier import capture_classifier, inspect_classifier
+
+    torch.manual_seed(0)
+    model = timm.create_model("xcit_nano_12_p16_224", pretrained=False, num_classes=5, img_size=64, depth=2).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    m64 = copy.deepcopy(model).double()
+    x = torch.randn(1, 3, 64, 64)
+    g = capture_classifier(model, x, input_grad=True, target=1, info=inspect_classifier(model)).input_grad
+    for seed in range(2):  # float64 central differences of the logit along random directions
+        d = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        h = 1e-5
+        with torch.no_grad():
+            fd = float((m64(x.double() + h * d)[0, 1] - m64(x.double() - h * d)[0, 1]) / (2 * h))
+        got = float((g.double() * d).sum())
+        assert abs(got - fd) <= 1e-3 * abs(fd) + 1e-7, (got, fd)
+    assert not any(m._forward_hooks for m in model.modules())  # the fix's hooks are gone after the pass

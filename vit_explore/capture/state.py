@@ -13,6 +13,7 @@ import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
 
+import torch
 from torch import nn
 
 __all__ = ["SavedState", "eval_mode", "model_fingerprint", "scan", "submodules"]
@@ -42,6 +43,17 @@ def _parameters(mods: Sequence[nn.Module]) -> list[nn.Parameter]:
     return out
 
 
+def _contiguous_grad(mod: nn.Module, args: tuple, out: object) -> None:
+    """Forward hook on a batch norm: its output's gradient made contiguous before the norm's backward.
+
+    torch (2.14, CPU, float32 and float64) computes a wrong input gradient through an eval-mode
+    ``BatchNorm2d`` at batch 1 when the incoming gradient has channels-last strides, which is what
+    ``flatten(2).transpose(1, 2)`` after it gives (XCiT's and LeViT's patch embeddings): off by
+    the size of the gradient itself; at batch 2 it is right. The hook changes no value."""
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        out.register_hook(torch.Tensor.contiguous)
+
+
 class SavedState:
     """Training flags, ``requires_grad`` and ``fused_attn`` of a model, to put back later.
 
@@ -64,6 +76,7 @@ class SavedState:
         self.flags = [m.training for m in self.mods]
         self.requires_grad = [(p, p.requires_grad) for p in _parameters(self.mods)] if grads else []
         self.fused = [(a, a.__dict__.get("fused_attn", self._MISSING)) for a in attns]
+        self._bn_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def eval(self) -> None:
         """Every module in eval mode (a model already in eval mode is only read)."""
@@ -72,13 +85,20 @@ class SavedState:
                 m.training = False
 
     def freeze(self) -> None:
-        """Eval mode and frozen parameters for a pass (``restore`` undoes both)."""
+        """Eval mode and frozen parameters for a pass (``restore`` undoes both); with ``grads``,
+        also the batch-norm gradient fix (``_contiguous_grad``) until ``restore``."""
         self.eval()
         for p, flag in self.requires_grad:
             if flag:
                 p.requires_grad_(False)
+        if self.requires_grad and not self._bn_hooks:
+            self._bn_hooks = [m.register_forward_hook(_contiguous_grad) for m in self.mods
+                              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def restore(self) -> None:
+        for h in self._bn_hooks:
+            h.remove()
+        self._bn_hooks = []
         for m, flag in zip(self.mods, self.flags):
             if m.training != flag:
                 m.training = flag
