@@ -33,10 +33,10 @@ from torch import nn
 
 from .._checks import as_list, as_tensor, checked_output
 from ..errors import InputError, UnsupportedModelError
-from .adapters import adapter_for, inspect_vit
+from .adapters import inspect_vit
 from .attn_base import forward_params
 from .hf import HFAttention, as_vit, mask_pre_hook
-from .keep import keep_positions
+from .keep import drop_site, keep_gpsa, keep_positions
 from .state import SavedState, eval_mode
 from .tap import ScoreTap
 
@@ -124,20 +124,13 @@ def drop_tokens(
     embeddings the kept tokens received are unchanged. On rotary and relative-position
     families (adapters with ``keeps_positions``: EVA, EVA-02, RoPE, DINOv3, BEiT, relpos) the
     sequence is cut at the first block's input and each attention sees the rotary rows and the
-    bias rows and columns of the kept tokens' original positions (``keep.keep_positions``).
+    bias rows and columns of the kept tokens' original positions (``keep.keep_positions``). CaiT and
+    ConViT are cut at the first block's input too, before their class token joins (ConViT's GPSA
+    sees the grid offsets of the kept patches, ``keep.keep_gpsa``), and NaFlexViT after its
+    ``embeds``; XCiT refuses (``keep.drop_site``).
     """
-    model = as_vit(model)
-    attns = [getattr(b, "attn", None) for b in getattr(model, "blocks", ())]
-    positional = bool(attns) and all(isinstance(a, nn.Module) for a in attns) and any(
-        adapter_for(a).keeps_positions for a in attns
-    )
-    target = model.blocks[0] if positional else getattr(model, "patch_drop", None)
-    if not isinstance(target, nn.Module):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no patch_drop module after the position embedding; "
-            "token dropping needs a timm VisionTransformer"
-        )
-    T = int(model.num_prefix_tokens)
+    site = drop_site(as_vit(model))  # where to cut; XCiT and windowed models refuse (capture/keep.py)
+    T = site.prefix
     if isinstance(keep, torch.Tensor):
         if keep.ndim != 2:
             raise InputError(f"keep must be (K, n) patch indices, got shape {tuple(keep.shape)}")
@@ -167,23 +160,27 @@ def drop_tokens(
         idx = keep.to(out.device)[..., None].expand(-1, -1, C)
         return torch.cat([src[:, :T], torch.gather(src[:, T:], 1, idx)], dim=1)
 
-    if not positional:
-        handle = target.register_forward_hook(lambda module, args, out: cut(out))
+    if not site.before:
+        handle = site.target.register_forward_hook(lambda module, args, out: cut(out))
         try:
             yield
         finally:
             handle.remove()
         return
 
-    # rotary / relative-position families: cut the sequence at the first block's input, and slice
-    # the position terms inside every attention to the kept tokens' own positions (capture/keep.py)
+    # cut the sequence at the first block's input; on rotary / relative-position families slice the
+    # position terms inside every attention to the kept tokens' own positions, on ConViT the GPSA
+    # grid offsets (capture/keep.py)
     def rows_of() -> torch.Tensor:
         if one is not None:
             return rows[None]
         pre = torch.arange(T, dtype=torch.long).expand(K, T)
         return torch.cat([pre, keep.cpu() + T], dim=1)
 
-    with keep_positions(attns, T) as kept:
+    with contextlib.ExitStack() as stack:
+        kept = stack.enter_context(keep_positions(site.attns if site.positional else (), T))
+        if site.gpsa:
+            stack.enter_context(keep_gpsa(site.gpsa, kept))
 
         def first(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
@@ -191,7 +188,7 @@ def drop_tokens(
             kept.set(rows_of(), x.shape[1])
             return ((y, *args[1:]), kwargs) if args else (args, {**kwargs, "x": y})
 
-        handle = target.register_forward_pre_hook(first, with_kwargs=True)
+        handle = site.target.register_forward_pre_hook(first, with_kwargs=True)
         try:
             yield
         finally:
