@@ -104,11 +104,10 @@ def drop_site(model: nn.Module) -> DropSite:
     name = type(model).__name__
     if ok and any(is_cross_covariance(a) for a in attns):
         raise UnsupportedModelError(
-            f"token dropping is not defined on {name}: its patch stage mixes the tokens on the patch grid "
-            "(the local patch interaction's depthwise 3x3 convolutions read each token's grid neighbours, and "
-            "cross-covariance attention (XCA) attends over channels, not tokens), so a removed token leaves a hole "
-            "in the grid rather than a shorter sequence; use a pixel mode of vx.intervene (blur, mean, noise, zero) "
-            "instead"
+            f"token dropping is not defined on {name}: its patch stage mixes the tokens with depthwise 3x3 "
+            "convolutions over the patch grid (local patch interaction) and attends over channels, not tokens (XCA), "
+            "so a removed token leaves a hole in the grid, not a shorter sequence; use a pixel mode of vx.intervene "
+            "(blur, mean, noise, zero) instead"
         )
     positional = any(adapter_for(a).keeps_positions for a in attns)
     gpsa = tuple(a for a in attns if GatedPositionalAttention.matches(a))
