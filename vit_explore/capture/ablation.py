@@ -140,7 +140,8 @@ def drop_tokens(
         one, K = [int(k) for k in keep], 1
     if one is not None:  # one set: the prefix and the kept patches' rows, built in Python, for one index_select
         # (over the buffer of an int64 array: half the cost of torch.tensor(list) right after a forward)
-        rows = torch.frombuffer(array.array("q", [*range(T), *(k + T for k in one)]), dtype=torch.long)
+        ids = array.array("q", [*range(T), *(k + T for k in one)])
+        rows = torch.frombuffer(ids, dtype=torch.long) if ids else torch.zeros(0, dtype=torch.long)  # CaiT: T = 0
         lo, hi = (min(one), max(one)) if one and not checked else (0, -1)
     else:
         lo, hi = (int(keep.min()), int(keep.max())) if keep.numel() and not checked else (0, -1)
