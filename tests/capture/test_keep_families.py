@@ -109,7 +109,7 @@ def test_batched_sets_equal_one_set_at_a_time(fam):
 
 
 def test_intervene_counterfactual_and_occlusion_drop_run_on_the_family(fam):
-    name, m, x = fam
+    _, m, x = fam
     x = x[:1]
     P = num_patches(m, x)
     iv = vx.intervene(m, x, [0, 4], mode="drop")
