@@ -5,7 +5,9 @@ family's forward written out on a float64 copy, the sequence cut by indexing rig
 position embedding, ConViT's GPSA written out with grid offsets computed from the kept patches'
 own cells. Also: NaFlexViT's own variable-length (NaFlex) input with only the kept patches; the
 restatement with the wrong offsets disagrees; drop-nothing = plain forward; batched sets = one set
-at a time; ``intervene`` / ``counterfactual`` / occlusion with drop; hygiene after an error."""
+at a time; ``intervene`` / ``counterfactual`` / occlusion with drop; hygiene after an error.
+``block_tokens`` on CaiT and ConViT against ``float64_drop.blocked64`` (every attention written out
+with -inf on the blocked columns of each softmax's input)."""
 
 import pytest
 import timm
@@ -15,7 +17,7 @@ import vit_explore as vx
 from vit_explore.capture.ablation import drop_tokens
 from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.testing.float64 import model64
-from vit_explore.testing.float64_drop import _GPSA64, _offsets, drop64, grid64
+from vit_explore.testing.float64_drop import _GPSA64, _offsets, blocked64, drop64, grid64
 
 from ..conftest import model_state
 
@@ -245,3 +247,59 @@ def test_dropping_every_patch_of_an_attention_pool_model_is_refused():
         vx.intervene(m, x, list(range(9)), mode="drop")
     with pytest.raises(InputError, match="attention-pool"):
         vx.intervene(m, x, [list(range(9)), [1]], mode="drop")
+
+
+@pytest.mark.parametrize("name", ["cait", "convit"])
+@pytest.mark.parametrize("tokens", [[0], [3, 5, 9], [0, 2, 16]])
+def test_block_tokens_equals_the_float64_restatement(name, tokens):
+    """The class token (0) and patches (T + p): in the blocks before the class token joins the
+    patch columns alone are masked (both GPSA softmaxes), after it every column."""
+    m = build(name)
+    x = inputs(name)
+    ref = blocked64(m, x, tokens)
+    m64 = model64(m)
+    with torch.no_grad():
+        full = m64(x.double())
+        with vx.block_tokens(m64, tokens):
+            got64 = m64(x.double())
+        with vx.block_tokens(m, tokens):
+            got32 = m(x)
+        each = []
+        for i in range(x.shape[0]):
+            with vx.block_tokens(m, tokens):
+                each.append(m(x[i : i + 1]))
+    assert float((ref - full).abs().max()) > 1e-3
+    torch.testing.assert_close(got64, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got32.double(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.cat(each), got32, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cait", "convit"])
+def test_block_tokens_grid_and_hygiene(name):
+    """A (gh, gw) patch grid blocks the same tokens as their indices; fused_attn, flags and hooks are
+    as found after an error inside the pass; every patch blocked in a patch-only block is refused."""
+    m = build(name)
+    x = inputs(name)[:1]
+    grid = torch.zeros(4, 4, dtype=torch.bool)
+    grid[0, 2] = grid[3, 1] = True
+    with torch.no_grad():
+        with vx.block_tokens(m, grid):
+            a = m(x)
+        with vx.block_tokens(m, [1 + 2, 1 + 13]):
+            b = m(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    attns = [blk.attn for blk in [*m.blocks, *getattr(m, "blocks_token_only", ())]]
+    fused = [a.__dict__.get("fused_attn", "missing") for a in attns]
+    before = model_state(m)
+    h = m.blocks[-1].attn.proj.register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    try:
+        with pytest.raises(RuntimeError, match="boom"), vx.block_tokens(m, [3]):
+            m(x)
+    finally:
+        h.remove()
+    assert torch._C._len_torch_function_stack() == 0
+    assert model_state(m) == before
+    assert [a.__dict__.get("fused_attn", "missing") for a in attns] == fused
+    with pytest.raises(InputError, match="every token would be blocked"), vx.block_tokens(m, torch.ones(4, 4).bool()):
+        m(x)
+    assert model_state(m) == before

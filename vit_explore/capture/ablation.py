@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import array
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -265,16 +265,16 @@ def block_tokens(
         layers: block indices (negative from the end).
 
     The blocked tokens still exist (their own rows attend to the others); for
-    global-average-pool models they are still averaged by the read-out.
+    global-average-pool models they are still averaged by the read-out. On CaiT and ConViT the
+    blocks before the class token joins see the patch columns alone (and both of GPSA's
+    softmaxes, content and positional, get the mask); CaiT's class-attention blocks mask the
+    class token's one query row. XCiT's patch stage has no token attention: refused.
     """
     info = inspect_vit(as_vit(model))
-    if info.late_prefix is not None or info.extra_blocks:  # CaiT, XCiT, ConViT (capture/attn_class.py)
+    if info.below:  # XCiT (capture/attn_class.py)
         raise UnsupportedModelError(
-            "block_tokens masks the same token sequence in every block, but "
-            + (info.below if info.below else f"{type(model).__name__} changes its token sequence between blocks (the "
-               "class token joins late" + (", and its class-attention blocks have one query row" if info.extra_blocks
-                                           else "") + ")")
-            + "; use vx.intervene with a pixel mode (blur, mean, noise, zero) instead"
+            f"block_tokens masks token-to-token attention, but {info.below}; use vx.intervene with a pixel mode "
+            "(blur, mean, noise, zero) instead"
         )
     L = info.num_layers
     sel = range(L) if layers is None else as_list("layers", layers)
@@ -337,17 +337,24 @@ def block_tokens(
             bias = old + bias
         return args, {**kwargs, "attn_mask": bias}
 
-    def edit(scores: torch.Tensor) -> torch.Tensor:  # families whose forward takes no attn_mask
-        N = scores.shape[-1]
-        key = (N, scores.dtype, scores.device)
-        if key not in cache:
-            cols = columns(N)
-            if bool(cols.all()):
-                raise InputError("every token would be blocked; leave at least one token visible")
-            bias = torch.zeros(1, 1, N, N, dtype=scores.dtype)
-            bias[..., cols] = float("-inf")
-            cache[key] = bias.to(scores.device)
-        return scores + cache[key]
+    def edit_for(patch_stage: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """-inf on the blocked columns of the (…, q, n) scores a softmax receives; in a block that
+        runs before the class token joins (CaiT's patch blocks, ConViT's GPSA blocks, whose two
+        softmaxes both receive it) the n columns are the patch tokens alone."""
+
+        def edit(scores: torch.Tensor) -> torch.Tensor:
+            n = scores.shape[-1]
+            key = ("edit", n, patch_stage, scores.dtype, scores.device)
+            if key not in cache:
+                cols = columns(n + T)[T:] if patch_stage else columns(n)
+                if bool(cols.all()):
+                    raise InputError("every token would be blocked; leave at least one token visible")
+                bias = torch.zeros(1, 1, 1, n, dtype=scores.dtype)
+                bias[..., cols] = float("-inf")
+                cache[key] = bias.to(scores.device)
+            return scores + cache[key]
+
+        return edit
 
     handles = []
     taps: list[ScoreTap] = []
@@ -362,8 +369,10 @@ def block_tokens(
             elif takes_mask[i]:
                 handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
             else:  # the -inf columns go into the scores its own softmax receives (unfused path)
-                attn.fused_attn = False
-                taps.append(ScoreTap(attn, _Discard(), detach=True, edit=edit))
+                if hasattr(attn, "fused_attn"):
+                    attn.fused_attn = False
+                late = info.late_prefix is not None and i < info.late_prefix
+                taps.append(ScoreTap(attn, _Discard(), detach=True, edit=edit_for(late)))
         yield
     finally:
         for tap in reversed(taps):

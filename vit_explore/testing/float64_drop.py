@@ -17,6 +17,11 @@ token sequence cut by plain indexing right after every position embedding, and n
   kept tokens through the blocks (no mask), the pool over the kept patches;
 * a MAP head (SigLIP): ``dropped64``, whose forward ends in the model's own attention pool over
   the kept tokens.
+
+``blocked64`` restates ``block_tokens`` on CaiT and ConViT: every attention written out with
+-inf added to the blocked columns of the scores each softmax receives (CaiT's talking heads: after
+``proj_l``; ConViT's GPSA: the content and the positional softmax), over the patch columns alone
+in the blocks before the class token joins.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from torch import nn
 from .float64_model import model64
 from .float64_perturb import dropped64
 
-__all__ = ["drop64", "drop_family", "grid64"]
+__all__ = ["blocked64", "drop64", "drop_family", "grid64"]
 
 
 def drop_family(model: nn.Module) -> str | None:
@@ -150,3 +155,62 @@ def _naflex(m: Any, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     else:
         raise NotImplementedError(f"no float64 restatement of NaFlexViT's global_pool={m.global_pool!r}")
     return m.head(m.fc_norm(pooled))
+
+
+class _Blocked64(nn.Module):
+    """One CaiT / ConViT attention written out, with -inf on the blocked columns ``cols`` (T + P,)
+    bool of the full sequence (its patch part ``cols[T:]`` while the sequence holds the P patches
+    alone); ``rel`` (P, P, 3) the full grid's offsets (GPSA)."""
+
+    def __init__(self, a: Any, cols: torch.Tensor, T: int, rel: torch.Tensor) -> None:
+        super().__init__()
+        self.a, self.cols, self.T, self.rel = a, cols, T, rel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a: Any = self.a
+        B, n, C = x.shape
+        H, d = a.num_heads, C // a.num_heads
+        cols = self.cols[self.T :] if n == self.cols.numel() - self.T else self.cols
+        assert cols.numel() == n
+        neg = torch.zeros(n, dtype=torch.float64).masked_fill(cols, float("-inf"))
+        heads = lambda t: t.reshape(B, -1, H, d).transpose(1, 2)
+        if hasattr(a, "gating_param"):  # GPSA
+            q, k = a.qk(x).reshape(B, n, 2, H, d).permute(2, 0, 3, 1, 4)
+            content = ((q @ k.transpose(-1, -2)) * a.scale + neg).softmax(-1)
+            pos = ((self.rel @ a.pos_proj.weight.T + a.pos_proj.bias).permute(2, 0, 1) + neg).softmax(-1)
+            g = torch.sigmoid(a.gating_param).reshape(1, H, 1, 1)
+            A = (1 - g) * content + g * pos
+            A = A / A.sum(-1, keepdim=True)
+            v = heads(a.v(x))
+        elif hasattr(a, "proj_l"):  # CaiT talking heads: mix the heads' scores, softmax, mix again
+            q, k, v = a.qkv(x).reshape(B, n, 3, H, d).permute(2, 0, 3, 1, 4)
+            s = torch.einsum("bhqk,gh->bgqk", (q * a.scale) @ k.transpose(-1, -2), a.proj_l.weight)
+            A = (s + a.proj_l.bias[:, None, None] + neg).softmax(-1)
+            A = torch.einsum("bhqk,gh->bgqk", A, a.proj_w.weight) + a.proj_w.bias[:, None, None]
+        elif getattr(a, "qkv", None) is None:  # class attention: the class token's query
+            q, k, v = heads(a.q(x[:, :1])), heads(a.k(x)), heads(a.v(x))
+            A = ((q * a.scale) @ k.transpose(-1, -2) + neg).softmax(-1)
+            return a.proj((A @ v).transpose(1, 2).reshape(B, 1, C))
+        else:  # ConViT's MHSA
+            q, k, v = a.qkv(x).reshape(B, n, 3, H, d).permute(2, 0, 3, 1, 4)
+            A = ((q @ k.transpose(-1, -2)) * a.scale + neg).softmax(-1)
+        return a.proj((A @ v).transpose(1, 2).reshape(B, n, C))
+
+
+def blocked64(model: nn.Module, x: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """Float64 logits (B, C) of CaiT / ConViT with no query attending to ``tokens`` (indices into
+    the full sequence, 0 = CLS, T + p = patch p) in any block."""
+    fam = drop_family(model)
+    if fam not in ("cait", "convit"):
+        raise NotImplementedError(f"no float64 restatement of block_tokens on {type(model).__name__}")
+    m: Any = model64(model)
+    gh, gw = grid64(model, x)
+    T = int(m.num_prefix_tokens)
+    cols = torch.zeros(T + gh * gw, dtype=torch.bool)
+    cols[tokens] = True
+    rel = _offsets(torch.arange(gh * gw), gw)
+    blocks = [*m.blocks, *getattr(m, "blocks_token_only", ())]
+    for blk in blocks:
+        blk.attn = _Blocked64(blk.attn, cols, T, rel)
+    with torch.no_grad():
+        return m(x.double())
