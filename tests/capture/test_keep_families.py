@@ -33,11 +33,19 @@ SPECS = {
                                                    "num_heads": 2}, 24),
 }
 
+#: rotary NaFlexViT (checked against its own patch_valid masking only)
+ROTARY = {
+    "naflex_rope": ("naflexvit_base_patch16_gap", {"depth": 2, "embed_dim": 32, "num_heads": 2, "rope_type": "axial",
+                                                   "pos_embed": "none"}, 48),
+    "naflex_rope_mixed": ("naflexvit_base_patch16_gap", {"depth": 2, "embed_dim": 32, "num_heads": 2,
+                                                         "rope_type": "mixed", "pos_embed": "none"}, 48),
+}
+
 
 def build(name, seed=0):
     """A seeded tiny model with random biases, layer scales and gates (CaiT's layer scale starts at
     1e-5: the patches would barely reach the logits), sharper attention and a louder head."""
-    timm_name, kw, _ = SPECS[name]
+    timm_name, kw, _ = {**SPECS, **ROTARY}[name]
     torch.manual_seed(seed)
     m = timm.create_model(timm_name, pretrained=False, num_classes=5, **kw).eval()
     g = torch.Generator().manual_seed(seed + 1)
@@ -52,7 +60,7 @@ def build(name, seed=0):
 
 
 def inputs(name, batch=2, seed=0):
-    s = SPECS[name][2]
+    s = {**SPECS, **ROTARY}[name][2]
     return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
 
@@ -171,13 +179,14 @@ def test_convit_kept_patches_keep_their_own_offsets():
     assert float((got - bad).abs().max()) > 1e-4
 
 
-@pytest.mark.parametrize("name", ["naflex", "naflex_map"])
+@pytest.mark.parametrize("name", ["naflex", "naflex_map", "naflex_rope", "naflex_rope_mixed"])
 def test_naflex_drop_equals_the_model_masking_the_dropped_patches(name):
     """NaFlexViT's own mechanism for a variable patch count: its NaFlex input (patches, their
     (row, col) coordinates, ``patch_valid``) with the dropped patches marked invalid, so its
     attention mask hides them as keys and its pool (mean or MAP) leaves them out. (Feeding only the
     kept patches is not the same: on the learned-table path timm adds the position table by
-    sequence index, so the kept patches would take the first cells' positions.)"""
+    sequence index, so the kept patches would take the first cells' positions.) With rotary
+    embeddings (axial, mixed) each kept patch keeps its own rotary rows (``keep.keep_positions``)."""
     from timm.models.naflexvit import batch_patchify
 
     m = build(name)

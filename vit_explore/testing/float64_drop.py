@@ -67,6 +67,8 @@ def drop64(model: nn.Module, x: torch.Tensor, kept: list[int]) -> torch.Tensor:
     """Float64 logits (B, C) of ``x`` (B, 3, H, W) with only the patches ``kept`` (row-major, one
     set for every image) and the prefix tokens."""
     fam = drop_family(model)
+    if fam is None and isinstance(getattr(model, "embeds", None), nn.Module):
+        raise NotImplementedError("no float64 restatement of NaFlexViT with rotary embeddings")
     if fam is None or fam == "map":
         return torch.cat([dropped64(model, x[i : i + 1], kept) for i in range(x.shape[0])])
     m: Any = model64(model)
