@@ -312,3 +312,17 @@ def test_block_tokens_grid_and_hygiene(name):
     with pytest.raises(InputError, match="every token would be blocked"), vx.block_tokens(m, torch.ones(4, 4).bool()):
         m(x)
     assert model_state(m) == before
+
+
+@pytest.mark.parametrize("name", ["cait", "convit"])
+def test_dropping_every_patch_of_a_late_class_token_model(name):
+    """CaiT and ConViT read the class token, which joins after the patch blocks: with every patch
+    dropped it attends to itself alone (the patch blocks run on an empty sequence)."""
+    m = build(name)
+    x = inputs(name)[:1]
+    iv = vx.intervene(m, x, list(range(16)), mode="drop")
+    ref = drop64(m, x, [])
+    with torch.no_grad():
+        full = model64(m)(x.double())
+    assert float((ref - full).abs().max()) > 1e-3
+    torch.testing.assert_close(iv.logits.double(), ref, rtol=1e-4, atol=1e-4)
