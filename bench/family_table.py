@@ -32,6 +32,7 @@ import torch
 import vit_explore as vx
 from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.testing import float64 as f64
+from vit_explore.testing.float64_drop import drop64, drop_family, grid64
 from vit_explore.testing.float64_map import is_map
 from vit_explore.testing.float64_perturb import GradientCheckError
 
@@ -205,12 +206,13 @@ def verdict(model: torch.nn.Module, x: torch.Tensor, method: str, out: torch.Ten
     if method not in f64.METHODS64 and method != "intervene (drop)":
         return f"finite, not compared: no float64 restatement of {method} in this script"
     why = restated(model, method)
+    if method == "intervene (drop)":  # CaiT, ConViT, NaFlexViT, MAP heads: vit_explore/testing/float64_drop.py
+        if why is not None and drop_family(model) is None:
+            return f"finite, not compared: {why}"
+        gh, gw = grid64(model, x)
+        return _compared(out, drop64(model, x, list(range(1, gh * gw))))
     if why is not None:
         return f"finite, not compared: {why}"
-    if method == "intervene (drop)":
-        ph, pw = model.patch_embed.patch_size
-        P = (x.shape[-2] // ph) * (x.shape[-1] // pw)
-        return _compared(out, f64.dropped64(model, x, list(range(1, P))))
     ref = f64.reference64(model, x, method, target)
     got = _compared(out, ref, method)
     if method == "chefer_lrp" and got != "exact":  # its rules divide by near-zero sums: try the code in float64

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import array
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,10 +33,10 @@ from torch import nn
 
 from .._checks import as_list, as_tensor, checked_output
 from ..errors import InputError, UnsupportedModelError
-from .adapters import adapter_for, inspect_vit
+from .adapters import inspect_vit
 from .attn_base import forward_params
 from .hf import HFAttention, as_vit, mask_pre_hook
-from .keep import keep_positions
+from .keep import drop_site, keep_gpsa, keep_positions
 from .state import SavedState, eval_mode
 from .tap import ScoreTap
 
@@ -124,20 +124,13 @@ def drop_tokens(
     embeddings the kept tokens received are unchanged. On rotary and relative-position
     families (adapters with ``keeps_positions``: EVA, EVA-02, RoPE, DINOv3, BEiT, relpos) the
     sequence is cut at the first block's input and each attention sees the rotary rows and the
-    bias rows and columns of the kept tokens' original positions (``keep.keep_positions``).
+    bias rows and columns of the kept tokens' original positions (``keep.keep_positions``). CaiT and
+    ConViT are cut at the first block's input too, before their class token joins (ConViT's GPSA
+    sees the grid offsets of the kept patches, ``keep.keep_gpsa``), and NaFlexViT after its
+    ``embeds``; XCiT refuses (``keep.drop_site``).
     """
-    model = as_vit(model)
-    attns = [getattr(b, "attn", None) for b in getattr(model, "blocks", ())]
-    positional = bool(attns) and all(isinstance(a, nn.Module) for a in attns) and any(
-        adapter_for(a).keeps_positions for a in attns
-    )
-    target = model.blocks[0] if positional else getattr(model, "patch_drop", None)
-    if not isinstance(target, nn.Module):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no patch_drop module after the position embedding; "
-            "token dropping needs a timm VisionTransformer"
-        )
-    T = int(model.num_prefix_tokens)
+    site = drop_site(as_vit(model))  # where to cut; XCiT and windowed models refuse (capture/keep.py)
+    T = site.prefix
     if isinstance(keep, torch.Tensor):
         if keep.ndim != 2:
             raise InputError(f"keep must be (K, n) patch indices, got shape {tuple(keep.shape)}")
@@ -147,7 +140,8 @@ def drop_tokens(
         one, K = [int(k) for k in keep], 1
     if one is not None:  # one set: the prefix and the kept patches' rows, built in Python, for one index_select
         # (over the buffer of an int64 array: half the cost of torch.tensor(list) right after a forward)
-        rows = torch.frombuffer(array.array("q", [*range(T), *(k + T for k in one)]), dtype=torch.long)
+        ids = array.array("q", [*range(T), *(k + T for k in one)])
+        rows = torch.frombuffer(ids, dtype=torch.long) if ids else torch.zeros(0, dtype=torch.long)  # CaiT: T = 0
         lo, hi = (min(one), max(one)) if one and not checked else (0, -1)
     else:
         lo, hi = (int(keep.min()), int(keep.max())) if keep.numel() and not checked else (0, -1)
@@ -167,23 +161,27 @@ def drop_tokens(
         idx = keep.to(out.device)[..., None].expand(-1, -1, C)
         return torch.cat([src[:, :T], torch.gather(src[:, T:], 1, idx)], dim=1)
 
-    if not positional:
-        handle = target.register_forward_hook(lambda module, args, out: cut(out))
+    if not site.before:
+        handle = site.target.register_forward_hook(lambda module, args, out: cut(out))
         try:
             yield
         finally:
             handle.remove()
         return
 
-    # rotary / relative-position families: cut the sequence at the first block's input, and slice
-    # the position terms inside every attention to the kept tokens' own positions (capture/keep.py)
+    # cut the sequence at the first block's input; on rotary / relative-position families slice the
+    # position terms inside every attention to the kept tokens' own positions, on ConViT the GPSA
+    # grid offsets (capture/keep.py)
     def rows_of() -> torch.Tensor:
         if one is not None:
             return rows[None]
         pre = torch.arange(T, dtype=torch.long).expand(K, T)
         return torch.cat([pre, keep.cpu() + T], dim=1)
 
-    with keep_positions(attns, T) as kept:
+    with contextlib.ExitStack() as stack:
+        kept = stack.enter_context(keep_positions(site.attns if site.positional else (), T))
+        if site.gpsa:
+            stack.enter_context(keep_gpsa(site.gpsa, kept))
 
         def first(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
@@ -191,7 +189,7 @@ def drop_tokens(
             kept.set(rows_of(), x.shape[1])
             return ((y, *args[1:]), kwargs) if args else (args, {**kwargs, "x": y})
 
-        handle = target.register_forward_pre_hook(first, with_kwargs=True)
+        handle = site.target.register_forward_pre_hook(first, with_kwargs=True)
         try:
             yield
         finally:
@@ -267,16 +265,16 @@ def block_tokens(
         layers: block indices (negative from the end).
 
     The blocked tokens still exist (their own rows attend to the others); for
-    global-average-pool models they are still averaged by the read-out.
+    global-average-pool models they are still averaged by the read-out. On CaiT and ConViT the
+    blocks before the class token joins see the patch columns alone (and both of GPSA's
+    softmaxes, content and positional, get the mask); CaiT's class-attention blocks mask the
+    class token's one query row. XCiT's patch stage has no token attention: refused.
     """
     info = inspect_vit(as_vit(model))
-    if info.late_prefix is not None or info.extra_blocks:  # CaiT, XCiT, ConViT (capture/attn_class.py)
+    if info.below:  # XCiT (capture/attn_class.py)
         raise UnsupportedModelError(
-            "block_tokens masks the same token sequence in every block, but "
-            + (info.below if info.below else f"{type(model).__name__} changes its token sequence between blocks (the "
-               "class token joins late" + (", and its class-attention blocks have one query row" if info.extra_blocks
-                                           else "") + ")")
-            + "; use vx.intervene with a pixel mode (blur, mean, noise, zero) instead"
+            f"block_tokens masks token-to-token attention, but {info.below}; use vx.intervene with a pixel mode "
+            "(blur, mean, noise, zero) instead"
         )
     L = info.num_layers
     sel = range(L) if layers is None else as_list("layers", layers)
@@ -339,17 +337,24 @@ def block_tokens(
             bias = old + bias
         return args, {**kwargs, "attn_mask": bias}
 
-    def edit(scores: torch.Tensor) -> torch.Tensor:  # families whose forward takes no attn_mask
-        N = scores.shape[-1]
-        key = (N, scores.dtype, scores.device)
-        if key not in cache:
-            cols = columns(N)
-            if bool(cols.all()):
-                raise InputError("every token would be blocked; leave at least one token visible")
-            bias = torch.zeros(1, 1, N, N, dtype=scores.dtype)
-            bias[..., cols] = float("-inf")
-            cache[key] = bias.to(scores.device)
-        return scores + cache[key]
+    def edit_for(patch_stage: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """-inf on the blocked columns of the (…, q, n) scores a softmax receives; in a block that
+        runs before the class token joins (CaiT's patch blocks, ConViT's GPSA blocks, whose two
+        softmaxes both receive it) the n columns are the patch tokens alone."""
+
+        def edit(scores: torch.Tensor) -> torch.Tensor:
+            n = scores.shape[-1]
+            key = ("edit", n, patch_stage, scores.dtype, scores.device)
+            if key not in cache:
+                cols = columns(n + T)[T:] if patch_stage else columns(n)
+                if bool(cols.all()):
+                    raise InputError("every token would be blocked; leave at least one token visible")
+                bias = torch.zeros(1, 1, 1, n, dtype=scores.dtype)
+                bias[..., cols] = float("-inf")
+                cache[key] = bias.to(scores.device)
+            return scores + cache[key]
+
+        return edit
 
     handles = []
     taps: list[ScoreTap] = []
@@ -364,8 +369,10 @@ def block_tokens(
             elif takes_mask[i]:
                 handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
             else:  # the -inf columns go into the scores its own softmax receives (unfused path)
-                attn.fused_attn = False
-                taps.append(ScoreTap(attn, _Discard(), detach=True, edit=edit))
+                if hasattr(attn, "fused_attn"):
+                    attn.fused_attn = False
+                late = info.late_prefix is not None and i < info.late_prefix
+                taps.append(ScoreTap(attn, _Discard(), detach=True, edit=edit_for(late)))
         yield
     finally:
         for tap in reversed(taps):

@@ -26,13 +26,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["keep_positions", "slice_bias", "slice_rope"]
+from ..errors import UnsupportedModelError
+from .adapters import adapter_for
+from .attn_class import class_blocks, is_cross_covariance
+from .attn_gpsa import GatedPositionalAttention
+
+__all__ = ["DropSite", "drop_site", "keep_gpsa", "keep_positions", "slice_bias", "slice_rope"]
 
 _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.add_,
          torch.Tensor.__iadd__}
@@ -58,6 +64,66 @@ def slice_bias(bias: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"a (B, H, N, N) bias with B = {b.shape[0]} cannot be sliced by kept tokens")
     out = b[0][:, rows[:, :, None], rows[:, None, :]]  # (H, K, n, n)
     return out.transpose(0, 1)
+
+
+class DropSite(NamedTuple):
+    """Where ``ablation.drop_tokens`` cuts the token sequence of a model.
+
+    ``target``: the module whose output (``patch_drop``) or, with ``before``, whose input (the
+    first block) is cut; ``prefix``: the prefix tokens in the sequence there (0 on CaiT and ConViT,
+    whose class token joins after the patch blocks); ``attns``: every block's attention;
+    ``positional``: some of them take rotary / relative-position terms (``keep_positions``);
+    ``gpsa``: ConViT's gated positional attentions (``keep_gpsa``)."""
+
+    target: nn.Module
+    before: bool
+    prefix: int
+    attns: tuple[nn.Module, ...]
+    positional: bool
+    gpsa: tuple[nn.Module, ...]
+
+
+def drop_site(model: nn.Module) -> DropSite:
+    """The cut of ``model`` (a timm ViT, after ``hf.as_vit``): its ``patch_drop`` (timm
+    VisionTransformer), or the first block's input where the position terms live in the blocks
+    (rotary, relative bias: EVA, EVA-02, RoPE, DINOv3, BEiT, relpos; ConViT's GPSA), where the
+    class token joins after the patch blocks (CaiT, ConViT: the cut is then after every position
+    embedding and before any class token) or where the model has no ``patch_drop`` module but
+    embeds its patches once (NaFlexViT's ``embeds``: position embedding included; the blocks take no
+    mask in image mode, and a kept patch's rows are what its image-mode forward computes).
+
+    Raises:
+        UnsupportedModelError: XCiT (its patch stage mixes tokens on the grid), or a model with
+            none of these (SAM ViT's windows and others).
+    """
+    blocks = getattr(model, "blocks", None)
+    kids = list(blocks.children()) if isinstance(blocks, nn.Module) else []
+    found = [getattr(b, "attn", None) for b in kids]
+    ok = bool(found) and all(isinstance(a, nn.Module) for a in found)
+    attns: tuple[nn.Module, ...] = tuple(a for a in found if isinstance(a, nn.Module)) if ok else ()
+    name = type(model).__name__
+    if ok and any(is_cross_covariance(a) for a in attns):
+        raise UnsupportedModelError(
+            f"token dropping is not defined on {name}: its patch stage mixes the tokens with depthwise 3x3 "
+            "convolutions over the patch grid (local patch interaction) and attends over channels, not tokens (XCA), "
+            "so a removed token leaves a hole in the grid, not a shorter sequence; use a pixel mode of vx.intervene "
+            "(blur, mean, noise, zero) instead"
+        )
+    positional = any(adapter_for(a).keeps_positions for a in attns)
+    gpsa = tuple(a for a in attns if GatedPositionalAttention.matches(a))
+    local = getattr(model, "local_up_to_layer", None)
+    late = bool(class_blocks(model)) or (bool(gpsa) and isinstance(local, int) and local > 0)
+    naflex = ok and isinstance(getattr(model, "embeds", None), nn.Module) and getattr(model, "patch_drop", 0) is None
+    T = 0 if late else int(getattr(model, "num_prefix_tokens", 0))
+    if ok and (positional or late or gpsa or naflex):
+        return DropSite(kids[0], True, T, attns, positional, gpsa)
+    target = getattr(model, "patch_drop", None)
+    if not isinstance(target, nn.Module):
+        raise UnsupportedModelError(
+            f"{name} has no patch_drop module after the position embedding; "
+            "token dropping needs a timm VisionTransformer"
+        )
+    return DropSite(target, False, T, attns, False, ())
 
 
 class _Kept:
@@ -171,3 +237,52 @@ def keep_positions(attns: Sequence[nn.Module], num_prefix: int) -> Iterator[_Kep
             close(i)
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def keep_gpsa(attns: Sequence[nn.Module], kept: _Kept) -> Iterator[None]:
+    """ConViT's gated positional self-attention (``timm.models.convit.GPSA``, d'Ascoli et al. 2021)
+    on the kept patches: its positional scores ``pos_proj(rel_indices)`` come from the (1, P, P, 3)
+    grid offsets (dx, dy, dx² + dy²) it caches per sequence length (and would rebuild, for a
+    square grid of ``int(√n)`` side, at any other length). While each GPSA module runs, its
+    ``rel_indices`` buffer is the full grid's, restricted to the kept patches' rows and columns,
+    (K, n, n, 3); the module's own buffer goes back right after it (and in ``finally``).
+
+    The full grid's offsets are the module's own cached buffer when it holds P patches, else
+    ``module.get_rel_indices(P)`` (the model's own construction, as a plain forward makes it).
+    The GPSA blocks run before ConViT adds its class token, so ``kept.rows`` are patch indices.
+    """
+    found: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+    full_of: dict[tuple[int, int], torch.Tensor] = {}
+
+    def pre(module, args):
+        if not kept.active:
+            return
+        assert kept.rows is not None
+        P = kept.full
+        own = module.rel_indices
+        full = own if own is not None and own.shape[1] == P else full_of.get((id(module), P))
+        if full is None:
+            full = full_of[(id(module), P)] = module.get_rel_indices(P)
+        rows = kept.rows.to(full.device)
+        found.setdefault(id(module), (module, own))
+        module.rel_indices = full[0][rows[:, :, None], rows[:, None, :]]  # (K, n, n, 3)
+        return
+
+    def restore(module, *_) -> None:
+        item = found.pop(id(module), None)
+        if item is not None:
+            module.rel_indices = item[1]
+
+    handles = []
+    try:
+        for a in attns:
+            handles.append(a.register_forward_pre_hook(pre))
+            handles.append(a.register_forward_hook(restore))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for module, own in list(found.values()):
+            module.rel_indices = own
+        found.clear()

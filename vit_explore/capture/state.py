@@ -144,7 +144,7 @@ def scan(model: nn.Module) -> tuple[list[nn.Module], tuple]:
         for t in itertools.chain(m._parameters.values(), m._buffers.values()):
             if t is not None:
                 ids.append(id(t))
-                versions.append(t._version)
+                versions.append(-1 if t.is_inference() else t._version)  # ConViT caches a buffer in inference mode
                 storage.append(t.data_ptr())
         if m._forward_hooks or m._forward_pre_hooks:
             hooks.append((id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks)))

@@ -94,10 +94,11 @@ def _same_tensor(a: torch.Tensor | None, b: torch.Tensor) -> bool:
 
 
 def nothing_left() -> InputError:
-    """The error for ``drop`` of every patch of a global-average-pool model."""
+    """The error for ``drop`` of every patch of a model that pools the patch tokens (an average, or
+    an attention pool (MAP) whose latent query attends over them)."""
     return InputError(
-        "mode 'drop' would remove every patch token of a global-average-pool model, leaving nothing to "
-        "average; keep at least one patch or use another mode"
+        "mode 'drop' would remove every patch token of a global-average-pool or attention-pool (MAP) model, "
+        "leaving nothing to average; keep at least one patch or use another mode"
     )
 
 
@@ -260,7 +261,7 @@ class ForwardEngine:
             logits, kept1 = self.drop_one(model, s, regions.reshape(-1).tolist(), mods)
             return logits, base, x, (torch.tensor(kept1, dtype=torch.long),)
         kept_flat = ~regions.reshape(-1, P)
-        if s.info.readout in ("avg", "cls_avg") and not bool(kept_flat.any(dim=1).all()):
+        if s.info.readout in ("avg", "cls_avg", "map") and not bool(kept_flat.any(dim=1).all()):
             raise nothing_left()
         counts = kept_flat.sum(1)
         kept = tuple(torch.nonzero(kept_flat[k]).reshape(-1) for k in range(len(kept_flat)))
@@ -286,7 +287,7 @@ class ForwardEngine:
         """Logits (1, C) of a one-image batch without the patches where ``cells`` (row-major) is
         True, and the kept patch indices."""
         kept = [i for i, c in enumerate(cells) if not c]
-        if s.info.readout in ("avg", "cls_avg") and not kept:
+        if s.info.readout in ("avg", "cls_avg", "map") and not kept:
             raise nothing_left()
         with drop_tokens(model, kept, checked=True):
             return forward_logits(model, s.x, mods=mods), kept

@@ -167,7 +167,7 @@ def dropped64(model: nn.Module, x: torch.Tensor, kept: list[int]) -> torch.Tenso
     T = int(m.num_prefix_tokens)
     ph, pw = m.patch_embed.patch_size
     P = (x.shape[-2] // ph) * (x.shape[-1] // pw)
-    rows = torch.tensor([*range(T), *(T + p for p in kept)])
+    rows = torch.tensor([*range(T), *(T + p for p in kept)], dtype=torch.long)
     for blk in m.blocks:
         blk.attn = _KeptAttention(blk.attn, rows, T, T + P)
     h = m.blocks[0].register_forward_pre_hook(lambda mod, args: (args[0][:, rows], *args[1:]))
