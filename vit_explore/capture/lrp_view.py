@@ -72,6 +72,27 @@ class LRPBlock:
 
 
 @dataclass(frozen=True)
+class LRPPool:
+    """Weights of timm's ``AttentionPoolLatent`` (SigLIP's MAP head) for the relevance pass:
+    ``y = z + mlp(norm(z))``, ``z = proj(A v)``, ``A = softmax((q(latent)·scale) k(x)ᵀ)``, ``[k, v] = kv(x)``,
+    then the first latent (``pool="token"``) or the latent mean (``"avg"``).
+
+    Attributes:
+        kv: (2·C, C); proj: (C, C); fc1, fc2: the pool MLP's; biases: by layer name (to recover ``x Wᵀ``).
+        prefix_skipped: the model drops its T prefix tokens before the pool (``pool_include_prefix=False``).
+    """
+
+    num_heads: int
+    kv: torch.Tensor
+    proj: torch.Tensor
+    fc1: torch.Tensor
+    fc2: torch.Tensor
+    biases: dict[str, torch.Tensor | None]
+    avg: bool
+    prefix_skipped: bool
+
+
+@dataclass(frozen=True)
 class LRPView:
     """Everything Chefer's relevance pass reads from the model itself.
 
@@ -87,6 +108,7 @@ class LRPView:
     head_dist: torch.Tensor | None
     readout: Readout
     num_prefix: int
+    pool: LRPPool | None = None
 
     def needs(self, start_layer: int = 0) -> Needs:
         """The capture needs of the relevance pass from block ``start_layer`` up."""
@@ -95,6 +117,10 @@ class LRPView:
         if self.head_dist is not None:
             ins.append("head_dist")
             acts.append("head_dist")
+        if self.pool is not None:
+            pp = "attn_pool"
+            ins += [f"{pp}.kv", f"{pp}.proj", f"{pp}.mlp.fc1", f"{pp}.mlp.fc2"]
+            acts += [f"{pp}.kv", f"{pp}.q_norm", f"{pp}.k_norm", f"{pp}.proj", f"{pp}.mlp", f"{pp}.mlp.fc1"]
         blocks = self.blocks[start_layer:]
         for b in blocks:
             p = b.prefix
@@ -181,12 +207,7 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
             "the classifier reads concat(CLS, mean of patches) (Hugging Face DINOv2): not one read-out row of "
             "one head, which chefer_lrp's relevance pass starts from. Use attn_lrp or chefer_generic instead."
         )
-    if info.readout == "map":
-        raise UnsupportedModelError(
-            "the classifier reads an attention-pool (MAP) head (AttentionPoolLatent: a latent query attending over "
-            "the tokens, then proj and an MLP), not a linear read-out of the tokens, which chefer_lrp's relevance "
-            "pass starts from. Use attn_lrp (its rules cover the pool) or chefer_generic instead."
-        )
+    pool = _pool(model) if info.readout == "map" else None
     if info.extra_blocks:
         raise UnsupportedModelError(
             f"{type(model).__name__} ends in class-attention blocks (the class token's query over [CLS, patches], "
@@ -293,4 +314,36 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
         head_dist=_linear_weight(head_dist, "head_dist") if head_dist is not None else None,
         readout=info.readout,
         num_prefix=info.num_prefix,
+        pool=pool,
+    )
+
+
+def _pool(model: nn.Module) -> LRPPool:
+    """The MAP head's weights, or a refusal naming what has no rule (docs/methods.md §4.3)."""
+    pool = getattr(model, "attn_pool", None)
+    name = type(pool).__name__
+    if name != "AttentionPoolLatent" or not isinstance(getattr(pool, "kv", None), nn.Linear):
+        raise UnsupportedModelError(
+            f"the classifier reads an attention-pool (MAP) head ({name}) that is not timm's AttentionPoolLatent; "
+            "chefer_lrp's rules for the pool are written for that module's latent query, kv, proj and MLP. "
+            "Use attn_lrp or chefer_generic instead."
+        )
+    mlp = getattr(pool, "mlp", None)
+    if getattr(pool, "pos_embed", None) is not None or mlp is None:
+        raise UnsupportedModelError(
+            "the attention-pool (MAP) head adds its own position embedding or has no MLP (pre-logits mode); "
+            "chefer_lrp's rules for the pool cover timm's AttentionPoolLatent with pos_embed='' and its MLP. "
+            "Use attn_lrp or chefer_generic instead."
+        )
+    if not (hasattr(mlp, "fc1") and hasattr(mlp, "act") and not hasattr(mlp, "gate")):
+        raise UnsupportedModelError(f"attn_pool.mlp is a {type(mlp).__name__}; chefer_lrp supports timm's Mlp there")
+    return LRPPool(
+        num_heads=int(pool.num_heads),
+        kv=_linear_weight(pool.kv, "attn_pool.kv"),
+        proj=_linear_weight(pool.proj, "attn_pool.proj"),
+        fc1=_linear_weight(mlp.fc1, "attn_pool.mlp.fc1"),
+        fc2=_linear_weight(mlp.fc2, "attn_pool.mlp.fc2"),
+        biases={"kv": _bias(pool.kv), "proj": _bias(pool.proj), "fc1": _bias(mlp.fc1), "fc2": _bias(mlp.fc2)},
+        avg=getattr(pool, "pool", "token") == "avg",
+        prefix_skipped=not getattr(model, "pool_include_prefix", False) and int(model.num_prefix_tokens) > 0,
     )

@@ -116,6 +116,53 @@ def clone_rule(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Ten
     return x * (sdiv(r1, x) + sdiv(r2, x))
 
 
+def _pool_relevance(trace: Trace, view: LRPView, r_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MAP head (``AttentionPoolLatent``) by the block rules, from the relevance ``r_pooled`` (B, C)
+    of its output: the first latent's IndexSelect rule (or the latent mean's simple rule), the Add
+    rule of ``y = z + mlp(norm(z))`` with the MLP's Linear rules and the Clone at ``z``, ``proj``'s
+    Linear rule, the ``A v`` and ``q kᵀ`` products (each share halved; the latent's query share
+    stays with the latent, a parameter), ``kv``'s Linear rule. Returns (relevance (B, N, C) of the
+    final tokens, the pool's read-out row ``Σ_q w_q E_h[(∇A_pool ⊙ R_A_pool)^+]`` (B, N))."""
+    pool, pp = view.pool, "attn_pool"
+    assert pool is not None and trace.pool_attn is not None and trace.pool_attn_grad is not None
+    acts, ins, bs = trace.activations, trace.inputs, pool.biases
+    z, mlp_out = acts[f"{pp}.proj"], acts[f"{pp}.mlp"]  # proj_drop: identity
+    y = z + mlp_out
+    r_y = torch.zeros_like(y)
+    if pool.avg:
+        r_y = y * (sdiv(r_pooled, y.mean(dim=1)) / y.shape[1])[:, None]
+    else:
+        r_y[:, 0] = y[:, 0] * sdiv(r_pooled, y[:, 0])
+    r_res, r_mlp = add_rule(z, mlp_out, r_y)
+    r_mlp = linear_rule(ins[f"{pp}.mlp.fc2"], r_mlp, pool.fc2, _xw(mlp_out, bs["fc2"]))  # GELU: identity
+    r_mlp = linear_rule(ins[f"{pp}.mlp.fc1"], r_mlp, pool.fc1, _xw(acts[f"{pp}.mlp.fc1"], bs["fc1"]))  # norm: identity
+    r_z = clone_rule(z, r_res, r_mlp)
+    r_o = linear_rule(ins[f"{pp}.proj"], r_z, pool.proj, _xw(z, bs["proj"]))
+    attn = trace.pool_attn  # (B, H, Q, K)
+    B, H, Q, K = attn.shape
+    x, kv_out = ins[f"{pp}.kv"], acts[f"{pp}.kv"]
+    _, v = kv_out.reshape(B, K, 2, H, -1).permute(2, 0, 3, 1, 4)
+    r_o = r_o.reshape(B, Q, H, -1).transpose(1, 2)
+    s = sdiv(r_o, attn @ v).mul_(0.5)
+    r_a = attn * (s @ v.transpose(-1, -2))
+    r_v = v * (attn.transpose(-1, -2) @ s)
+    q, k = acts[f"{pp}.q_norm"], acts[f"{pp}.k_norm"]  # q_norm, k_norm, softmax: identity
+    s = sdiv(r_a, q @ k.transpose(-1, -2))  # the unscaled q kᵀ
+    r_k = k * (s.transpose(-1, -2) @ q) / 2
+    r_kv = torch.stack([r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(B, K, -1)
+    r_x = linear_rule(x, r_kv, pool.kv, _xw(kv_out, bs["kv"]))
+    a_bar = (trace.pool_attn_grad * r_a).clamp_(min=0).mean(dim=1)  # (B, Q, K)
+    lw = torch.full((Q,), 1.0 / Q, dtype=a_bar.dtype, device=a_bar.device)
+    if not pool.avg:
+        lw = torch.zeros_like(lw)
+        lw[0] = 1.0
+    row = torch.einsum("bqk,q->bk", a_bar, lw)
+    T = view.num_prefix if pool.prefix_skipped else 0
+    r_tok, w = r_x.new_zeros(B, T + K, r_x.shape[-1]), row.new_zeros(B, T + K)
+    r_tok[:, T:], w[:, T:] = r_x, row
+    return r_tok, w
+
+
 def _head_relevance(trace: Trace, view: LRPView) -> torch.Tensor:
     """Relevance (B, N, C) of the final tokens (output of ``norm``) from the one-hot target."""
     tokens = trace.activations["norm"]
@@ -301,9 +348,15 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
         (B, gh, gw), raw.
     """
     L = len(view.blocks)
-    r = _head_relevance(trace, view)
     layout = trace.layout
     w, d = None, None
+    if view.pool is not None:  # MAP: w is the pool's own relevance-weighted row, which the map includes (§4.4)
+        logits = trace.activations["head"]
+        onehot = F.one_hot(trace.target, logits.shape[-1]).to(logits.dtype)
+        r, w = _pool_relevance(trace, view, linear_rule(trace.inputs["head"], onehot, view.head))
+        d = torch.zeros_like(w)
+    else:
+        r = _head_relevance(trace, view)
     for i in range(L - 1, start_layer - 1, -1):
         r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer, layer=i)
         a_bar = (trace.attn_grad_at(i) * r_a).clamp_(min=0).mean(dim=1)  # (B, N, N)
@@ -311,6 +364,9 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
             w = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)
             d = torch.zeros_like(w)
         d = d + ((w + d)[:, None, :] @ a_bar)[:, 0]  # w (J - I), the read-out's own identity term left out
+    if view.pool is not None:
+        assert w is not None and d is not None
+        d = d + w  # the pool is a layer without a residual: its row is part of the map, w J
     return layout.patch_columns(d)
 
 
