@@ -264,3 +264,72 @@ def test_chefer_lrp_map_head_hygiene_after_an_error():
     del model.attn_pool.pos_embed
     model.attn_pool.pos_embed = None
     assert model_state(model) == before
+
+
+# ------------------------------------------------------------------ read-outs: class attention (CaiT)
+
+
+def cait_model(seed=0):
+    """A tiny CaiT (two talking-heads patch blocks, two class blocks) with random layer scales and
+    biases, so that the attention branches carry relevance."""
+    import timm
+
+    torch.manual_seed(seed)
+    m = timm.create_model("cait_xxs24_224", pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=2,
+                          depth_token_only=2, embed_dim=32, num_heads=2).eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        for n, p in m.named_parameters():
+            if "gamma" in n or "bias" in n:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return m
+
+
+@pytest.mark.parametrize("start_layer", [0, 1, 3])
+def test_chefer_lrp_cait_matches_the_float64_restatement(start_layer):
+    """Talking heads (proj_l, proj_w: the Linear rule over the head axis; the cam on the tensor that
+    multiplies v) and class attention (Cat, IndexSelect and Clone rules) against the reference's
+    autograd rules over CaiT written out in float64 (float64_chefer_cait)."""
+    from vit_explore.testing.float64_chefer_lrp import chefer_lrp64
+
+    model = cait_model()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([3, 0])
+    ref = chefer_lrp64(model, x, target, start_layer).flatten(1)
+    assert ref.abs().min(dim=1).values.lt(ref.abs().max(dim=1).values).all() and ref.abs().max() > 0
+    info_m = copy.deepcopy(model).double()
+    from vit_explore.capture import capture, inspect_vit
+    from vit_explore.capture.rules import lrp_view
+    from vit_explore.explainers.chefer_lrp import transformer_attribution
+
+    info = inspect_vit(info_m)
+    view = lrp_view(info_m, info)
+    tr = capture(info_m, x.double(), view.needs(start_layer), target=target, info=info)
+    ours = transformer_attribution(tr, view, start_layer).flatten(1)
+    torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-12 * float(ref.abs().max()))
+    f32 = vx.explain(model, x, "chefer_lrp", target=target, start_layer=start_layer).patch_map.flatten(1).double()
+    scale = ref.abs().amax(dim=1, keepdim=True)
+    torch.testing.assert_close(f32 / scale, ref / scale, rtol=0, atol=1e-3)
+
+
+def test_chefer_lrp_cait_batch_equals_per_image():
+    model = cait_model(seed=3)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    full = vx.explain(model, x, "chefer_lrp")
+    for b in range(3):
+        one = vx.explain(model, x[b : b + 1], "chefer_lrp", target=full.target[b : b + 1]).patch_map[0]
+        torch.testing.assert_close(one, full.patch_map[b], rtol=1e-5, atol=1e-6 * float(full.patch_map[b].abs().max()))
+
+
+def test_chefer_lrp_cait_hygiene_after_an_error():
+    from ..conftest import model_state, raising_in_backward
+
+    model = cait_model().train()
+    model.blocks_token_only[0].attn.k.weight.requires_grad_(False)
+    before = model_state(model)
+    x = torch.randn(2, 3, 32, 32)
+    vx.explain(model, x, "chefer_lrp")
+    assert model_state(model) == before
+    with raising_in_backward(model.blocks_token_only[1].mlp), pytest.raises(RuntimeError, match="boom"):
+        vx.explain(model, x, "chefer_lrp")
+    assert model_state(model) == before

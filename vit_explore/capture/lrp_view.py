@@ -22,11 +22,12 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .adapters import ViTInfo, adapter_for
 from .attn_base import GenericAttention
+from .attn_talking import TalkingHeadsAttention
 from .layout import Readout
 from .session import Needs
 
 MlpKind = Literal["mlp", "glu", "swiglu"]
-_PRE_NORM_BLOCKS = ("Block", "EvaBlock", "RelPosBlock", "HFBlock")  # HFBlock: capture/hf.py, a Hugging Face ViT / DeiT layer
+_PRE_NORM_BLOCKS = ("Block", "EvaBlock", "RelPosBlock", "HFBlock", "LayerScaleBlock")  # HFBlock: capture/hf.py, a Hugging Face ViT / DeiT layer
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,31 @@ class LRPBlock:
     scale: float = 1.0
     qk_norm_modules: bool = True
     ls_modules: bool = True
+    talking: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class LRPClassBlock:
+    """Weights of one CaiT class-attention block (``LayerScaleBlockClassAttn`` over ``ClassAttn``):
+    ``u = [x_cls, x]``, ``x_cls += γ1·proj(softmax((q(norm1(u)_0)·scale) k(norm1(u))ᵀ) v(norm1(u)))``,
+    ``x_cls += γ2·mlp(norm2(x_cls))``; the patch tokens ``x`` pass unchanged.
+
+    Attributes:
+        q, k, v, proj, fc1, fc2: Linear weights; gamma1, gamma2: layer scales (C,);
+        biases: by layer name (to recover ``x Wᵀ`` from recorded outputs).
+    """
+
+    prefix: str
+    num_heads: int
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    proj: torch.Tensor
+    fc1: torch.Tensor
+    fc2: torch.Tensor
+    gamma1: torch.Tensor
+    gamma2: torch.Tensor
+    biases: dict[str, torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,7 @@ class LRPView:
     readout: Readout
     num_prefix: int
     pool: LRPPool | None = None
+    class_blocks: tuple[LRPClassBlock, ...] = ()
 
     def needs(self, start_layer: int = 0) -> Needs:
         """The capture needs of the relevance pass from block ``start_layer`` up."""
@@ -140,6 +167,14 @@ class LRPView:
                 acts.append(f"{p}.mlp.fc1")
             if b.mlp_kind != "mlp":
                 acts += [f"{p}.mlp.act", f"{p}.mlp.drop1"]
+            if b.talking is not None:  # the head-mixing Linears around the softmax, (B, N, N, H)
+                ins += [f"{p}.attn.proj_l", f"{p}.attn.proj_w"]
+        if self.class_blocks:
+            ins.append("norm")  # the final cat of the class token and the patches
+        for c in self.class_blocks:
+            p = c.prefix
+            ins += [f"{p}.norm1", f"{p}.attn", f"{p}.attn.proj", f"{p}.norm2", f"{p}.mlp.fc1", f"{p}.mlp.fc2"]
+            acts += [f"{p}.attn", f"{p}.attn.q", f"{p}.attn.k", f"{p}.attn.v", f"{p}.mlp", f"{p}.mlp.fc1"]
         return Needs(
             attn=True,
             attn_grad=True,
@@ -147,7 +182,7 @@ class LRPView:
             rope=any(b.rope for b in blocks),
             inputs=tuple(ins),
             activations=tuple(acts),
-            layers=tuple(range(start_layer, len(self.blocks))),
+            layers=tuple(range(start_layer, len(self.blocks) + len(self.class_blocks))),
             grad_from_block=start_layer,
         )
 
@@ -208,14 +243,11 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
             "one head, which chefer_lrp's relevance pass starts from. Use attn_lrp or chefer_generic instead."
         )
     pool = _pool(model) if info.readout == "map" else None
-    if info.extra_blocks:
+    if info.below:  # XCiT: class attention over a patch stage without token-to-token attention
         raise UnsupportedModelError(
-            f"{type(model).__name__} ends in class-attention blocks (the class token's query over [CLS, patches], "
-            "added after the patch blocks)"
-            + (f" and {info.below}" if info.below else ", after talking-heads patch blocks")
-            + "; chefer_lrp's relevance pass has no rule for them. "
-            + ("Use raw_attention or attn_grad_cam on a class-attention block instead." if info.below
-               else "Use attn_lrp or chefer_generic instead.")
+            f"{info.below}; chefer_lrp's rollout composes token-to-token attention maps from the input up (it has "
+            "rules for class attention, not for cross-covariance attention). Use raw_attention or attn_grad_cam "
+            "on a class-attention block instead."
         )
     refusal = getattr(getattr(model, "head", None), "lrp_refusal", None)  # a head without a rule (hf_zero_shot.py)
     if refusal:
@@ -225,12 +257,13 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
         adapter = adapters[i]
-        if not adapter.lrp_rule:
+        talking = adapter is TalkingHeadsAttention
+        if not adapter.lrp_rule and not talking:
             raise UnsupportedModelError(
                 f"{where}.attn is {adapter.family} ({adapter.score_terms}); chefer_lrp's relevance pass has no rule "
                 "for it. Use attn_lrp or chefer_generic instead."
             )
-        needed = ("norm1", "attn", "norm2", "mlp", "drop_path1", "drop_path2")
+        needed = ("norm1", "attn", "norm2", "mlp", *(("drop_path",) if talking else ("drop_path1", "drop_path2")))
         if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ not in _PRE_NORM_BLOCKS:
             raise UnsupportedModelError(
                 f"{where} is a {type(blk).__name__} ({adapter.family} attention); chefer_lrp's relevance pass is "
@@ -305,6 +338,8 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
                 and isinstance(getattr(attn, "k_norm", None), nn.Module),
                 ls_modules=isinstance(getattr(blk, "ls1", None), nn.Module)
                 and isinstance(getattr(blk, "ls2", None), nn.Module),
+                talking=(_linear_weight(attn.proj_l, f"{where}.attn.proj_l"),
+                         _linear_weight(attn.proj_w, f"{where}.attn.proj_w")) if talking else None,
             )
         )
     head_dist = getattr(model, "head_dist", None) if info.readout == "cls_dist" else None
@@ -315,6 +350,28 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
         readout=info.readout,
         num_prefix=info.num_prefix,
         pool=pool,
+        class_blocks=tuple(_class_block(b, f"blocks_token_only.{j}") for j, b in enumerate(info.extra_blocks)),
+    )
+
+
+def _class_block(blk: nn.Module, where: str) -> LRPClassBlock:
+    """A CaiT class-attention block's weights, or a refusal naming what has no rule."""
+    attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
+    if (type(blk).__name__ != "LayerScaleBlockClassAttn" or type(attn).__name__ != "ClassAttn"
+            or not (hasattr(mlp, "fc1") and hasattr(mlp, "act") and not hasattr(mlp, "gate"))):
+        raise UnsupportedModelError(
+            f"{where} is a {type(blk).__name__} ({type(attn).__name__}, {type(mlp).__name__}); chefer_lrp's "
+            "class-attention rules are written for CaiT's LayerScaleBlockClassAttn with ClassAttn and an Mlp. "
+            "Use attn_lrp or chefer_generic instead."
+        )
+    names = {"q": attn.q, "k": attn.k, "v": attn.v, "proj": attn.proj, "fc1": mlp.fc1, "fc2": mlp.fc2}
+    return LRPClassBlock(
+        prefix=where,
+        num_heads=int(attn.num_heads),
+        **{n: _linear_weight(m, f"{where}.{n}") for n, m in names.items()},
+        gamma1=blk.gamma_1.detach(),
+        gamma2=blk.gamma_2.detach(),
+        biases={n: _bias(m) for n, m in names.items()},
     )
 
 

@@ -364,7 +364,10 @@ def _attention_relevance(m: nn.Module, saved: list[dict], r: torch.Tensor, start
 
 def restates(model: nn.Module) -> bool:
     """Read-outs written out here that the other restatements do not cover (``bench/family_table.py``):
-    a timm ViT with its ``AttentionPoolLatent`` (MAP) head over timm ``Attention`` blocks."""
+    a timm ViT with its ``AttentionPoolLatent`` (MAP) head over timm ``Attention`` blocks, CaiT."""
+    if type(model).__name__ == "Cait":  # float64_chefer_cait
+        return all(type(b.attn).__name__ == "TalkingHeadAttn" for b in model.blocks) and all(
+            type(b.attn).__name__ == "ClassAttn" for b in model.blocks_token_only)
     pool = getattr(model, "attn_pool", None)
     return (
         type(pool).__name__ == "AttentionPoolLatent"
@@ -406,5 +409,8 @@ def chefer_lrp64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, start_
     ps = model.patch_embed.patch_size
     ph, pw = (ps, ps) if isinstance(ps, int) else ps
     grid = (x.shape[-2] // ph, x.shape[-1] // pw)
-    rows = [chefer_row64(model, x[b : b + 1], int(target[b]), start_layer)[T:] for b in range(x.shape[0])]
+    row64 = chefer_row64
+    if getattr(model, "blocks_token_only", None) is not None:  # CaiT: its own restatement
+        from .float64_chefer_cait import cait_row64 as row64
+    rows = [row64(model, x[b : b + 1], int(target[b]), start_layer)[T:] for b in range(x.shape[0])]
     return torch.stack(rows).reshape(-1, *grid)
