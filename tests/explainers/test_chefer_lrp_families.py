@@ -182,7 +182,7 @@ def map_model(seed=0, pool="token", latents=1, cls=False):
     return m
 
 
-def code64(model, x, target):
+def code64(model, x, target, start_layer=0):
     """Our batched closed forms on a float64 model (``Explanation`` keeps maps in float32)."""
     from vit_explore.capture import capture, inspect_vit
     from vit_explore.capture.rules import lrp_view
@@ -190,7 +190,8 @@ def code64(model, x, target):
 
     info = inspect_vit(model)
     view = lrp_view(model, info)
-    return transformer_attribution(capture(model, x, view.needs(0), target=target, info=info), view, 0).flatten(1)
+    tr = capture(model, x, view.needs(start_layer), target=target, info=info)
+    return transformer_attribution(tr, view, start_layer).flatten(1)
 
 
 @pytest.mark.parametrize(("pool", "latents", "cls"), [("token", 1, False), ("avg", 3, False), ("token", 1, True)])
@@ -331,5 +332,84 @@ def test_chefer_lrp_cait_hygiene_after_an_error():
     vx.explain(model, x, "chefer_lrp")
     assert model_state(model) == before
     with raising_in_backward(model.blocks_token_only[1].mlp), pytest.raises(RuntimeError, match="boom"):
+        vx.explain(model, x, "chefer_lrp")
+    assert model_state(model) == before
+
+
+# ------------------------------------------------------------------ ConViT (GPSA blocks, then MHSA blocks)
+
+
+def convit_model(seed=0):
+    """A tiny ConViT (two GPSA blocks over the patches, the class token joined, one MHSA block) with
+    random biases and gates, so that both branches of every GPSA mix matter."""
+    import timm
+
+    torch.manual_seed(seed)
+    m = timm.create_model("convit_tiny", pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=3,
+                          local_up_to_layer=2, embed_dim=48, num_heads=4).eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed + 1)
+        for n, p in m.named_parameters():
+            if "bias" in n or "gating" in n:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    return m
+
+
+def test_chefer_lrp_convit_matches_the_float64_restatement():
+    """GPSA: the renormalisation an identity (its row sums are 1), the gate constants, the sum by the Add
+    rule (the positional share stays with pos_proj), the content softmax an identity, q kᵀ by the einsum
+    rule, qk and v merged by Clone; the join cat(cls_token, x) by the Cat rule. Against the reference's
+    autograd rules over ConViT written out in float64 (float64_chefer_convit), the whole map and the GPSA
+    blocks' own part of it (start_layer 0 minus start_layer 2)."""
+    from vit_explore.testing.float64_chefer_lrp import chefer_lrp64
+
+    model = convit_model()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([1, 3])
+    ref = {s: chefer_lrp64(model, x, target, s).flatten(1) for s in (0, 2)}
+    ours = {s: code64(copy.deepcopy(model).double(), x.double(), target, s) for s in (0, 2)}
+    for s in (0, 2):
+        torch.testing.assert_close(ours[s], ref[s], rtol=1e-8, atol=1e-12 * float(ref[s].abs().max()))
+    gpsa_ref, gpsa_ours = ref[0] - ref[2], ours[0] - ours[2]
+    assert gpsa_ref.abs().max() > 0
+    torch.testing.assert_close(gpsa_ours, gpsa_ref, rtol=1e-6, atol=1e-9 * float(gpsa_ref.abs().max()))
+    f32 = vx.explain(model, x, "chefer_lrp", target=target).patch_map.flatten(1).double()
+    scale = ref[0].abs().amax(dim=1, keepdim=True)
+    torch.testing.assert_close(f32 / scale, ref[0] / scale, rtol=0, atol=1e-3)
+
+
+def test_chefer_lrp_convit_batch_equals_per_image_and_conserves_above_the_join():
+    """Batch 2 equals each image alone; the MHSA block above the join passes Σ R = 1 on whole (no layer
+    scale, no positional branch there: every rule on its path conserves)."""
+    from vit_explore.capture import capture, inspect_vit
+    from vit_explore.capture.rules import lrp_view
+    from vit_explore.explainers.chefer_lrp import _block_relevance, _head_relevance
+
+    model = convit_model(seed=3)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    full = vx.explain(model, x, "chefer_lrp")
+    for b in range(2):
+        one = vx.explain(model, x[b : b + 1], "chefer_lrp", target=full.target[b : b + 1]).patch_map[0]
+        torch.testing.assert_close(one, full.patch_map[b], rtol=1e-5, atol=1e-6 * float(full.patch_map[b].abs().max()))
+    m64 = model.double()
+    info = inspect_vit(m64)
+    view = lrp_view(m64, info)
+    tr = capture(m64, x.double(), view.needs(0), target=full.target, info=info)
+    r = _head_relevance(tr, view)
+    r, _ = _block_relevance(tr, view.blocks[2], r, tr.attn_at(2), last=False, layer=2)
+    # up to the rules' 1e-9 in every denominator (a few of them ~1e-3 here)
+    torch.testing.assert_close(r.sum((1, 2)), torch.ones(2, dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+def test_chefer_lrp_convit_hygiene_after_an_error():
+    from ..conftest import model_state, raising_in_backward
+
+    model = convit_model().train()
+    model.blocks[0].attn.qk.weight.requires_grad_(False)
+    before = model_state(model)
+    x = torch.randn(2, 3, 32, 32)
+    vx.explain(model, x, "chefer_lrp")
+    assert model_state(model) == before
+    with raising_in_backward(model.blocks[1].mlp), pytest.raises(RuntimeError, match="boom"):
         vx.explain(model, x, "chefer_lrp")
     assert model_state(model) == before

@@ -8,7 +8,8 @@ plus the scores and rotary maps where the family has them) and this view.
 Supported blocks: pre-norm ``x + ls1(attn(norm1(x)))``, ``x + ls2(mlp(norm2(x)))`` as in timm's
 ``Block`` (ViT, BEiT), ``EvaBlock`` and ``RelPosBlock`` (layer scale as ``LayerScale`` modules or
 ``gamma_1``/``gamma_2`` parameters); attention of the timm, rotary and relative-bias adapters;
-MLPs ``Mlp``, ``GluMlp`` (SwiGLU packed) and ``SwiGLU``.
+MLPs ``Mlp``, ``GluMlp`` (SwiGLU packed) and ``SwiGLU``; CaiT (``LayerScaleBlock`` with talking
+heads, ``LayerScaleBlockClassAttn``), ConViT (GPSA and MHSA ``Block``), timm's ``AttentionPoolLatent``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .adapters import ViTInfo, adapter_for
 from .attn_base import GenericAttention
+from .attn_gpsa import GatedPositionalAttention
 from .attn_talking import TalkingHeadsAttention
 from .layout import Readout
 from .session import Needs
@@ -71,6 +73,7 @@ class LRPBlock:
     qk_norm_modules: bool = True
     ls_modules: bool = True
     talking: tuple[torch.Tensor, torch.Tensor] | None = None
+    gate: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class LRPView:
     num_prefix: int
     pool: LRPPool | None = None
     class_blocks: tuple[LRPClassBlock, ...] = ()
+    late_prefix: int | None = None
 
     def needs(self, start_layer: int = 0) -> Needs:
         """The capture needs of the relevance pass from block ``start_layer`` up."""
@@ -169,6 +173,8 @@ class LRPView:
                 acts += [f"{p}.mlp.act", f"{p}.mlp.drop1"]
             if b.talking is not None:  # the head-mixing Linears around the softmax, (B, N, N, H)
                 ins += [f"{p}.attn.proj_l", f"{p}.attn.proj_w"]
+            if b.gate is not None:  # GPSA: the positional scores (B, N, N, H)
+                acts.append(f"{p}.attn.pos_proj")
         if self.class_blocks:
             ins.append("norm")  # the final cat of the class token and the patches
         for c in self.class_blocks:
@@ -257,13 +263,14 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
         adapter = adapters[i]
-        talking = adapter is TalkingHeadsAttention
-        if not adapter.lrp_rule and not talking:
+        talking, gpsa = adapter is TalkingHeadsAttention, adapter is GatedPositionalAttention
+        if not adapter.lrp_rule and not (talking or gpsa):
             raise UnsupportedModelError(
                 f"{where}.attn is {adapter.family} ({adapter.score_terms}); chefer_lrp's relevance pass has no rule "
                 "for it. Use attn_lrp or chefer_generic instead."
             )
-        needed = ("norm1", "attn", "norm2", "mlp", *(("drop_path",) if talking else ("drop_path1", "drop_path2")))
+        one_drop = talking or type(blk).__module__ == "timm.models.convit"  # a single drop_path
+        needed = ("norm1", "attn", "norm2", "mlp", *(("drop_path",) if one_drop else ("drop_path1", "drop_path2")))
         if any(not hasattr(blk, a) for a in needed) or type(blk).__name__ not in _PRE_NORM_BLOCKS:
             raise UnsupportedModelError(
                 f"{where} is a {type(blk).__name__} ({adapter.family} attention); chefer_lrp's relevance pass is "
@@ -271,7 +278,7 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
                 f"Block, EvaBlock and RelPosBlock. For this block use attn_lrp or chefer_generic."
             )
         attn, mlp = blk.attn, blk.mlp
-        if adapter is GenericAttention and not isinstance(getattr(attn, "qkv", None), nn.Linear):
+        if adapter is GenericAttention and not gpsa and not isinstance(getattr(attn, "qkv", None), nn.Linear):
             raise UnsupportedModelError(
                 f"{where}.attn is a {type(attn).__name__}, an attention without a known relevance rule; "
                 "use chefer_generic instead"
@@ -309,7 +316,7 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
             )
         if width != fc2.shape[1]:
             raise UnsupportedModelError(f"{where}.mlp: the hidden layer has {width} units but fc2 {fc2.shape[1]} inputs")
-        qkv_w, qkv_b = _qkv(attn, f"{where}.attn")
+        qkv_w, qkv_b = _gpsa_qkv(attn, where) if gpsa else _qkv(attn, f"{where}.attn")
         biases = {"qkv": qkv_b, "proj": _bias(attn.proj), "fc2": _bias(mlp.fc2)}
         if kind == "swiglu":
             biases.update(fc1=_bias(mlp.fc1_g), fc1_x=_bias(mlp.fc1_x))
@@ -329,7 +336,7 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
                 mlp_kind=kind,
                 fc1_x=fc1_x,
                 gate_last=gate_last,
-                qkv_called=adapter.qkv_called(attn),
+                qkv_called=adapter.qkv_called(attn) and not gpsa,
                 rope=adapter.rope_map is not GenericAttention.rope_map,
                 rope_prefix=int(getattr(attn, "num_prefix_tokens", 0) or 0),
                 score_bias=adapter.score_bias,
@@ -340,6 +347,7 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
                 and isinstance(getattr(blk, "ls2", None), nn.Module),
                 talking=(_linear_weight(attn.proj_l, f"{where}.attn.proj_l"),
                          _linear_weight(attn.proj_w, f"{where}.attn.proj_w")) if talking else None,
+                gate=attn.gating_param.detach() if gpsa else None,
             )
         )
     head_dist = getattr(model, "head_dist", None) if info.readout == "cls_dist" else None
@@ -351,7 +359,17 @@ def lrp_view(model: nn.Module, info: ViTInfo) -> LRPView:
         num_prefix=info.num_prefix,
         pool=pool,
         class_blocks=tuple(_class_block(b, f"blocks_token_only.{j}") for j, b in enumerate(info.extra_blocks)),
+        late_prefix=info.late_prefix if not info.extra_blocks else None,
     )
+
+
+def _gpsa_qkv(attn: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """GPSA's ``qk`` (2C, C) and ``v`` (C, C) stacked as one (3C, C) q|k|v weight (and bias)."""
+    w = torch.cat([_linear_weight(attn.qk, f"{where}.attn.qk"), _linear_weight(attn.v, f"{where}.attn.v")])
+    bs = [_bias(attn.qk), _bias(attn.v)]
+    if all(b is None for b in bs):
+        return w, None
+    return w, torch.cat([b if b is not None else w.new_zeros(n) for b, n in zip(bs, (2 * w.shape[1], w.shape[1]))])
 
 
 def _class_block(blk: nn.Module, where: str) -> LRPClassBlock:

@@ -35,6 +35,10 @@ Beyond the reference (it only has CLS ViTs), documented choices:
   ``diag(gamma)``: ``R_x = R (x gamma)^+ / ((x gamma)^+ + 1e-9)``, i.e. relevance passes where
   ``x gamma > 0`` and is dropped where the contribution is negative.
 * ``q_norm`` / ``k_norm`` / the attention's ``norm`` (LayerNorms or identities): identity.
+* read-outs and attention families the reference has not (docs/methods.md §4.3, §4.4): the MAP
+  head (``_pool_relevance``; the map ``w J`` with ``w`` the pool's own cam row), CaiT's talking heads
+  and class-attention blocks (``_chefer_class_attn.py``), ConViT's GPSA (Add rule between the gated
+  content and positional softmaxes) with the class token joining by a ``cat`` (Cat rule).
 """
 
 from __future__ import annotations
@@ -250,6 +254,11 @@ def _block_relevance(
     q, k = _rotate(q0, m, blk.rope_prefix), _rotate(k0, m, blk.rope_prefix)
     z = q @ k.transpose(-1, -2)  # the unscaled q k^T, as the reference's einsum
     r_z = r_a
+    if blk.gate is not None:  # ConViT GPSA: A = ((1-σ(g)) P_c + σ(g) P_p) / rowsum, the row sums 1: identity
+        sg = torch.sigmoid(blk.gate)[None, :, None, None]
+        p_c = (z * blk.scale).softmax(-1)  # the content softmax, as the module computes it
+        p_p = acts[f"{p}.attn.pos_proj"].permute(0, 3, 1, 2).softmax(-1)
+        r_z, _ = add_rule((1 - sg) * p_c, sg * p_p, r_a)  # the positional share stays with pos_proj; softmax: identity
     if blk.talking is not None:  # CaiT: A = proj_w(softmax(proj_l(scores))), Linears over the head axis
         w_l, w_w = blk.talking
         r_p = linear_rule(ins[f"{p}.attn.proj_w"], r_a.permute(0, 2, 3, 1), w_w)  # softmax: identity
@@ -300,8 +309,20 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
         d = torch.zeros_like(w)
     else:
         r = _head_relevance(trace, view)
+    late, T = view.late_prefix, view.num_prefix
     for i in range(L - 1, start_layer - 1, -1):
-        r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer, layer=i)
+        a = trace.attn_at(i)
+        if late is not None and i < late:  # ConViT: a block before the class token joins, over the patches
+            r_next, r_p = _block_relevance(trace, view.blocks[i], r, a[:, :, T:, T:], last=i == start_layer, layer=i)
+            r_a = torch.zeros_like(a)
+            r_a[:, :, T:, T:] = r_p
+        else:
+            r_next, r_a = _block_relevance(trace, view.blocks[i], r, a, last=i == start_layer, layer=i)
+        if r_next is not None and i == late:  # u = cat(cls_token, x): the reference's Cat rule
+            u = trace.inputs[view.blocks[i].prefix]
+            r_next = (u * sdiv(r_next, u))[:, T:]
+        if r_next is not None:
+            r = r_next
         a_bar = (trace.attn_grad_at(i) * r_a).clamp_(min=0).mean(dim=1)  # (B, N, N)
         if w is None or d is None:
             w = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)

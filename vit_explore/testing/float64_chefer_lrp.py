@@ -364,10 +364,12 @@ def _attention_relevance(m: nn.Module, saved: list[dict], r: torch.Tensor, start
 
 def restates(model: nn.Module) -> bool:
     """Read-outs written out here that the other restatements do not cover (``bench/family_table.py``):
-    a timm ViT with its ``AttentionPoolLatent`` (MAP) head over timm ``Attention`` blocks, CaiT."""
+    a timm ViT with its ``AttentionPoolLatent`` (MAP) head over timm ``Attention`` blocks, CaiT, ConViT."""
     if type(model).__name__ == "Cait":  # float64_chefer_cait
         return all(type(b.attn).__name__ == "TalkingHeadAttn" for b in model.blocks) and all(
             type(b.attn).__name__ == "ClassAttn" for b in model.blocks_token_only)
+    if type(model).__name__ == "ConVit":  # float64_chefer_convit
+        return all(type(b.attn).__name__ in ("GPSA", "MHSA") for b in model.blocks)
     pool = getattr(model, "attn_pool", None)
     return (
         type(pool).__name__ == "AttentionPoolLatent"
@@ -412,5 +414,7 @@ def chefer_lrp64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, start_
     row64 = chefer_row64
     if getattr(model, "blocks_token_only", None) is not None:  # CaiT: its own restatement
         from .float64_chefer_cait import cait_row64 as row64
+    elif getattr(model, "local_up_to_layer", None) is not None:  # ConViT
+        from .float64_chefer_convit import convit_row64 as row64
     rows = [row64(model, x[b : b + 1], int(target[b]), start_layer)[T:] for b in range(x.shape[0])]
     return torch.stack(rows).reshape(-1, *grid)
