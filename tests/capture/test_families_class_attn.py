@@ -246,7 +246,6 @@ def test_cait_attn_lrp(cait_case, rule):
     ("attention_flow", {}, "talking-heads.*start_layer >= 2"),
     ("tam", {}, "talking-heads.*start_layer >= 2"),
     ("ag_cam", {}, "talking-heads.*chefer_generic"),
-    ("chefer_lrp", {}, "class-attention.*attn_lrp or chefer_generic"),
 ])
 def test_cait_refusals_say_why_and_what_applies(method, params, match):
     with pytest.raises(UnsupportedModelError, match=match):

@@ -245,8 +245,12 @@ def test_attention_flow_reads_each_images_own_row():
 
 
 def test_chefer_lrp_says_why_and_what_applies():
-    with pytest.raises(UnsupportedModelError, match="attention-pool.*attn_lrp.*chefer_generic"):
-        vx.explain(map_model(), inputs(), "chefer_lrp")
+    """chefer_lrp has rules for timm's pool (tests/explainers/test_chefer_lrp_families.py), not for a
+    pool that adds its own position embedding."""
+    model = map_model()
+    model.attn_pool.pos_embed = torch.nn.Parameter(torch.zeros(model.patch_embed.num_patches, model.embed_dim))
+    with pytest.raises(UnsupportedModelError, match="attention-pool.*position embedding.*attn_lrp.*chefer_generic"):
+        vx.explain(model, inputs(), "chefer_lrp")
 
 
 @pytest.mark.parametrize("method", ["rollout", "chefer_generic", "ag_cam", "attn_grad_cam", "attn_lrp", "tam"])

@@ -35,6 +35,10 @@ Beyond the reference (it only has CLS ViTs), documented choices:
   ``diag(gamma)``: ``R_x = R (x gamma)^+ / ((x gamma)^+ + 1e-9)``, i.e. relevance passes where
   ``x gamma > 0`` and is dropped where the contribution is negative.
 * ``q_norm`` / ``k_norm`` / the attention's ``norm`` (LayerNorms or identities): identity.
+* read-outs and attention families the reference has not (docs/methods.md §4.3, §4.4): the MAP
+  head (``_pool_relevance``; the map ``w J`` with ``w`` the pool's own cam row), CaiT's talking heads
+  and class-attention blocks (``_chefer_class_attn.py``), ConViT's GPSA (Add rule between the gated
+  content and positional softmaxes) with the class token joining by a ``cat`` (Cat rule).
 """
 
 from __future__ import annotations
@@ -47,73 +51,57 @@ from ..capture.adapters import ViTInfo
 from ..capture.rules import LRPBlock, LRPView, lrp_view
 from ..capture.session import Trace, capture
 from ..targets import TargetLike, needs_class
+from ._chefer_class_attn import class_block_relevance
 from ._fusion import check_start_layer
+from ._lrp_rules import _xw, add_rule, clone_rule, linear_rule, scale_rule, sdiv
 from ._registry import ExplainerResult, register_explainer
 
 
-def sdiv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The reference's ``safe_divide``: ``a / (b + 1e-9)``, 0 where ``b == 0``.
-
-    The reference computes ``den = clamp(b, min=1e-9) + clamp(b, max=1e-9)``, which is
-    ``b + 1e-9`` exactly (one clamp returns ``b``, the other ``1e-9``), replaces ``den == 0``
-    by 1e-9 and multiplies by ``b != 0``; the same values here with fewer passes over memory
-    (``den == 0`` only where ``b == -1e-9``, checked once, fixed only if it occurs).
-    """
-    den = b + 1e-9
-    hole = den == 0
-    if hole.any():
-        den.masked_fill_(hole, 1e-9)
-    return (a / den).masked_fill_(b == 0, 0.0)
-
-
-def linear_rule(x: torch.Tensor, r: torch.Tensor, w: torch.Tensor, xw: torch.Tensor | None = None) -> torch.Tensor:
-    """Alpha=1/beta=0 rule of a Linear (bias ignored): x (..., K), r (..., O), w (O, K) -> (..., K).
-
-    With ``x± W±`` written through ``|x|`` and ``|W|`` (``x+ W+ + x- W- = (x W + |x| |W|) / 2``,
-    ``x+ (S W+) + x- (S W-) = (x (S W) + |x| (S |W|)) / 2``) the rule reads one weight-sized
-    temporary (``|W|``) instead of three (``W+``, ``W-``, ``|W|``): at batch 1 the weights are
-    as large as the activations. ``xw``: ``x W^T`` if already known (the recorded output minus
-    the bias), saving one matmul.
-    """
-    aw = w.abs()
-    ax = x.abs()
-    if xw is None:
-        xw = F.linear(x, w)
-    z = F.linear(ax, aw).add_(xw).mul_(0.5)  # x+ W+^T + x- W-^T >= 0
-    s = sdiv(r, z)
-    return (x * (s @ w)).add_(ax.mul_(s @ aw)).mul_(0.5)
-
-
-def _xw(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return out if bias is None else out - bias
-
-
-def scale_rule(x: torch.Tensor, r: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
-    """Alpha=1/beta=0 rule of an element-wise scaling ``x * g`` (LayerScale); identity if g is None."""
-    if g is None:
-        return r
-    gp, gn = g.clamp(min=0), g.clamp(max=0)
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    s = sdiv(r, xp * gp + xn * gn)
-    return xp * (s * gp) + xn * (s * gn)
-
-
-def add_rule(x0: torch.Tensor, x1: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residual Add ``x0 + x1`` of (B, ...) tensors, with the rescaling per image."""
-    s = sdiv(r, x0 + x1)
-    a, b = x0 * s, x1 * s
-    dims = tuple(range(1, r.ndim))
-    a_sum, b_sum = a.sum(dims, keepdim=True), b.sum(dims, keepdim=True)
-    r_sum = r.sum(dims, keepdim=True)
-    tot = a_sum.abs() + b_sum.abs()
-    a_fact = sdiv(a_sum.abs(), tot) * r_sum
-    b_fact = sdiv(b_sum.abs(), tot) * r_sum
-    return a * sdiv(a_fact, a_sum), b * sdiv(b_fact, b_sum)
-
-
-def clone_rule(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
-    """Merge of the two branches of a residual fork."""
-    return x * (sdiv(r1, x) + sdiv(r2, x))
+def _pool_relevance(trace: Trace, view: LRPView, r_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MAP head (``AttentionPoolLatent``) by the block rules, from the relevance ``r_pooled`` (B, C)
+    of its output: the first latent's IndexSelect rule (or the latent mean's simple rule), the Add
+    rule of ``y = z + mlp(norm(z))`` with the MLP's Linear rules and the Clone at ``z``, ``proj``'s
+    Linear rule, the ``A v`` and ``q kᵀ`` products (each share halved; the latent's query share
+    stays with the latent, a parameter), ``kv``'s Linear rule. Returns (relevance (B, N, C) of the
+    final tokens, the pool's read-out row ``Σ_q w_q E_h[(∇A_pool ⊙ R_A_pool)^+]`` (B, N))."""
+    pool, pp = view.pool, "attn_pool"
+    assert pool is not None and trace.pool_attn is not None and trace.pool_attn_grad is not None
+    acts, ins, bs = trace.activations, trace.inputs, pool.biases
+    z, mlp_out = acts[f"{pp}.proj"], acts[f"{pp}.mlp"]  # proj_drop: identity
+    y = z + mlp_out
+    r_y = torch.zeros_like(y)
+    if pool.avg:
+        r_y = y * (sdiv(r_pooled, y.mean(dim=1)) / y.shape[1])[:, None]
+    else:
+        r_y[:, 0] = y[:, 0] * sdiv(r_pooled, y[:, 0])
+    r_res, r_mlp = add_rule(z, mlp_out, r_y)
+    r_mlp = linear_rule(ins[f"{pp}.mlp.fc2"], r_mlp, pool.fc2, _xw(mlp_out, bs["fc2"]))  # GELU: identity
+    r_mlp = linear_rule(ins[f"{pp}.mlp.fc1"], r_mlp, pool.fc1, _xw(acts[f"{pp}.mlp.fc1"], bs["fc1"]))  # norm: identity
+    r_z = clone_rule(z, r_res, r_mlp)
+    r_o = linear_rule(ins[f"{pp}.proj"], r_z, pool.proj, _xw(z, bs["proj"]))
+    attn = trace.pool_attn  # (B, H, Q, K)
+    B, H, Q, K = attn.shape
+    x, kv_out = ins[f"{pp}.kv"], acts[f"{pp}.kv"]
+    _, v = kv_out.reshape(B, K, 2, H, -1).permute(2, 0, 3, 1, 4)
+    r_o = r_o.reshape(B, Q, H, -1).transpose(1, 2)
+    s = sdiv(r_o, attn @ v).mul_(0.5)
+    r_a = attn * (s @ v.transpose(-1, -2))
+    r_v = v * (attn.transpose(-1, -2) @ s)
+    q, k = acts[f"{pp}.q_norm"], acts[f"{pp}.k_norm"]  # q_norm, k_norm, softmax: identity
+    s = sdiv(r_a, q @ k.transpose(-1, -2))  # the unscaled q kᵀ
+    r_k = k * (s.transpose(-1, -2) @ q) / 2
+    r_kv = torch.stack([r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(B, K, -1)
+    r_x = linear_rule(x, r_kv, pool.kv, _xw(kv_out, bs["kv"]))
+    a_bar = (trace.pool_attn_grad * r_a).clamp_(min=0).mean(dim=1)  # (B, Q, K)
+    lw = torch.full((Q,), 1.0 / Q, dtype=a_bar.dtype, device=a_bar.device)
+    if not pool.avg:
+        lw = torch.zeros_like(lw)
+        lw[0] = 1.0
+    row = torch.einsum("bqk,q->bk", a_bar, lw)
+    T = view.num_prefix if pool.prefix_skipped else 0
+    r_tok, w = r_x.new_zeros(B, T + K, r_x.shape[-1]), row.new_zeros(B, T + K)
+    r_tok[:, T:], w[:, T:] = r_x, row
+    return r_tok, w
 
 
 def _head_relevance(trace: Trace, view: LRPView) -> torch.Tensor:
@@ -266,6 +254,15 @@ def _block_relevance(
     q, k = _rotate(q0, m, blk.rope_prefix), _rotate(k0, m, blk.rope_prefix)
     z = q @ k.transpose(-1, -2)  # the unscaled q k^T, as the reference's einsum
     r_z = r_a
+    if blk.gate is not None:  # ConViT GPSA: A = ((1-σ(g)) P_c + σ(g) P_p) / rowsum, the row sums 1: identity
+        sg = torch.sigmoid(blk.gate)[None, :, None, None]
+        p_c = (z * blk.scale).softmax(-1)  # the content softmax, as the module computes it
+        p_p = acts[f"{p}.attn.pos_proj"].permute(0, 3, 1, 2).softmax(-1)
+        r_z, _ = add_rule((1 - sg) * p_c, sg * p_p, r_a)  # the positional share stays with pos_proj; softmax: identity
+    if blk.talking is not None:  # CaiT: A = proj_w(softmax(proj_l(scores))), Linears over the head axis
+        w_l, w_w = blk.talking
+        r_p = linear_rule(ins[f"{p}.attn.proj_w"], r_a.permute(0, 2, 3, 1), w_w)  # softmax: identity
+        r_z = linear_rule(ins[f"{p}.attn.proj_l"], r_p, w_l).permute(0, 3, 1, 2)
     if blk.score_bias:  # scores = z * scale + B: the Add rule, B's share is absorbed
         zs = z * blk.scale
         r_z, _ = add_rule(zs, trace.scores_at(layer) - zs, r_a)
@@ -301,17 +298,76 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
         (B, gh, gw), raw.
     """
     L = len(view.blocks)
-    r = _head_relevance(trace, view)
     layout = trace.layout
     w, d = None, None
+    if view.class_blocks:
+        return _class_attention_attribution(trace, view, start_layer)
+    if view.pool is not None:  # MAP: w is the pool's own relevance-weighted row, which the map includes (§4.4)
+        logits = trace.activations["head"]
+        onehot = F.one_hot(trace.target, logits.shape[-1]).to(logits.dtype)
+        r, w = _pool_relevance(trace, view, linear_rule(trace.inputs["head"], onehot, view.head))
+        d = torch.zeros_like(w)
+    else:
+        r = _head_relevance(trace, view)
+    late, T = view.late_prefix, view.num_prefix
     for i in range(L - 1, start_layer - 1, -1):
-        r, r_a = _block_relevance(trace, view.blocks[i], r, trace.attn_at(i), last=i == start_layer, layer=i)
+        a = trace.attn_at(i)
+        if late is not None and i < late:  # ConViT: a block before the class token joins, over the patches
+            r_next, r_p = _block_relevance(trace, view.blocks[i], r, a[:, :, T:, T:], last=i == start_layer, layer=i)
+            r_a = torch.zeros_like(a)
+            r_a[:, :, T:, T:] = r_p
+        else:
+            r_next, r_a = _block_relevance(trace, view.blocks[i], r, a, last=i == start_layer, layer=i)
+        if r_next is not None and i == late:  # u = cat(cls_token, x): the reference's Cat rule
+            u = trace.inputs[view.blocks[i].prefix]
+            r_next = (u * sdiv(r_next, u))[:, T:]
+        if r_next is not None:
+            r = r_next
         a_bar = (trace.attn_grad_at(i) * r_a).clamp_(min=0).mean(dim=1)  # (B, N, N)
         if w is None or d is None:
             w = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)
             d = torch.zeros_like(w)
         d = d + ((w + d)[:, None, :] @ a_bar)[:, 0]  # w (J - I), the read-out's own identity term left out
+    if view.pool is not None:
+        assert w is not None and d is not None
+        d = d + w  # the pool is a layer without a residual: its row is part of the map, w J
     return layout.patch_columns(d)
+
+
+def _class_attention_attribution(trace: Trace, view: LRPView, start_layer: int) -> torch.Tensor:
+    """CaiT (§4.4): the class blocks from the top, then the talking-heads patch blocks over the
+    patch tokens; every cam laid out on the N = 1 + P tokens as the trace lays out the attention
+    (a class block's on row 0, a patch block's on rows and columns 1…, zeros elsewhere), so that
+    ``J = Π (Ā_l + I)`` and the read-out row of ``J - I`` are those of §4.4."""
+    depth, T = len(view.blocks), view.num_prefix
+    r = _head_relevance(trace, view)  # (B, N, C) at the final norm's output; norm: identity
+    u = trace.inputs["norm"]  # cat(x_cls, x): the reference's Cat rule
+    r = u * sdiv(r, u)
+    r_cls, r_x = r[:, :T], [r[:, T:]]
+    w = trace.layout.readout_weights(r.dtype, r.device).expand(r.shape[0], -1)
+    d = torch.zeros_like(w)
+    for i in range(depth + len(view.class_blocks) - 1, start_layer - 1, -1):
+        a, g = trace.attn_at(i), trace.attn_grad_at(i)
+        r_a = torch.zeros_like(a)
+        if i >= depth:
+            r_cls, r_xi, r_a[:, :, :T] = class_block_relevance(trace, view.class_blocks[i - depth], r_cls, a[:, :, :T])
+            r_x.append(r_xi)
+        else:
+            if i == depth - 1:  # the patch tokens feed every class block and the final cat: Clone
+                x = _patch_stage_output(trace, view)
+                r = x * sum((sdiv(ri, x) for ri in r_x), torch.zeros_like(x))
+            r_in, r_a[:, :, T:, T:] = _block_relevance(trace, view.blocks[i], r, a[:, :, T:, T:], last=i == start_layer,
+                                                       layer=i)
+            if r_in is not None:
+                r = r_in
+        a_bar = (g * r_a).clamp_(min=0).mean(dim=1)
+        d = d + ((w + d)[:, None, :] @ a_bar)[:, 0]
+    return trace.layout.patch_columns(d)
+
+
+def _patch_stage_output(trace: Trace, view: LRPView) -> torch.Tensor:
+    """The patch tokens (B, P, C) after the patch blocks: the patches of the first class block's ``u``."""
+    return trace.inputs[f"{view.class_blocks[0].prefix}.norm1"][:, view.num_prefix :]
 
 
 @register_explainer(

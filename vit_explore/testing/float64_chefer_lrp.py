@@ -225,6 +225,10 @@ def _forward(m: nn.Module, x: torch.Tensor, kws: list[dict]) -> tuple[list[dict]
         lo = 0 if getattr(m, "pool_include_prefix", False) else T
         head.update(lo=lo, pooled=_norm64(tok[:, lo:].mean(1), getattr(m, "fc_norm", ident)))
         head["logits"] = _lin(head["pooled"], m.head)
+    elif getattr(m, "attn_pool", None) is not None:
+        head["pool"] = _pool64(m.attn_pool, tok[:, 0 if getattr(m, "pool_include_prefix", False) else T :])
+        head["pooled"] = _norm64(head["pool"]["out"], getattr(m, "fc_norm", ident))  # the head's input
+        head["logits"] = _lin(head["pooled"], m.head)
     elif getattr(m, "dist_token", None) is not None and hasattr(m, "head_dist"):
         head.update(yh=_lin(tok[:, 0], m.head), yd=_lin(tok[:, 1], m.head_dist))
         head["logits"] = (head["yh"] + head["yd"]) / 2
@@ -232,6 +236,56 @@ def _forward(m: nn.Module, x: torch.Tensor, kws: list[dict]) -> tuple[list[dict]
         head["pooled"] = _norm64(tok[:, 0], getattr(m, "fc_norm", ident))
         head["logits"] = _lin(head["pooled"], m.head)
     return saved, head
+
+
+def _pool64(P: nn.Module, xt: torch.Tensor) -> dict:
+    """timm's ``AttentionPoolLatent`` (no pos_embed, no mask) written out in float64 over the tokens
+    ``xt`` (1, K, C): the tensors its relevance rules read, and its output ``out`` (1, C)."""
+    ident = nn.Identity()
+    _, K, C = xt.shape
+    H, Q = P.num_heads, P.latent.shape[1]
+    q = _lin(P.latent, P.q) if isinstance(P.q, nn.Linear) else P.latent
+    qn = _norm64(q.reshape(1, Q, H, -1).transpose(1, 2), P.q_norm)
+    k, v = _lin(xt, P.kv).reshape(1, K, 2, H, -1).permute(2, 0, 3, 1, 4)
+    kn = _norm64(k, P.k_norm)
+    A = torch.einsum("bhqd,bhkd->bhqk", qn * P.scale, kn).softmax(-1)
+    A.retain_grad()
+    o = torch.einsum("bhqk,bhkd->bhqd", A, v).transpose(1, 2).reshape(1, Q, C)
+    z = _lin(o, P.proj)
+    y2 = _norm64(z, P.norm)
+    hdn = _norm64(P.mlp.act(_lin(y2, P.mlp.fc1)), getattr(P.mlp, "norm", ident))
+    mo = _lin(hdn, P.mlp.fc2)
+    y = z + mo
+    avg = P.pool == "avg"
+    return {"xt": xt, "qn": qn, "kn": kn, "v": v, "A": A, "o": o, "z": z, "y2": y2, "hdn": hdn, "mo": mo, "y": y,
+            "avg": avg, "out": y.mean(1) if avg else y[:, 0]}
+
+
+def _pool_relevance64(m: nn.Module, st: dict, r: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's rules through the MAP head from the relevance ``r`` (1, C) of its output:
+    (relevance (1, N, C) of the final tokens, the pool's row ``Σ_q w_q E_h[(∇A ⊙ R_A)^+]`` (N,))."""
+    P, y = m.attn_pool, st["y"].detach()
+    Q = y.shape[1]
+    if st["avg"]:
+        (r_y,) = ref_simple(lambda t: t.mean(1), [y], r)
+    else:
+        (r_y,) = ref_simple(lambda t: torch.index_select(t, 1, torch.tensor([0])), [y], r[:, None])
+    c1, c2 = ref_add(st["z"].detach(), st["mo"].detach(), r_y)
+    c2 = ref_linear(st["hdn"], P.mlp.fc2.weight, c2)
+    c2 = ref_linear(st["y2"], P.mlp.fc1.weight, c2)
+    c = ref_linear(st["o"], P.proj.weight, ref_clone(st["z"], [c1, c2]))
+    c = c.reshape(1, Q, P.num_heads, -1).transpose(1, 2)
+    cam_a, cam_v = ref_simple(lambda p, w: torch.einsum("bhqk,bhkd->bhqd", p, w), [st["A"], st["v"]], c)
+    cam_a, cam_v = cam_a / 2, cam_v / 2
+    _, cam_k = ref_simple(lambda p, w: torch.einsum("bhqd,bhkd->bhqk", p, w), [st["qn"], st["kn"]], cam_a)
+    K = cam_k.shape[2]
+    ckv = torch.stack([cam_k / 2, cam_v]).permute(1, 3, 0, 2, 4).reshape(1, K, -1)
+    r_x = ref_linear(st["xt"], P.kv.weight, ckv)
+    lw = torch.full((Q,), 1.0 / Q, dtype=torch.float64) if st["avg"] else torch.eye(Q, dtype=torch.float64)[0]
+    row = lw @ (st["A"].grad[0] * cam_a[0]).clamp(min=0).mean(0)  # (K,)
+    r_tok, w = torch.zeros(1, N, r_x.shape[-1], dtype=torch.float64), torch.zeros(N, dtype=torch.float64)
+    r_tok[:, N - K :], w[N - K :] = r_x, row
+    return r_tok, w
 
 
 def _head_relevance(m: nn.Module, head: dict, target: int) -> torch.Tensor:
@@ -308,6 +362,22 @@ def _attention_relevance(m: nn.Module, saved: list[dict], r: torch.Tensor, start
     return cams
 
 
+def restates(model: nn.Module) -> bool:
+    """Read-outs written out here that the other restatements do not cover (``bench/family_table.py``):
+    a timm ViT with its ``AttentionPoolLatent`` (MAP) head over timm ``Attention`` blocks, CaiT, ConViT."""
+    if type(model).__name__ == "Cait":  # float64_chefer_cait
+        return all(type(b.attn).__name__ == "TalkingHeadAttn" for b in model.blocks) and all(
+            type(b.attn).__name__ == "ClassAttn" for b in model.blocks_token_only)
+    if type(model).__name__ == "ConVit":  # float64_chefer_convit
+        return all(type(b.attn).__name__ in ("GPSA", "MHSA") for b in model.blocks)
+    pool = getattr(model, "attn_pool", None)
+    return (
+        type(pool).__name__ == "AttentionPoolLatent"
+        and getattr(pool, "pos_embed", None) is None
+        and all(type(b.attn).__name__ == "Attention" for b in getattr(model, "blocks", ()))
+    )
+
+
 def chefer_row64(model: nn.Module, x1: torch.Tensor, target: int, start_layer: int = 0) -> torch.Tensor:
     """Chefer LRP of one image x1 (1, 3, H, W), float64: the read-out row (N,) of ``J - I``
     (all N columns; the map is its patch columns)."""
@@ -320,13 +390,19 @@ def chefer_row64(model: nn.Module, x1: torch.Tensor, target: int, start_layer: i
         if not torch.allclose(head["logits"].detach(), own_logits, rtol=0, atol=1e-9):
             raise AssertionError("the float64 restatement of the blocks is not the model")  # the replica is the model
         head["logits"][0, target].backward()
-    cams = _attention_relevance(m, saved, _head_relevance(m, head, target), start_layer)
     N = saved[0]["A"].shape[-1]
+    if "pool" in head:  # MAP: the pool's relevance-weighted row w, and the map w J (docs/methods.md §4.4)
+        onehot = torch.zeros_like(head["logits"])
+        onehot[0, target] = 1.0
+        r, w = _pool_relevance64(m, head["pool"], ref_linear(head["pooled"], m.head.weight, onehot), N)
+    else:
+        r, w = _head_relevance(m, head, target), None
+    cams = _attention_relevance(m, saved, r, start_layer)
     D = torch.zeros(N, N, dtype=torch.float64)
     for i in range(start_layer, len(m.blocks)):  # J - I, J = (Ā_{L-1}+I) … (Ā_start+I)
         a_bar = (saved[i]["A"].grad[0] * cams[i][0]).clamp(min=0).mean(0)
         D = a_bar + D + a_bar @ D
-    return readout64(m, N) @ D
+    return readout64(m, N) @ D if w is None else w @ D + w
 
 
 def chefer_lrp64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
@@ -334,5 +410,10 @@ def chefer_lrp64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, start_
     T = int(model.num_prefix_tokens)
     ph, pw = patch_size64(model)
     grid = (x.shape[-2] // ph, x.shape[-1] // pw)
-    rows = [chefer_row64(model, x[b : b + 1], int(target[b]), start_layer)[T:] for b in range(x.shape[0])]
+    row64 = chefer_row64
+    if getattr(model, "blocks_token_only", None) is not None:  # CaiT: its own restatement
+        from .float64_chefer_cait import cait_row64 as row64
+    elif getattr(model, "local_up_to_layer", None) is not None:  # ConViT
+        from .float64_chefer_convit import convit_row64 as row64
+    rows = [row64(model, x[b : b + 1], int(target[b]), start_layer)[T:] for b in range(x.shape[0])]
     return torch.stack(rows).reshape(-1, *grid)
