@@ -221,3 +221,30 @@ def test_the_zero_baseline_of_a_resnet_is_refused_not_used():
     model, x, t = family("resnet")
     with pytest.raises(GradientCheckError, match=r"α = 0/7, the baseline itself \(the all-zero input\)"):
         integrated_gradients_cells64(model64(model), x, t, 8, (2, 2), (32, 32))
+
+
+class BnTokens(nn.Module):
+    """A convolution, an eval-mode BatchNorm2d, then the feature map as tokens (B, N, C) read by
+    a linear head: LeViT's stem. torch's CPU BatchNorm backward at batch size 1 ignores the
+    strides of a transposed incoming gradient, so autograd's input gradient is wrong there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8), nn.Linear(8 * 4, 3)
+        with torch.no_grad():
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.bn.weight.normal_()
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.bn(self.conv(x)).flatten(2).transpose(1, 2)  # (B, 4, 8)
+        return self.head(t[:, :4].reshape(x.shape[0], -1))
+
+
+def test_a_wrong_autograd_at_batch_size_one_is_caught_not_used():
+    m, t = model64(BnTokens()), torch.tensor([0])
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert saliency_cells64(m, x, torch.tensor([0, 0]), (2, 2), (4, 4)).abs().max() > 0  # batch 2: right
+    with pytest.raises(GradientCheckError, match="finite-difference"):
+        saliency_cells64(m, x[:1], t, (2, 2), (4, 4))

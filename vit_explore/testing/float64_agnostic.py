@@ -87,7 +87,8 @@ def input_grad64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch
     difference ``(y(x + εv) - y(x - εv)) / 2ε`` along a seeded random direction v: agreement to
     1e-5 relative (plus the difference's rounding, ``4 u max|y| / ε``) at ε = 1e-6, else at 1e-7 or
     1e-8 (a ReLU net has so many kinks that ±1e-6 v often crosses one; a smaller step does not). An
-    autograd that is wrong for this model (timm's XCiT at batch size 1, LeViT) disagrees at every
+    autograd that is wrong for this model (torch's CPU eval BatchNorm2d backward at batch size 1
+    with a transposed incoming gradient: LeViT's stem, XCiT's patch embedding) disagrees at every
     step, as does a point with no gradient (a kink or a max-pool tie of the point itself), and
     raises ``GradientCheckError`` instead of giving a wrong reference."""
     x = x.detach().double()
