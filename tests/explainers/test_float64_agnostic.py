@@ -248,3 +248,25 @@ def test_a_wrong_autograd_at_batch_size_one_is_caught_not_used():
     assert saliency_cells64(m, x, torch.tensor([0, 0]), (2, 2), (4, 4)).abs().max() > 0  # batch 2: right
     with pytest.raises(GradientCheckError, match="finite-difference"):
         saliency_cells64(m, x[:1], t, (2, 2), (4, 4))
+
+
+@pytest.mark.parametrize("name", ["bn_tokens", "levit", "xcit"])
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients"])
+def test_batch_size_one_behind_a_batchnorm_equals_the_restatement(name, method):
+    """Capture works around that torch bug (capture/bn_grad.py): at batch size 1 the code's map
+    equals the restatement run on the image twice (batch 2, where autograd is right)."""
+    torch.manual_seed(0)
+    if name == "bn_tokens":
+        model, size = BnTokens(), 8
+    elif name == "levit":
+        model, size = timm.create_model("levit_128s", num_classes=5, img_size=128).eval(), 128
+    else:
+        model, size = timm.create_model("xcit_nano_12_p16_224", num_classes=5, img_size=64, depth=2).eval(), 64
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    ex = vx.explain(model, x, method, target=t, **AGNOSTIC64[method])
+    grid, cell = tuple(ex.layout.grid), tuple(ex.layout.patch_size)
+    ref = reference_any64(model, x.expand(2, -1, -1, -1), method, t.expand(2), grid, cell)[:1]
+    ok, err = close_to(ex.patch_map, ref)
+    assert ok, err

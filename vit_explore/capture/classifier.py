@@ -33,6 +33,7 @@ from ..inputs import check_tensor
 from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
 from .attn_windowed import windowed_reason
+from .bn_grad import contiguous_bn_grads
 from .layout import TokenLayout
 from .state import SavedState
 
@@ -237,6 +238,7 @@ def capture_classifier(
 
     x = check_tensor(info, x, model)
     state = SavedState(model, grads=input_grad)
+    handles = contiguous_bn_grads(model) if input_grad else []  # torch's BatchNorm backward at batch 1
     try:
         state.freeze()
         xin = x.detach().clone().requires_grad_(True) if input_grad else x.detach()
@@ -250,6 +252,8 @@ def capture_classifier(
                 raise CaptureError("the target score does not depend on the input; nothing to differentiate")
             (grad,) = torch.autograd.grad(y, [xin])
     finally:
+        for h in handles:
+            h.remove()
         state.restore()
     H, W = x.shape[-2:]
     return Trace(
@@ -412,6 +416,7 @@ def layer_pass(
 
     state = SavedState(model, grads=True)
     handles = [m.register_forward_hook(hook) for m in watched]
+    bn_handles = contiguous_bn_grads(model)  # torch's BatchNorm backward at batch 1 (bn_grad.py)
     try:
         state.freeze()
         xin = x.detach().clone().requires_grad_(True)
@@ -442,7 +447,7 @@ def layer_pass(
         if pick is None:
             raise InputError(f"no layer of {info.name} on the input grid receives a gradient; pass layer=")
     finally:
-        for h in handles:
+        for h in handles + bn_handles:
             h.remove()
         state.restore()
     name, o, sp, g = pick

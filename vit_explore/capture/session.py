@@ -22,6 +22,7 @@ from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
 from .adapters import ViTInfo, inspect_vit, layout_for
 from .attn_class import to_tokens
 from .attn_pool import PoolTap, readout_query
+from .bn_grad import contiguous_bn_grads
 from .hf import as_vit
 from .layout import TokenLayout
 from .state import SavedState
@@ -269,6 +270,8 @@ def capture(
             handles.append(modules[name].register_forward_hook(_store_input(in_store[name])))
 
         need_grad = needs.needs_grad
+        if need_grad:
+            handles += contiguous_bn_grads(model)  # torch's BatchNorm backward at batch 1 (bn_grad.py)
         xin = x.detach()
         if need_grad and xin.is_inference():  # made under the caller's inference_mode
             xin = xin.clone()
