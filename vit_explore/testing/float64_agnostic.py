@@ -90,11 +90,14 @@ def input_grad64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch
     autograd that is wrong for this model (torch's CPU eval BatchNorm2d backward at batch size 1
     with a transposed incoming gradient: LeViT's stem, XCiT's patch embedding) disagrees at every
     step, as does a point with no gradient (a kink or a max-pool tie of the point itself), and
-    raises ``GradientCheckError`` instead of giving a wrong reference."""
+    raises ``GradientCheckError`` instead of giving a wrong reference. One image runs as a batch of
+    two copies, where that BatchNorm backward is right (a route of its own, not capture's hook)."""
     x = x.detach().double()
-    with torch.enable_grad():
-        xin = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(m64(xin).gather(1, target[:, None]).sum(), xin)
+    with torch.enable_grad():  # one image runs twice: torch's BatchNorm backward is wrong at batch size 1
+        xin = (x if x.shape[0] > 1 else x.expand(2, -1, -1, -1)).clone().requires_grad_(True)
+        tin = target if x.shape[0] > 1 else target.expand(2)
+        (g,) = torch.autograd.grad(m64(xin).gather(1, tin[:, None]).sum(), xin)
+        g = g[: x.shape[0]]
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ad = (g * v).flatten(1).sum(1)
     for eps in (1e-6, 1e-7, 1e-8):
