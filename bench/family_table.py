@@ -30,12 +30,14 @@ import timm
 import torch
 
 import vit_explore as vx
+from vit_explore.capture.classifier import inspect_model, layout_any
 from vit_explore.errors import InputError, UnsupportedModelError
 from vit_explore.testing import float64 as f64
+from vit_explore.testing import float64_agnostic as agn64
+from vit_explore.testing.float64_agnostic import GradientCheckError
 from vit_explore.testing.float64_chefer_lrp import restates as restates_chefer
 from vit_explore.testing.float64_drop import drop64, drop_family, grid64
 from vit_explore.testing.float64_map import is_map
-from vit_explore.testing.float64_perturb import GradientCheckError
 
 SMALL = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
@@ -192,15 +194,26 @@ def cell(model: torch.nn.Module, x: torch.Tensor, method: str) -> str:
         return f"crash: float64 restatement: {type(e).__name__}: {_short(e)}"
 
 
+def _agnostic(model: torch.nn.Module, x: torch.Tensor, method: str, out: torch.Tensor, ex, target) -> str:
+    """A model-agnostic method (and Grad-CAM) on a model outside the attention restatements,
+    against ``float64_agnostic`` on the grid the code reports (Grad-CAM: at the layer it used)."""
+    layout = ex.layout if ex is not None else layout_any(inspect_model(model), *x.shape[-2:])
+    grid, cell = tuple(layout.grid), tuple(layout.patch_size)
+    own = agn64.feature_cell64(model, x)  # the cell from forward_features' spatial size (None: PiT)
+    if method != "grad_cam" and own is not None and own != cell:
+        return f"differs (analysis cell {cell}, forward_features gives {own})"
+    if method == "intervene (noise)":
+        return _compared(out, agn64.noised_cells64(model, x, [0], grid, cell))
+    layer = ex.extras.get("layer") if method == "grad_cam" else None
+    return _compared(out, agn64.reference_any64(model, x, method, target, grid, cell, layer), method)
+
+
 def verdict(model: torch.nn.Module, x: torch.Tensor, method: str, out: torch.Tensor, ex, target) -> str:
     """``exact`` / ``differs`` against the float64 restatement, or why there is none here."""
-    if method in AGNOSTIC:  # a forward / gradient of the whole model: any timm ViT with a patch grid
-        ps = getattr(getattr(model, "patch_embed", None), "patch_size", 0)
-        ph, pw = (ps, ps) if isinstance(ps, int) else tuple(ps)
-        grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph and pw else None
-        vit = any(f"{c.__module__}.{c.__qualname__}" in RESTATED_MODELS for c in type(model).__mro__)
-        if grid is None or (ex is not None and tuple(ex.layout.grid) != grid) or (ex is None and not vit):
-            return f"finite, not compared: no float64 restatement of {type(model).__name__}'s patch grid"
+    vit = any(f"{c.__module__}.{c.__qualname__}" in RESTATED_MODELS for c in type(model).__mro__)
+    if method in AGNOSTIC and not vit or method == "grad_cam" and restated(model) is not None:
+        return _agnostic(model, x, method, out, ex, target)
+    if method in AGNOSTIC:  # a forward / gradient of the whole model on the ViT's patch grid
         if method == "intervene (noise)":
             return _compared(out, f64.noised64(model, x, [0]))
         return _compared(out, f64.reference64(model, x, method, target), method)
@@ -251,7 +264,11 @@ def table(families: dict[str, tuple[str, dict, int]], methods: list[str], out=sy
     lines.append("")
     lines.append(f"exact: equal to the float64 restatement within {f64.RTOL:g} x |ref| + {f64.ATOL:g} x max|ref| "
                  f"per entry (occlusion: + {f64.FLOOR['occlusion']:.1e}, float32 probabilities subtracted) "
-                 "(vit_explore/testing/float64.py; intervene: logits with patch 0 dropped / noised).")
+                 "(vit_explore/testing/float64.py; intervene: logits with patch 0 dropped / noised). "
+                 "Models outside the attention restatements: the model-agnostic methods against "
+                 "vit_explore/testing/float64_agnostic.py on the grid the Explanation reports, its cell checked "
+                 "against the size of forward_features (except PiT, whose forward_features is its class token), "
+                 "and Grad-CAM at the layer the code chose (extras['layer']) for both.")
     lines.append("")
     lines += [f"{i}. {k}" for k, i in notes.items()]
     return "\n".join(lines)

@@ -7,7 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .float64_agnostic import (
+    GradientCheckError,
+    integrated_gradients_cells64,
+    noised_cells64,
+    occlusion_cells64,
+    saliency_cells64,
+)
 from .float64_model import _norm64, _rotate64, model64, patch_size64
+
+__all__ = ["GradientCheckError", "dropped64", "grad_cam64", "integrated_gradients64", "noised64", "occlusion64",
+           "saliency64"]
 
 
 def _patch(m64: nn.Module) -> tuple[int, int]:
@@ -19,53 +29,16 @@ def _grid(m64: nn.Module, x: torch.Tensor) -> tuple[int, int, int, int]:
     return x.shape[-2] // ph, x.shape[-1] // pw, ph, pw
 
 
-def _patch_sum(m64: nn.Module, pixel: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) pixel map summed within each patch: (B, gh, gw)."""
-    ph, pw = _patch(m64)
-    B, H, W = pixel.shape
-    return pixel[:, : H // ph * ph, : W // pw * pw].reshape(B, H // ph, ph, W // pw, pw).sum(dim=(2, 4))
-
-
-class GradientCheckError(ValueError):
-    """Autograd's input gradient of the model disagrees with a float64 central difference."""
-
-
-def _input_grad(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``∂y_t/∂x`` (B, 3, H, W) by autograd, checked per image against the float64 central
-    difference ``(y(x + εv) - y(x - εv)) / 2ε`` along a seeded random direction v (ε = 1e-6,
-    agreement to 1e-5 relative): an autograd that is wrong for this model (as timm's XCiT is at
-    batch size 1) raises ``GradientCheckError`` instead of giving a wrong reference."""
-    x = x.detach().double()
-    with torch.enable_grad():
-        xin = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(m64(xin).gather(1, target[:, None]).sum(), xin)
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    eps = 1e-6
-    with torch.no_grad():
-        hi = m64(x + eps * v).gather(1, target[:, None])[:, 0]
-        lo = m64(x - eps * v).gather(1, target[:, None])[:, 0]
-    fd, ad = (hi - lo) / (2 * eps), (g * v).flatten(1).sum(1)
-    if not bool(((fd - ad).abs() <= 1e-5 * ad.abs().clamp_min(fd.abs()) + 1e-9).all()):
-        raise GradientCheckError(
-            f"autograd's input gradient fails a float64 finite-difference check (directional derivative "
-            f"{ad.tolist()} by autograd, {fd.tolist()} by central difference)"
-        )
-    return g
-
-
 def saliency64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Simonyan et al. 2014: ``max_c |∂y_t/∂x_c|`` per pixel, summed within each patch."""
-    return _patch_sum(m64, _input_grad(m64, x, target).abs().amax(1))
+    """Simonyan et al. 2014 on the patch grid (``float64_agnostic.saliency_cells64``)."""
+    gh, gw, ph, pw = _grid(m64, x)
+    return saliency_cells64(m64, x, target, (gh, gw), (ph, pw))
 
 
 def integrated_gradients64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int) -> torch.Tensor:
-    """Sundararajan et al. 2017 from the all-zero baseline, trapezoid rule on ``steps`` points
-    ``α_k = k/(steps-1)``: ``x ⊙ Σ_k w_k ∇y_t(α_k x)``, summed over channels and within each patch."""
-    total = torch.zeros_like(x, dtype=torch.float64)
-    for k in range(steps):
-        w = (0.5 if k in (0, steps - 1) else 1.0) / (steps - 1)
-        total += w * _input_grad(m64, k / (steps - 1) * x.double(), target)
-    return _patch_sum(m64, (x.double() * total).sum(1))
+    """Sundararajan et al. 2017 on the patch grid (``float64_agnostic.integrated_gradients_cells64``)."""
+    gh, gw, ph, pw = _grid(m64, x)
+    return integrated_gradients_cells64(m64, x, target, steps, (gh, gw), (ph, pw))
 
 
 def grad_cam64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -86,19 +59,9 @@ def grad_cam64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.T
 
 
 def occlusion64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Zeiler & Fergus 2014 with one-patch windows: ``p_t(x) - p_t(x with the patch's pixels
-    set to 0)`` per patch (softmax probability)."""
+    """Zeiler & Fergus 2014 with one-patch windows (``float64_agnostic.occlusion_cells64``)."""
     gh, gw, ph, pw = _grid(m64, x)
-    x = x.double()
-    with torch.no_grad():
-        base = m64(x).softmax(-1).gather(1, target[:, None])[:, 0]
-        out = torch.zeros(x.shape[0], gh, gw, dtype=torch.float64)
-        for r in range(gh):
-            for c in range(gw):
-                y = x.clone()
-                y[..., r * ph : (r + 1) * ph, c * pw : (c + 1) * pw] = 0
-                out[:, r, c] = base - m64(y).softmax(-1).gather(1, target[:, None])[:, 0]
-    return out
+    return occlusion_cells64(m64, x, target, (gh, gw), (ph, pw))
 
 
 # --------------------------------------------------------------------------- interventions
@@ -180,16 +143,6 @@ def dropped64(model: nn.Module, x: torch.Tensor, kept: list[int]) -> torch.Tenso
 
 def noised64(model: nn.Module, x: torch.Tensor, patches: list[int], seed: int = 0, sigma: float = 0.1) -> torch.Tensor:
     """Float64 logits of ``x`` (B, 3, H, W) with the pixels of ``patches`` (row-major) replaced by
-    ``N(0, σ²)`` noise drawn from ``torch.Generator().manual_seed(seed)`` (float32 draws)."""
-    m = model64(model)
-    ph, pw = m.patch_embed.patch_size
-    gw = x.shape[-1] // pw
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * sigma
-    y = x.clone()
-    for p in patches:
-        r, c = divmod(p, gw)
-        y[..., r * ph : (r + 1) * ph, c * pw : (c + 1) * pw] = noise[..., r * ph : (r + 1) * ph, c * pw : (c + 1) * pw]
-    with torch.no_grad():
-        return m(y.double())
-
-
+    seeded noise (``float64_agnostic.noised_cells64``)."""
+    gh, gw, ph, pw = _grid(model, x)
+    return noised_cells64(model, x, patches, (gh, gw), (ph, pw), seed, sigma)

@@ -39,9 +39,9 @@ def rise_masks64(n: int, s: int, p1: float, size: tuple[int, int], seed: int = 0
     return torch.from_numpy(masks)
 
 
-def rise64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_masks: int, s: int = 8, p1: float = 0.1,
-           seed: int = 0) -> torch.Tensor:
-    """RISE (B, gh, gw) in float64: the pixel saliency of the target class averaged within each patch."""
+def rise_pixels64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_masks: int, s: int = 8,
+                  p1: float = 0.1, seed: int = 0) -> torch.Tensor:
+    """RISE's pixel saliency (B, H, W) of the target class in float64 (any classifier)."""
     m64 = model64(model)
     B, _, H, W = x.shape
     masks = rise_masks64(n_masks, s, p1, (H, W), seed)
@@ -50,7 +50,14 @@ def rise64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_masks: int
         with torch.no_grad():
             p = m64(x[b : b + 1].double() * masks[:, None]).softmax(-1)[:, int(target[b])]  # (N,)
         out.append((p[:, None, None] * masks).sum(0) / (n_masks * p1))
-    sal = torch.stack(out)
+    return torch.stack(out)
+
+
+def rise64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_masks: int, s: int = 8, p1: float = 0.1,
+           seed: int = 0) -> torch.Tensor:
+    """RISE (B, gh, gw) in float64: the pixel saliency of the target class averaged within each patch."""
+    sal = rise_pixels64(model, x, target, n_masks, s, p1, seed)
+    B, H, W = sal.shape
     ps = model.patch_embed.patch_size
     ph, pw = (ps, ps) if isinstance(ps, int) else ps
     gh, gw = H // ph, W // pw
