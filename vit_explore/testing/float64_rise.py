@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from .float64_model import model64
+from .float64_model import model64, patch_size64
 
 
 def rise_masks64(n: int, s: int, p1: float, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -58,7 +58,6 @@ def rise64(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_masks: int
     """RISE (B, gh, gw) in float64: the pixel saliency of the target class averaged within each patch."""
     sal = rise_pixels64(model, x, target, n_masks, s, p1, seed)
     B, H, W = sal.shape
-    ps = model.patch_embed.patch_size
-    ph, pw = (ps, ps) if isinstance(ps, int) else ps
+    ph, pw = patch_size64(model)
     gh, gw = H // ph, W // pw
     return sal[:, : gh * ph, : gw * pw].reshape(B, gh, ph, gw, pw).mean(dim=(2, 4))
