@@ -88,6 +88,29 @@ PARAMS: dict[str, dict] = {
 INTERVENE = ("intervene (noise)", "intervene (drop)")
 
 
+#: families whose zero-initialised biases and batch-norm statistics are drawn at random (``off_zero``)
+OFF_ZERO = {"LeViT", "Swin", "PiT", "VOLO", "MViTv2", "Hiera", "ResNet", "ConvNeXt"}
+
+
+def off_zero(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Biases and batch-norm running statistics drawn at random (seeded), as a trained model has them.
+
+    timm initialises them to zero, which puts a random-weight ReLU / LayerNorm network exactly on
+    its kinks at the all-zero image where integrated gradients starts (every pre-activation 0, a
+    LayerNorm over a constant vector): the gradient there is not defined and the float64 check of
+    the reference's gradient rightly refuses it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.normal_(0.0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+    return model
+
+
 def build(name: str, overrides: dict) -> torch.nn.Module:
     """A seeded random-weight model; the constructor overrides that it does not accept are dropped
     (VOLO and MViTv2 are built from their classes with small stages)."""
@@ -246,6 +269,8 @@ def table(families: dict[str, tuple[str, dict, int]], methods: list[str], out=sy
     for fam, (name, kw, size) in families.items():
         try:
             model = build(name, kw)
+            if fam in OFF_ZERO:
+                off_zero(model)
         except Exception as e:  # noqa: BLE001
             lines.append(f"| {fam} (`{name}`) | " + " | ".join(["model not built: " + _short(e)] * len(cols)) + " |")
             continue

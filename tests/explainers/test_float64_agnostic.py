@@ -15,6 +15,7 @@ from vit_explore.testing.float64 import FLOOR, close_to
 from vit_explore.testing.float64_agnostic import (
     AGNOSTIC64,
     GradientCheckError,
+    _kink,
     as_grid64,
     ceil_grid,
     cell_pool,
@@ -88,7 +89,7 @@ def test_the_float32_map_equals_the_float64_restatement(name, method):
     grid, cell = tuple(ex.layout.grid), tuple(ex.layout.patch_size)
     if method == "integrated_gradients" and name == "resnet":
         # the all-zero input is a point of max-pool ties (a constant map) where ResNet has no gradient
-        # (the restatement refuses it); a seeded baseline is an ordinary point
+        # (see the kink test below); here a seeded baseline, an ordinary point
         base = torch.randn(1, *x.shape[1:], generator=torch.Generator().manual_seed(7))
         ex = vx.explain(model, x, method, target=t, baseline=base, **AGNOSTIC64[method])
         ref = integrated_gradients_cells64(model64(model), x, t, AGNOSTIC64[method]["steps"], grid, cell, base)
@@ -215,12 +216,20 @@ def test_partial_cells_hold_only_their_real_pixels():
     torch.testing.assert_close(cell_pool(ones, grid, (4, 4), "mean"), torch.ones(1, 3, 2, dtype=torch.float64))
 
 
-def test_the_zero_baseline_of_a_resnet_is_refused_not_used():
+def test_the_zero_baseline_of_a_resnet_is_a_kink_where_autograds_choice_is_kept():
     """At the all-zero input every ResNet max-pool window ties, so the input gradient is not
-    defined there: the restatement says so (naming α = 0) rather than trusting autograd's pick."""
+    defined there: ``_kink`` sees one-sided differences that are each stable but differ, and the
+    reference keeps autograd's one-sided choice (the method's own); an ordinary point is no kink."""
     model, x, t = family("resnet")
-    with pytest.raises(GradientCheckError, match=r"α = 0/7, the baseline itself \(the all-zero input\)"):
-        integrated_gradients_cells64(model64(model), x, t, 8, (2, 2), (32, 32))
+    m64 = model64(model)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert _kink(m64, torch.zeros_like(x, dtype=torch.float64), t, v)
+    assert not _kink(m64, x.double(), t, v)
+    ex = vx.explain(model, x, "integrated_gradients", target=t, **AGNOSTIC64["integrated_gradients"])
+    grid, cell = tuple(ex.layout.grid), tuple(ex.layout.patch_size)
+    ref = integrated_gradients_cells64(m64, x, t, AGNOSTIC64["integrated_gradients"]["steps"], grid, cell)
+    ok, err = close_to(ex.patch_map, ref)
+    assert ok, err
 
 
 class BnTokens(nn.Module):

@@ -89,8 +89,11 @@ def input_grad64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch
     1e-8 (a ReLU net has so many kinks that ±1e-6 v often crosses one; a smaller step does not). An
     autograd that is wrong for this model (torch's CPU eval BatchNorm2d backward at batch size 1
     with a transposed incoming gradient: LeViT's stem, XCiT's patch embedding) disagrees at every
-    step, as does a point with no gradient (a kink or a max-pool tie of the point itself), and
-    raises ``GradientCheckError`` instead of giving a wrong reference. One image runs as a batch of
+    step and raises ``GradientCheckError`` instead of giving a wrong reference. A point with no
+    gradient at all (a kink or a max-pool tie of the point itself, as at a constant image: the
+    one-sided differences along v are each stable in ε but differ, ``_kink``) has no true value to
+    check against; there the reference keeps autograd's one-sided choice (ReLU'(0) = 0, the first
+    of tied maxima), which is what every implementation of the method computes. One image runs as a batch of
     two copies, where that BatchNorm backward is right (a route of its own, not capture's hook)."""
     x = x.detach().double()
     with torch.enable_grad():  # one image runs twice: torch's BatchNorm backward is wrong at batch size 1
@@ -108,10 +111,29 @@ def input_grad64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch
         rounding = 4 * torch.finfo(torch.float64).eps * hi.abs().clamp_min(lo.abs()) / eps
         if bool(((fd - ad).abs() <= 1e-5 * ad.abs().clamp_min(fd.abs()) + rounding + 1e-9).all()):
             return g
+    if _kink(m64, x, target, v):
+        return g  # no gradient exists here: autograd's one-sided choice is the method's own (see docstring)
     raise GradientCheckError(
         f"autograd's input gradient fails a float64 finite-difference check (directional derivative "
         f"{ad.tolist()} by autograd, {fd.tolist()} by central difference at ε = 1e-8; also at 1e-6 and 1e-7)"
     )
+
+
+def _kink(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether ``y_t`` has no directional derivative along ``v`` at ``x`` for some image: the forward
+    and backward differences are each the same at ε = 1e-6 and 1e-7 (to 1e-4 relative) but differ
+    from each other by more than 1e-3 of their size."""
+    with torch.no_grad():
+        y0 = m64(x).gather(1, target[:, None])[:, 0]
+        sides = []
+        for eps in (1e-6, 1e-7):
+            hi = m64(x + eps * v).gather(1, target[:, None])[:, 0]
+            lo = m64(x - eps * v).gather(1, target[:, None])[:, 0]
+            sides.append(((hi - y0) / eps, (y0 - lo) / eps))
+    (f1, b1), (f2, b2) = sides
+    size = torch.stack([f1.abs(), b1.abs()]).amax(0).clamp_min(1e-12)
+    stable = ((f1 - f2).abs() <= 1e-4 * size) & ((b1 - b2).abs() <= 1e-4 * size)
+    return bool((stable & ((f1 - b1).abs() > 1e-3 * size)).any())
 
 
 def saliency_cells64(m64: nn.Module, x: torch.Tensor, target: torch.Tensor, grid: Grid, cell: Grid) -> torch.Tensor:
