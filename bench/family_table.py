@@ -293,7 +293,11 @@ def table(families: dict[str, tuple[str, dict, int]], methods: list[str], out=sy
                  "Models outside the attention restatements: the model-agnostic methods against "
                  "vit_explore/testing/float64_agnostic.py on the grid the Explanation reports, its cell checked "
                  "against the size of forward_features (except PiT, whose forward_features is its class token), "
-                 "and Grad-CAM at the layer the code chose (extras['layer']) for both.")
+                 "and Grad-CAM at the layer the code chose (extras['layer']) for both. Every input gradient of a "
+                 "reference is checked against a float64 central difference; at a point with no gradient (the "
+                 "all-zero baseline of integrated gradients on a max-pool net: tied maxima) the reference keeps "
+                 "autograd's one-sided choice. " + ", ".join(sorted(OFF_ZERO)) + ": biases and batch-norm "
+                 "statistics drawn off zero (off_zero), as a trained model has them.")
     lines.append("")
     lines += [f"{i}. {k}" for k, i in notes.items()]
     return "\n".join(lines)
