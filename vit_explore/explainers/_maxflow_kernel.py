@@ -1,18 +1,21 @@
 """Compiled max-flow kernel for attention flow's layered networks (docs/methods.md §6).
 
-Integer capacities (exact arithmetic), numba. The network of ``_maxflow.layered_max_flow``:
-nodes ``(i, f)``, ``i = 1..L``, edges ``(i, f) -> (i-1, g)`` with capacity ``caps[i-1, f, g]``
+Integer capacities (exact arithmetic), numba; the machine code is cached on disk (the first
+call in a fresh environment compiles for a few seconds, once). The network of
+``_maxflow.layered_max_flow``: nodes ``(i, f)``, ``i = 1..L``, edges ``(i, f) -> (i-1, g)`` with capacity ``caps[i-1, f, g]``
 (``i >= 2``), a super source ``s -> (L, f)`` with capacity ``w[f]`` and, for sink ``t``, the
 edges ``(1, f) -> T`` with capacity ``caps[0, f, t]`` (the sink reduction).
 
-Edge generation (exact): each sink is solved by Dinic's algorithm on an *active* subset of the
-inner edges (at first the diagonal and the ``k`` largest capacities of each row). When no
+Edge generation (exact): each sink ``t`` is solved by Dinic's algorithm on an *active* subset
+of the inner edges (at first the diagonal and the ``k`` largest capacities of each row, shared
+by all sinks, plus column ``t`` of every layer). When no
 augmenting path is left, ``S`` (the nodes reachable from ``s`` in the residual network) is a
 minimum cut of the active network. Every inactive edge carries no flow, so if no inactive edge
 with positive capacity leaves ``S``, the capacity of ``S`` in the *full* network equals the flow
 value, which is therefore the full network's max flow (weak duality). Otherwise those edges are
-activated and the augmentation resumes from the current flow (still feasible). The active set
-only grows, and is kept from one sink to the next.
+activated and the augmentation resumes from the current flow (still feasible), until none is
+left. Then the edges activated for ``t`` are dropped again, so that the shared set stays small
+(kept, they made the later sinks' scans ever longer).
 
 Node ids: ``(i, f) -> (i-1) N + f``; ``s = L N``; ``T = L N + 1``. Each node keeps its arcs
 (active edges and their reverses) in one row of slots, ``head``/``res``/``rev`` (``2N`` slots:
