@@ -1,21 +1,38 @@
-"""Benchmark the attention-flow max-flow kernel (ViT-B/16 at 224: L=12, N=197).
+"""Benchmark attention flow (ViT-B/16 at 224: L=12, N=197).
 
-Baseline: one ``scipy.sparse.csgraph.maximum_flow`` (Dinic) call per sink on the full
-layered network (all N input nodes, graph built once per sink, capacities x2**30 rounded
-down), timed on a few sinks and extrapolated to N. Candidate: ``layered_max_flow`` on all
-sinks, graph construction included. Prints a table; asserts nothing about time.
+1. The model (issue 17's target: the whole call within 4 forward passes). On timm's random
+   init and on trained-like "peaky" attention (``bench_peers.peaky``: q and k scaled by 4),
+   interleaved in one run, medians: the plain forward (``torch.inference_mode``), the capture
+   forward, the max flows alone (``layered_max_flow`` on the captured ``Â``, 197 sinks) and the
+   whole ``vx.explain(..., "attention_flow")`` call, each also in *forwards* (its time / the
+   plain forward's time in the same run).
+2. The kernel on synthetic ``Â`` (softmax of random logits / temperature, + I, row-normalised).
+   Baseline: one ``scipy.sparse.csgraph.maximum_flow`` (Dinic) call per sink on the full
+   layered network (all N input nodes, graph built once per sink, capacities x2**30 rounded
+   down), timed on a few sinks and extrapolated to N. Candidate: ``layered_max_flow`` on all
+   sinks, graph construction included; ``max|diff|`` against the baseline on those sinks.
 
-    python bench/bench_attention_flow.py [--sinks-baseline 6] [--workers 1 2]
+Prints tables; asserts nothing about time.
+
+    python bench/bench_attention_flow.py [--threads 2] [--model-repeats 5] [--no-model]
+                                         [--no-synthetic] [--sinks-baseline 6] [--workers 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.sparse.csgraph import maximum_flow
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).parent)]
+from _timing import interleaved, table
 
 from vit_explore.explainers._maxflow import layered_max_flow
 
@@ -47,14 +64,63 @@ def baseline_one(ahat: np.ndarray, w: np.ndarray, t: int) -> float:
     return maximum_flow(graph, 0, 1 + t, method="dinic").flow_value / SCALE
 
 
+def model_section(threads: int, repeats: int) -> None:
+    """Forward, capture, flows alone and the whole call on ViT-B/16, in forwards of the same run."""
+    import timm
+    from bench_peers import attention_peak, peaky
+
+    import vit_explore as vx
+    from vit_explore.capture.session import Needs, capture
+    from vit_explore.explainers._fusion import add_identity, row_normalize
+
+    torch.manual_seed(0)
+    base = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for att in ("random", "peaky"):
+        model = base if att == "random" else peaky(base)
+        tr = capture(model, x, Needs(attn=True))
+        a = torch.stack([tr.attn_at(i).mean(dim=1, dtype=torch.float64) for i in range(tr.num_layers)], 1)
+        ahat = row_normalize(add_identity(a))[0].numpy()
+        w = tr.layout.readout_weights(torch.float64).numpy()
+
+        def fwd(model=model):
+            with torch.inference_mode():
+                model(x)
+
+        fns = {
+            "forward": fwd,
+            "capture forward": lambda model=model: capture(model, x, Needs(attn=True)),
+            "max flows (197 sinks)": lambda ahat=ahat, w=w: layered_max_flow(ahat, w),
+            "attention_flow, whole call": lambda model=model: vx.explain(model, x, "attention_flow"),
+        }
+        med = interleaved(fns, repeats=repeats)
+        peak = attention_peak(model, x)
+        for k, v in med.items():
+            rows.append((att, f"{peak:.2f}", k, f"{v:.3f}", f"{v / med['forward']:.2f}"))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"ViT-B/16 @224, batch 1, {threads} threads, medians of {repeats} interleaved runs, load average {load:.1f}")
+    print(table(rows, ("attention", "max-attn", "what", "s", "forwards")))
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model-repeats", type=int, default=5)
+    ap.add_argument("--no-model", action="store_true", help="skip the ViT-B/16 section")
+    ap.add_argument("--no-synthetic", action="store_true", help="skip the synthetic kernel section")
     ap.add_argument("--L", type=int, default=12)
     ap.add_argument("--N", type=int, default=197)
     ap.add_argument("--sinks-baseline", type=int, default=6)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.no_model:
+        model_section(args.threads, args.model_repeats)
+    if args.no_synthetic:
+        return
     L, N = args.L, args.N
     cls = np.zeros(N)
     cls[0] = 1.0

@@ -9,11 +9,12 @@ Peers:
     window and stride, zero baseline, on the logits: our ``score="logit"``);
   * pytorch-grad-cam ``GradCAM`` on the last block's ``norm1`` with the ViT reshape transform;
   * Chefer et al. (CVPR 2021) Transformer Attribution and ViT-CX (Xie et al. 2023): the
-    official repositories' code cannot be committed here, so the peer is the restatement of
-    the official algorithm in its computation order that the exactness tests use
+    official repositories' code cannot be committed here, so the peer is a restatement of
+    the official code in its computation order: for Chefer the one the exactness tests use
     (``tests/explainers/test_chefer_lrp.py::replica_chefer`` run in float32, one image at a
-    time as the official code does; ``tests/explainers/test_vit_cx.py::replica_vit_cx``,
-    whose 2K masked forwards run one image at a time);
+    time as the official code does); for ViT-CX ``bench_vit_cx.official_vit_cx`` (one image at
+    a time, its model copy, feature extraction with a backward, full-resolution masks and
+    cosine matrix, and the 2K masked forwards in batches of 50, as ``ViT_CX.py`` does);
   * zennit: not run. It has no LRP rules for softmax attention or LayerNorm, so on a ViT it
     computes neither Chefer's relevance nor AttnLRP (say ``n/a`` rather than time something else).
 
@@ -169,11 +170,11 @@ def cases(method, model, x, t, a):
         out["official (restated, fp32)"] = lambda: replica_maps(model, x, t, start_layer=1, dtype=torch.float32)
         out["floor"] = lambda: (fwd_bwd(model, x), mm())
     elif method == "vit_cx":
-        from tests.explainers.test_vit_cx import replica_vit_cx
+        from bench_vit_cx import official_vit_cx
 
         K = vx.explain(model, x[:1], "vit_cx").extras["K"][0]
         out["ours"] = lambda: vx.explain(model, x, "vit_cx")
-        out["official (restated)"] = lambda: [replica_vit_cx(model, x[b : b + 1]) for b in range(B)]
+        out["official (restated)"] = lambda: [official_vit_cx(model, x[b : b + 1]) for b in range(B)]
         out["floor"] = lambda: forwards(model, x, B * (2 * K + 1), chunk=50)
     elif method == "attention_flow":
         out["ours"] = lambda: vx.explain(model, x, "attention_flow")

@@ -1,4 +1,4 @@
-"""Max-flow kernel for attention flow (Abnar & Zuidema 2020; docs/methods.md §6).
+"""Max-flow values of attention flow's layered networks (Abnar & Zuidema 2020; docs/methods.md §6).
 
 The network for layer-wise attention ``ahat`` (``L`` blocks, ``N`` tokens) has nodes
 ``(i, t)``, ``i = 0..L``, and edges ``(i, f) -> (i-1, g)`` with capacity ``ahat[i-1, f, g]``;
@@ -9,27 +9,17 @@ Exact reductions used (they do not change any max-flow value):
 
 * Sink reduction: for sink ``(0, t)`` the other input nodes are dead ends, so layer 0 only
   contributes the ``N`` edges ``(1, f) -> T`` with capacity ``ahat[0, f, t]``. All sinks
-  therefore share one CSR structure; only those ``N`` capacities change between sinks.
+  share the rest of the network; only those ``N`` capacities change between sinks.
 * Top-layer nodes with zero source weight are unreachable; their out-edges are dropped
   (for a CLS source this removes ``N² - N`` edges).
 * Edges whose scaled capacity is 0 are dropped.
 
-Speed: ``scipy.sparse.csgraph.maximum_flow`` spends most of its time (~80% for ViT-B) in
-per-call O(E) preprocessing (two CSR transposes), not in Dinic itself, and does not release
-the GIL. So each sink is first solved on cheaper subnetworks whose flows are flows of the
-full network (lower bounds):
-
-* A: only the bottom ``_TRUNCATE_DEPTH`` layers, fed by a deliverable supply (the
-  rollout-like preflow into that layer);
-* B: all layers, but per layer only the diagonal, column ``t`` and the largest
-  ``_SPARSE_TOPK`` capacities of each row and column.
-
-If such a value equals a cheap cut of the full scaled network (source cut, or per
-layer-1 node the smaller of its sink edge and its in-capacity), it is the exact max flow of
-the full scaled network; otherwise the next candidate, finally the full network, is
-solved. A subnetwork that certifies fewer than a quarter of the first sinks it sees is
-switched off. The answer is therefore always the max-flow value of the full network with
-capacities rounded down to multiples of ``1/scale``; the subnetworks only change the time.
+The max flows are solved in integers by ``_maxflow_kernel.solve_sinks`` (numba): Dinic's
+algorithm on a sparse active subset of the edges, grown until a minimum cut of the active
+network is also a cut of the full network of the same capacity (then it is the full
+network's max flow; see that module). The answer is therefore always the max-flow value of
+the full network with capacities rounded down to multiples of ``1/scale``; the active set
+only changes the time.
 """
 
 from __future__ import annotations
@@ -37,175 +27,22 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import maximum_flow
 
 __all__ = ["layered_max_flow"]
 
 _INT32_MAX = 2**31 - 1
 DEFAULT_SCALE = float(2**30)
-# Cheap subnetworks tried before the full one (see _solve_sinks).
-_TRUNCATE_DEPTH = 3
-_SPARSE_TOPK = 4
+_K_INIT = 2  # largest capacities per row in the initial active set (besides the diagonal)
 
 
-class _Network:
-    """One CSR structure for all sinks: s, layers L..1, super sink T (the chosen ``(0, t)``)."""
+def _solve_sinks(caps: np.ndarray, w_int: np.ndarray, sinks: np.ndarray) -> np.ndarray:
+    from ._maxflow_kernel import solve_sinks
 
-    def __init__(self, caps: np.ndarray, w_int: np.ndarray, keep: list[np.ndarray] | None):
-        L, N, _ = caps.shape
-        self.L, self.N = L, N
-        self.n_nodes = 2 + L * N
-        sink = self.n_nodes - 1
-
-        def node(layer: int, tok: np.ndarray) -> np.ndarray:
-            return 1 + (L - layer) * N + tok
-
-        active = w_int > 0
-        src_tok = np.flatnonzero(active)
-        counts = [np.array([src_tok.size])]
-        indices = [node(L, src_tok)]
-        data = [w_int[src_tok]]
-        for i in range(L, 1, -1):  # edges (i, f) -> (i-1, g), capacity caps[i-1, f, g]
-            m = caps[i - 1] > 0
-            if keep is not None:
-                m &= keep[i - 1]
-            if i == L:
-                m &= active[:, None]
-            f, g = np.nonzero(m)  # row-major: sorted by f, then g
-            counts.append(np.bincount(f, minlength=N))
-            indices.append(node(i - 1, g))
-            data.append(caps[i - 1][f, g])
-        counts.append(np.ones(N, dtype=np.int64))  # (1, f) -> T
-        indices.append(np.full(N, sink))
-        data.append(np.zeros(N, dtype=np.int64))
-        counts.append(np.zeros(1, dtype=np.int64))  # T
-        indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
-        self.graph = sp.csr_matrix(
-            (
-                np.concatenate(data).astype(np.int32),
-                np.concatenate(indices).astype(np.int32),
-                indptr.astype(np.int32),
-            ),
-            shape=(self.n_nodes, self.n_nodes),
-        )
-        self.graph.has_sorted_indices = True
-        self.sink = sink
-        self.sink_slice = slice(self.graph.nnz - N, self.graph.nnz)
-
-    @property
-    def nnz(self) -> int:
-        return int(self.graph.nnz)
-
-    def solve(self, sink_caps: np.ndarray) -> int:
-        self.graph.data[self.sink_slice] = sink_caps
-        return int(maximum_flow(self.graph, 0, self.sink, method="dinic").flow_value)
-
-
-def _topk_mask(caps: np.ndarray, k: int) -> list[np.ndarray]:
-    """Per layer, keep the diagonal and the ``k`` largest capacities of every row and column."""
-    N = caps.shape[-1]
-    out = []
-    for c in caps:
-        if k >= N:
-            out.append(np.ones((N, N), dtype=bool))
-            continue
-        m = np.eye(N, dtype=bool)
-        rows = np.argpartition(c, N - k, axis=1)[:, N - k :]
-        m[np.arange(N)[:, None], rows] = True
-        cols = np.argpartition(c, N - k, axis=0)[N - k :, :]
-        m[cols, np.arange(N)[None, :]] = True
-        out.append(m)
-    return out
-
-
-def _rollout_supply(caps: np.ndarray, w_int: np.ndarray, k: int) -> np.ndarray:
-    """Inflow into layer ``k`` of a preflow that splits every node's inflow along its row.
-
-    Each node forwards ``min(inflow, row capacity)`` proportionally (rounded down), so every
-    edge stays within capacity and no node sends more than it receives. Returning the
-    excess of the nodes above layer ``k`` to the source leaves a valid flow, so this
-    vector is deliverable to layer ``k`` and a flow of the truncated network fed by it is a
-    flow of the full network.
-    """
-    x = w_int.astype(np.int64)
-    for i in range(caps.shape[0], k, -1):
-        c = caps[i - 1]
-        rs = c.sum(axis=1)
-        out = np.minimum(x, rs)
-        x = ((out[:, None] * c) // np.maximum(rs, 1)[:, None]).sum(axis=0)
-    return np.minimum(x, _INT32_MAX)
-
-
-class _Tier:
-    """A cheaper subnetwork whose max flow lower-bounds the full one; switched off if it rarely certifies."""
-
-    def __init__(self, solve, probe: int = 12, min_rate: float = 0.25):
-        self.solve, self.tried, self.hits = solve, 0, 0
-        self.probe, self.min_rate = probe, min_rate
-
-    @property
-    def active(self) -> bool:
-        return self.tried < self.probe or self.hits >= self.min_rate * self.tried
-
-    def __call__(self, t: int, upper: int) -> bool | int:
-        self.tried += 1
-        v = self.solve(t)
-        if v == upper:
-            self.hits += 1
-            return v
-        return False
+    return solve_sinks(caps, w_int, sinks, _K_INIT)
 
 
 def _solve_chunk(args):
     return _solve_sinks(*args)
-
-
-def _solve_sinks(caps: np.ndarray, w_int: np.ndarray, sinks: np.ndarray) -> np.ndarray:
-    L, N, _ = caps.shape
-    sink_caps = caps[0]  # column t: capacities (1, f) -> (0, t)
-    # Cheap cuts of the full scaled network (integers, so certification is exact): the
-    # source cut, and per layer-1 node the smaller of its sink edge and its in-capacity.
-    if L >= 2:
-        rows = w_int > 0 if L == 2 else np.ones(N, dtype=bool)
-        in_cap = caps[1][rows].sum(axis=0)
-        upper = np.minimum(sink_caps[:, sinks], in_cap[:, None]).sum(axis=0)
-    else:
-        upper = np.minimum(sink_caps[:, sinks], w_int[:, None]).sum(axis=0)
-    upper = np.minimum(upper, w_int.sum())
-
-    tiers: list[_Tier] = []
-    if L > _TRUNCATE_DEPTH:
-        # Tier A: bottom layers only, fed by a deliverable (rollout-like) supply.
-        k = _TRUNCATE_DEPTH
-        trunc = _Network(caps[:k], _rollout_supply(caps, w_int, k), None)
-        tiers.append(_Tier(lambda t: trunc.solve(sink_caps[:, t])))
-    if L >= 2 and N > _SPARSE_TOPK + 1:
-        # Tier B: all layers, sink-specific sparse edges (diagonal, column t, top-k).
-        base = _topk_mask(caps[1:], _SPARSE_TOPK)
-
-        def sparse(t: int) -> int:
-            keep = [None]
-            for b in base:
-                b = b.copy()
-                b[:, t] = True
-                keep.append(b)
-            return _Network(caps, w_int, keep).solve(sink_caps[:, t])
-
-        tiers.append(_Tier(sparse))
-
-    full: _Network | None = None
-    out = np.empty(len(sinks), dtype=np.int64)
-    for j, t in enumerate(sinks):
-        for tier in tiers:
-            if tier.active and (v := tier(t, upper[j])) is not False:
-                out[j] = v
-                break
-        else:
-            if full is None:
-                full = _Network(caps, w_int, None)
-            out[j] = full.solve(sink_caps[:, t])
-    return out
 
 
 def layered_max_flow(
@@ -231,11 +68,11 @@ def layered_max_flow(
     sinks:
         Token indices ``t`` to compute (default: all ``N``).
     scale:
-        Capacities are rounded down to multiples of ``1/scale`` (scipy's solver needs
+        Capacities are rounded down to multiples of ``1/scale`` (the solver works in exact
         integers). ``scale * max capacity`` must stay below ``2**31``.
     workers:
         Processes used to split the sinks (``None`` or ``1``: none). Only worth it when
-        cores are free; start-up costs about 0.1 s.
+        cores are free; start-up costs about 0.1 s, more than the flows of a ViT-B/16 image.
 
     Returns
     -------
@@ -277,7 +114,7 @@ def layered_max_flow(
     if sinks.size and (sinks.min() < 0 or sinks.max() >= N):
         raise ValueError("sinks out of range")
 
-    caps = np.floor(ahat * scale).astype(np.int64)
+    caps = np.ascontiguousarray(np.floor(ahat * scale).astype(np.int64))
     w_int = np.floor(w * scale).astype(np.int64)
 
     workers = 1 if workers is None else int(workers)
