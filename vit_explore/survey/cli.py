@@ -53,6 +53,7 @@ def cmd_survey(args: argparse.Namespace, params: Callable[[list[str] | None], di
                    **params(args.param))
         if rank == 0:
             summary = {"model": args.model, "method": args.method, "n": len(s), "store": str(s.store.path),
+                       "norm": s.norm,
                        "classes": [{"class": int(c), "n": len(s.indices(c)), "k": s.n_clusters(c),
                                     "sizes": [len(s.members(c, k)) for k in range(s.n_clusters(c))],
                                     "eigengap": [float(v) for v in s.eigengap(c)],
