@@ -14,11 +14,17 @@ changes its top-1 class. Per method and predicted class it prints:
 * confirm: ``Survey.confirm`` on the cluster with the most tag-covered hot patches (member flip rate
   >= 0.5, control <= 0.05).
 
+The survey runs with its defaults (``norm="auto"``: maps scaled by their largest value, except
+occlusion's probability drops, kept as they are). Method parameters: ``METHOD_PARAMS`` (occlusion:
+2x2-patch windows at stride 2, 36 forwards per image, replaced with the image mean as ``confirm``
+does by default; note that on this 12x12 grid the 2x2 tag in the corner is exactly one window).
+
 Speed part (``--speed``): a survey end to end (explain, cluster, embed every class) of ``--rollout-n``
 images with rollout and ``--chefer-n`` with chefer_lrp, each against the bare batched forward of the same
 images in the same run, and the process's peak resident memory.
 
-Run: python bench/bench_survey.py [--targets] [--speed] [--n 2000] [--methods rollout chefer_lrp grad_cam]
+Run: python bench/bench_survey.py [--targets] [--speed] [--n 2000] [--methods rollout chefer_lrp occlusion grad_cam]
+     [--models toy-shapes-spurious toy-shapes] [--no-scan] [--store DIR (keeps the maps for a rerun)]
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ import torch
 
 import vit_explore as vx
 from vit_explore.datasets import make_preset
+from vit_explore.survey import survey
 from vit_explore.survey.data import as_source
+
+METHOD_PARAMS: dict[str, dict] = {"occlusion": {"mode": "mean", "window": 2, "stride": 2}}
 
 
 def tag_reliant(model, src, cue: np.ndarray, n: int, batch: int = 100) -> np.ndarray:
@@ -54,7 +63,7 @@ def class_report(s, c: int, cue: np.ndarray, reliant: np.ndarray | None) -> dict
     lab = s.clusters(c)
     best_region, best_k = -1.0, 0
     best_contrast, best_ck = -1.0, 0
-    best_prec = float("nan")
+    best_prec, best_rec = float("nan"), float("nan")
     for k in range(s.n_clusters(c)):
         hot = s.hot_patches(c, k)
         frac = float((hot & cue).sum() / max(1, hot.sum()))
@@ -70,42 +79,50 @@ def class_report(s, c: int, cue: np.ndarray, reliant: np.ndarray | None) -> dict
             rec = (rel & mem).sum() / max(1, rel.sum())
             prec = rel[mem].mean() if mem.any() else 0.0
             if rec >= 0.5 and not (prec <= best_prec):
-                best_prec = float(prec)
+                best_prec, best_rec = float(prec), float(rec)
     share = float(reliant[idx].mean()) if reliant is not None else float("nan")
     return {"n": len(idx), "k": s.n_clusters(c), "share": share, "region": best_region, "region_k": best_k,
-            "contrast": best_contrast, "contrast_k": best_ck, "precision": best_prec}
+            "contrast": best_contrast, "contrast_k": best_ck, "precision": best_prec, "recall": best_rec}
 
 
-def targets(n: int, methods: list[str], store: str, confirm: bool) -> None:
+def targets(n: int, methods: list[str], store: str, confirm: bool, models: list[str], scan: bool = True) -> None:
     data = make_preset("shapes-spurious", n)
     cue = data.patch_mask("cue", threshold=0)[int(np.flatnonzero(data.has_cue)[0])]
-    for name in ("toy-shapes-spurious", "toy-shapes"):
+    for name in models:
         model = vx.load_model(name)
         src = as_source(model, data)
         reliant = tag_reliant(model, src, cue, n) if name == "toy-shapes-spurious" else None
         for method in methods:
             t0 = time.perf_counter()
-            s = vx.survey(model, data, method=method, batch_size=50, store=store, progress=False)
+            s = survey(model, data, method=method, batch_size=50, store=store, progress=False,
+                          **METHOD_PARAMS.get(method, {}))
             reps = {int(c): class_report(s, int(c), cue, reliant) for c in s.classes}
             dt = time.perf_counter() - t0
-            print(f"\n== {name} / {method}: {n} images, {dt:.0f} s (explain + SpRAy)")
-            print("class  n     k  tag-reliant  region: mean map  contrast map  precision@recall>=0.5  need")
+            print(f"\n== {name} / {method} {METHOD_PARAMS.get(method, {})}: {n} images, norm={s.norm!r}, "
+                  f"{dt:.0f} s (explain or read the store + SpRAy)")
+            print("class  n    k  base rate | region: mean map  contrast  met | images: precision  recall  "
+                  "need   met")
             reg_ok, con_ok, img_hits, img_classes = True, True, 0, 0
             for c, r in reps.items():
-                need = ""
+                need, img_met, reg_met = "", "", ""
                 if reliant is not None and 0.15 <= r["share"] <= 0.85:
                     goal = min(0.95, r["share"] + 0.25)
                     img_classes += 1
-                    img_hits += int(r["precision"] >= goal)
-                    need = f">={goal:.2f}"
+                    hit = r["precision"] >= goal
+                    img_hits += int(hit)
+                    need, img_met = f">={goal:.2f}", "yes" if hit else "no"
                 if reliant is not None and r["share"] >= 0.2:
                     reg_ok &= r["region"] >= 0.5
                     con_ok &= r["contrast"] >= 0.5
+                    reg_met = "yes" if max(r["region"], r["contrast"]) >= 0.5 else "no"
                 if reliant is None:
                     reg_ok &= r["region"] < 0.5
                     con_ok &= r["contrast"] < 0.5
-                print(f"{c:<6} {r['n']:<5} {r['k']:<2} {r['share']:<12.2f} {r['region']:<17.2f} "
-                      f"{r['contrast']:<13.2f} {r['precision']:<22.2f} {need}")
+                    reg_met = "yes" if max(r["region"], r["contrast"]) < 0.5 else "no"
+                share, prec, rec = ("-", "-", "-") if reliant is None else (
+                    f"{r['share']:.2f}", f"{r['precision']:.2f}", f"{r['recall']:.2f}")  # nan: no cluster has recall >= 0.5
+                print(f"{c:<6} {r['n']:<4} {r['k']:<2} {share:<9} | {r['region']:<17.2f} {r['contrast']:<9.2f} "
+                      f"{reg_met:<4}| {prec:<18} {rec:<7} {need:<6} {img_met}")
             if reliant is not None:
                 print(f"region target (every class with share >= 0.2 has a cluster whose hot patches lie >= half on "
                       f"the tag): mean map {'MET' if reg_ok else 'NOT met'}, contrast map "
@@ -114,14 +131,14 @@ def targets(n: int, methods: list[str], store: str, confirm: bool) -> None:
                 if confirm:
                     c = max(reps, key=lambda c: (reps[c]["contrast"], reps[c]["share"]))
                     r = s.confirm(c, reps[c]["contrast_k"], mode="mean", contrast=True)
-                    print(f"confirm class {c} cluster {reps[c]['region_k']} ({r['n']} members, "
+                    print(f"confirm class {c} cluster {reps[c]['contrast_k']} ({r['n']} members, "
                           f"{int(r['patches'].sum())} patches): flip {r['flip_rate']:.2f} "
                           f"[{r['flip_rate_ci'][0]:.2f}, {r['flip_rate_ci'][1]:.2f}], control "
                           f"{r['control_flip_rate']:.2f} [{r['control_flip_rate_ci'][0]:.2f}, "
                           f"{r['control_flip_rate_ci'][1]:.2f}]; rest of class ({r['rest_n']}): flip "
                           f"{r['rest_flip_rate']:.2f}, control {r['rest_control_flip_rate']:.2f}; "
                           f"delta_p {r['delta_p']:+.3f} vs control {r['control_delta_p']:+.3f}")
-                if confirm:
+                if confirm and scan:
                     top = s.scan()[0]
                     print(f"scan (no mask): top cluster class {top['class']} cluster {top['cluster']}, "
                           f"{int(top['patches'].sum())} patches, {(top['patches'] & cue).sum() / top['patches'].sum():.2f} "
@@ -144,7 +161,7 @@ def speed(sizes: dict[str, int], store: str) -> None:
         fwd = time.perf_counter() - t0  # the bare forward of the same images, nothing else
         del batches
         t0 = time.perf_counter()
-        sv = vx.survey(model, data, method=method, batch_size=100, store=store, progress=False)
+        sv = survey(model, data, method=method, batch_size=100, store=store, progress=False)
         t_explain = time.perf_counter() - t0
         for c in sv.classes:
             sv.embedding(int(c))
@@ -160,7 +177,10 @@ def main() -> None:
     ap.add_argument("--targets", action="store_true")
     ap.add_argument("--speed", action="store_true")
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--methods", nargs="+", default=["rollout", "chefer_lrp", "grad_cam"])
+    ap.add_argument("--methods", nargs="+", default=["rollout", "chefer_lrp", "occlusion"])
+    ap.add_argument("--models", nargs="+", default=["toy-shapes-spurious", "toy-shapes"],
+                    help="toy-shapes-spurious (the targets) and/or toy-shapes (the clean-model check)")
+    ap.add_argument("--no-scan", action="store_true", help="skip Survey.scan() (confirms every cluster)")
     ap.add_argument("--rollout-n", type=int, default=10000)
     ap.add_argument("--chefer-n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
@@ -170,7 +190,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or tmp
         if args.targets or not args.speed:
-            targets(args.n, args.methods, store, confirm=True)
+            targets(args.n, args.methods, store, confirm=True, models=args.models, scan=not args.no_scan)
         if args.speed:
             print("\n== speed (toy-shapes-spurious, shapes-spurious, CPU, "
                   f"{args.threads} threads; survey = explain + SpRAy + t-SNE of every class)")

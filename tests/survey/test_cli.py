@@ -37,3 +37,18 @@ def test_survey_command_errors(tmp_path, capsys):
     assert main(["survey", "nowhere-preset", "--model", "toy-shapes", "--method", "rollout",
                  "--out", str(tmp_path)]) == 2
     assert "neither a folder nor a preset" in capsys.readouterr().err
+
+
+def test_survey_command_norm(tmp_path):
+    """``--norm`` reaches SpRAy: the clusters equal vx.survey's with the same ``norm``."""
+    out = tmp_path / "run"
+    assert main(["survey", "shapes-spurious:60", "--model", "toy-shapes-spurious", "--method", "rollout",
+                 "--out", str(out), "--no-progress", "--no-html", "--norm", "sum"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["norm"] == "sum"
+    model = vx.load_model("toy-shapes-spurious")
+    ref = vx.survey(model, "shapes-spurious:60", method="rollout", store=tmp_path / "ref", progress=False, norm="sum")
+    for row in summary["classes"]:
+        c = row["class"]
+        assert row["sizes"] == [len(ref.members(c, k)) for k in range(ref.n_clusters(c))]
+        np.testing.assert_allclose(ref.analysis(c).features.sum(axis=1), 1.0)  # rollout's maps are >= 0

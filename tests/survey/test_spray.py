@@ -80,3 +80,50 @@ def test_hot_and_cold_masks_by_hand():
     np.testing.assert_array_equal(spray.cold_mask(mm, 2), [[False, True], [False, True]])
     with pytest.raises(InputError, match="mass"):
         spray.hot_mask(mm, 0.0)
+
+
+def test_each_normalisation_by_hand():
+    m = np.array([[[2.0, -1.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    np.testing.assert_allclose(spray.normalise(m, norm="max")[0], [1.0, -0.5, 0.0, 0.5])
+    np.testing.assert_allclose(spray.normalise(m, norm="sum")[0], [0.5, -0.25, 0.0, 0.25])  # |.| sums to 4
+    np.testing.assert_array_equal(spray.normalise(m, norm="none"), m.reshape(2, -1))
+    for norm in spray.NORMS:  # an all-zero map stays zero, never NaN
+        np.testing.assert_array_equal(spray.normalise(m, norm=norm)[1], 0.0)
+    with pytest.raises(InputError, match="normalisation"):
+        spray.normalise(m, norm="l2")
+
+
+def _same_shape_two_sizes(n_per=60, seed=0):
+    """Occlusion-like maps (n, 6, 6): every map drops most at the corner patch (0, 0) and less on an
+    object in the middle, in the same proportions; group 1's drops are three times group 0's (the
+    images that rely on the corner enough to flip), so only the size tells the groups apart."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros((6, 6))
+    base[0, 0], base[2:4, 2:4] = 0.3, 0.15
+    maps, truth = [], []
+    for g, size in enumerate((1.0, 3.0)):
+        m = base * size + rng.normal(0, 0.02, size=(n_per, 6, 6))
+        maps.append(m)
+        truth += [g] * n_per
+    return np.concatenate(maps), np.array(truth)
+
+
+def test_unscaled_maps_separate_groups_that_differ_only_in_size():
+    maps, truth = _same_shape_two_sizes()
+    a = spray.analyse(maps, norm="none", embedding="tsne")
+    assert a.suggested_k == 2
+    assert adjusted_rand_score(truth, a.labels) == 1.0
+    np.testing.assert_array_equal(a.features, maps.reshape(len(maps), -1))
+    # dividing by the largest value makes the two groups the same shape: the size, the evidence, is gone
+    X = spray.normalise(maps, norm="max")
+    gap = np.linalg.norm(X[truth == 0].mean(0) - X[truth == 1].mean(0))
+    spread = np.linalg.norm(X - X.mean(0), axis=1).mean()
+    assert gap < spread
+    assert adjusted_rand_score(truth, spray.analyse(maps, norm="max", embedding="tsne").labels) < 0.5
+
+
+def test_auto_norm_keeps_probability_drops_and_scales_relevance():
+    assert spray.auto_norm("occlusion", {"score": "prob", "window": 1}) == "none"
+    assert spray.auto_norm("occlusion", {"score": "logit"}) == "max"  # logits differ in scale between images
+    assert spray.auto_norm("chefer_lrp", {"start_layer": 0}) == "max"
+    assert spray.auto_norm("rollout", {}) == "max"

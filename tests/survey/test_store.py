@@ -147,3 +147,22 @@ def test_survey_is_the_package_and_the_call():
     code = "import vit_explore.survey.store as s\nimport vit_explore as vx\nassert callable(vx.survey) and vx.survey.store is s\n"
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_occlusion_survey_keeps_probability_drops_in_its_mean_maps(tmp_path):
+    """``norm="auto"`` on occlusion's probability drops: the mean map is the plain mean of the stored maps."""
+    model, x = _model(), _x(8)
+    s = survey(model, x, method="occlusion", window=2, stride=2, store=tmp_path, progress=False)
+    assert s.norm == "none"
+    for c in s.classes:
+        k = 0
+        ref = np.mean([s.map(i).astype(np.float64) for i in s.members(c, k)], axis=0)
+        np.testing.assert_allclose(s.mean_map(c, k), ref, rtol=1e-6, atol=1e-9)
+    r = survey(model, x, method="rollout", store=tmp_path, progress=False)
+    assert r.norm == "max"
+    c = int(r.classes[0])
+    maps = np.stack([r.map(i).astype(np.float64) for i in r.indices(c)])
+    np.testing.assert_allclose(r.class_mean_map(c), (maps / np.abs(maps).max(axis=(1, 2), keepdims=True)).mean(0),
+                               rtol=1e-6, atol=1e-9)
+    with pytest.raises(InputError, match="normalisation"):
+        survey(model, x, method="rollout", store=tmp_path, progress=False, norm="l2")

@@ -26,6 +26,8 @@ def add_parser(sub: Any, positive: Callable[[str], int], params: Callable[[list[
     s.add_argument("--batch-size", type=positive, default=32)
     s.add_argument("--clustering", default="spectral", choices=("spectral", "kmeans", "agglomerative"))
     s.add_argument("--max-k", type=positive, default=8, help="largest number of clusters per class")
+    s.add_argument("--norm", default="auto", choices=("auto", "max", "sum", "none"),
+                   help="map scaling before clustering (auto: none for occlusion's probability drops, else max)")
     s.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1 ...")
     s.add_argument("--no-html", action="store_true", help="write the store and summary only")
     s.add_argument("--no-progress", action="store_true")
@@ -47,10 +49,11 @@ def cmd_survey(args: argparse.Namespace, params: Callable[[list[str] | None], di
         out.mkdir(parents=True, exist_ok=True)
         model = cli._load(args.model, dev)
         s = survey(model, args.data, method=args.method, batch_size=args.batch_size, store=out / "store",
-                   progress=not args.no_progress, clustering=args.clustering, max_k=args.max_k,
+                   progress=not args.no_progress, clustering=args.clustering, max_k=args.max_k, norm=args.norm,
                    **params(args.param))
         if rank == 0:
             summary = {"model": args.model, "method": args.method, "n": len(s), "store": str(s.store.path),
+                       "norm": s.norm,
                        "classes": [{"class": int(c), "n": len(s.indices(c)), "k": s.n_clusters(c),
                                     "sizes": [len(s.members(c, k)) for k in range(s.n_clusters(c))],
                                     "eigengap": [float(v) for v in s.eigengap(c)],

@@ -52,6 +52,7 @@ def survey(
     clustering: str = "spectral",
     embedding: str = "auto",
     seed: int = 0,
+    norm: str = "auto",
     **params: Any,
 ) -> Survey:
     """Explain every image of a dataset and prepare SpRAy per class (Lapuschkin et al. 2019).
@@ -70,6 +71,10 @@ def survey(
             the method and its parameters, the data and the labels, and is reused or resumed by later calls.
         progress: a tqdm bar (True), none (False), or ``f(n_images_done)`` called after each batch.
         n_neighbors, max_k, downsample, clustering, embedding, seed: SpRAy settings (``spray.analyse``).
+        norm: how each map is scaled before SpRAy and in the mean maps: ``"max"``, ``"sum"``, ``"none"``
+            (``spray.normalise``), or ``"auto"``: ``"none"`` for maps in one absolute unit across images
+            (occlusion's probability drops, whose size says how much an image relies on a patch), else
+            ``"max"`` (``spray.auto_norm``).
 
     Returns:
         A :class:`Survey`. Under ``torchrun`` (an initialised process group) each rank explains every
@@ -81,6 +86,8 @@ def survey(
 
     spec = get_explainer(method)
     bound = spec.bind(params)
+    if norm != "auto" and norm not in spray.NORMS:
+        raise InputError(f"unknown normalisation {norm!r}; use 'auto' or one of {spray.NORMS}")
     info = inspect_vit(model)
     src = as_source(model, data)
     n = len(src)
@@ -120,7 +127,8 @@ def survey(
         raise RuntimeError(f"the survey store {str(ms.path)!r} is incomplete after the pass; run survey() again")
     return Survey(ms, model=model, source=src, labels=lab, method=method, params=bound,
                   spray_params={"n_neighbors": n_neighbors, "max_k": max_k, "downsample": downsample,
-                                "clustering": clustering, "embedding": embedding, "seed": seed})
+                                "clustering": clustering, "embedding": embedding, "seed": seed,
+                                "norm": norm})
 
 
 def _explain_into(model, src: Source, ms: MapStore, batches, method, bound, lab, progress, n) -> None:
@@ -166,6 +174,8 @@ class Survey:
         self.store, self.model, self.source = store, model, source
         self.method, self.params = method, dict(params or {})
         self.spray_params = dict(spray_params or {})
+        if self.spray_params.get("norm", "auto") == "auto":  # resolved once: analyse and the mean maps agree
+            self.spray_params["norm"] = spray.auto_norm(method, self.params)
         self._target = np.asarray(store.arrays["target"]).astype(np.int64)
         self.given_labels = labels
         self._analysis: dict[int, spray.ClassAnalysis] = {}
@@ -252,19 +262,24 @@ class Survey:
             raise InputError(f"class {c} has clusters 0..{self.n_clusters(c) - 1}, not {k}")
         return self.indices(c)[lab == int(k)]
 
+    @property
+    def norm(self) -> str:
+        """How each map is scaled before SpRAy and in the mean maps (``spray.normalise``)."""
+        return str(self.spray_params["norm"])
+
     def mean_map(self, c: int, k: int) -> np.ndarray:
-        """(gh, gw) float64 mean of the members' maps, each scaled by its largest absolute value."""
+        """(gh, gw) float64 mean of the members' maps, each scaled as SpRAy's features (:attr:`norm`)."""
         return self._mean(int(c), int(k), self.members(c, k))
 
     def class_mean_map(self, c: int) -> np.ndarray:
-        """(gh, gw) float64 mean of every class-``c`` image's map, each scaled by its largest absolute value."""
+        """(gh, gw) float64 mean of every class-``c`` image's map, each scaled as SpRAy's features (:attr:`norm`)."""
         return self._mean(int(c), None, self.indices(c))
 
     def _mean(self, c: int, k: int | None, idx: np.ndarray) -> np.ndarray:
         """The normalised mean of the maps ``idx``, read from the store once per (class, cluster): the
         Atlas's cards, ``contrast_map``, ``hot_patches`` and ``scan`` ask for the same means repeatedly."""
         if (c, k) not in self._means:
-            m = spray.normalise(np.asarray(self.store.maps[idx], dtype=np.float32))
+            m = spray.normalise(np.asarray(self.store.maps[idx], dtype=np.float32), norm=self.norm)
             self._means[(c, k)] = m.mean(axis=0).reshape(self.grid)
         return self._means[(c, k)].copy()
 

@@ -16,6 +16,21 @@ import numpy as np
 from ..errors import InputError
 
 CLUSTERINGS = ("spectral", "kmeans", "agglomerative")
+NORMS = ("max", "sum", "none")
+# Methods whose maps share one absolute unit across images (a change of the class probability), keyed
+# by the parameter that must hold for it: rescaling them would discard how much each image relies on a region.
+ABSOLUTE_UNITS = {"occlusion": ("score", "prob")}
+
+
+def auto_norm(method: str, params: dict) -> str:
+    """The normalisation ``norm="auto"`` picks for a method and its bound parameters (defaults
+    filled): ``"none"`` for maps already in one absolute unit for every image (occlusion with
+    ``score="prob"``: the drop of the class probability, in [-1, 1]), else ``"max"`` (relevance maps
+    scale with the logit, so SpRAy compares their shapes)."""
+    rule = ABSOLUTE_UNITS.get(method)
+    if rule is not None and params.get(rule[0]) == rule[1]:
+        return "none"
+    return "max"
 
 
 @dataclass
@@ -57,14 +72,23 @@ class ClassAnalysis:
         return self._by_k[k]
 
 
-def normalise(maps: np.ndarray, downsample: int = 1) -> np.ndarray:
-    """(n, gh, gw) maps -> (n, d) float64 features: each map divided by its largest absolute value
-    (SpRAy compares shapes, not scales), then average-pooled by ``downsample`` (gh, gw divisible)."""
+def normalise(maps: np.ndarray, downsample: int = 1, norm: str = "max") -> np.ndarray:
+    """(n, gh, gw) maps -> (n, d) float64 features, then average-pooled by ``downsample`` (gh, gw divisible).
+
+    ``norm``: ``"max"`` divides each map by its largest absolute value (SpRAy compares shapes, not
+    scales); ``"sum"`` by the sum of its absolute values (CoRelAy's ``Normalize``, which divides by the
+    sum, made safe for signed maps); ``"none"`` keeps the values, for maps already in one unit across
+    images (occlusion's probability drops), whose size is the evidence.
+    """
+    if norm not in NORMS:
+        raise InputError(f"unknown normalisation {norm!r}; use one of {NORMS}")
     m = np.asarray(maps, dtype=np.float64)
     if m.ndim != 3:
         raise InputError(f"maps must be (n, gh, gw), got shape {m.shape}")
-    scale = np.abs(m).reshape(len(m), -1).max(axis=1)
-    m = m / np.where(scale > 0, scale, 1.0)[:, None, None]
+    if norm != "none":
+        a = np.abs(m).reshape(len(m), -1)
+        scale = a.max(axis=1) if norm == "max" else a.sum(axis=1)
+        m = m / np.where(scale > 0, scale, 1.0)[:, None, None]
     if downsample > 1:
         n, gh, gw = m.shape
         if gh % downsample or gw % downsample:
@@ -167,15 +191,17 @@ def analyse(
     clustering: str = "spectral",
     embedding: str = "auto",
     seed: int = 0,
+    norm: str = "max",
 ) -> ClassAnalysis:
     """SpRAy on one class: (n, gh, gw) maps -> :class:`ClassAnalysis` (see the module docstring).
 
     ``n_neighbors``: kNN affinity size; ``max_k``: the largest number of clusters the eigengap may
-    suggest (at least 2 are always made when n >= 2); ``clustering``: one of ``CLUSTERINGS``.
+    suggest (at least 2 are always made when n >= 2); ``clustering``: one of ``CLUSTERINGS``;
+    ``norm``: one of ``NORMS`` (see :func:`normalise`).
     """
     if clustering not in CLUSTERINGS:
         raise InputError(f"unknown clustering {clustering!r}; use one of {CLUSTERINGS}")
-    X = normalise(maps, downsample)
+    X = normalise(maps, downsample, norm)
     n = len(X)
     if n < 2:
         z = np.zeros((n, 0))
