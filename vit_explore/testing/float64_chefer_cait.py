@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .float64_chefer_lrp import ref_add, ref_clone, ref_linear, ref_simple
-from .float64_model import model64
+from .float64_model import first_block_input64
 
 
 def _lin(x: torch.Tensor, mod: Any) -> torch.Tensor:
@@ -99,18 +99,9 @@ def cait_row64(model: nn.Module, x1: torch.Tensor, target: int, start_layer: int
     """Chefer LRP of one image x1 (1, 3, H, W) on a CaiT, float64: the read-out row (N,) of
     ``J - I`` on the N = 1 + P tokens (a class block's cam on row 0, a patch block's on rows and
     columns 1…), ``J = Π_l (Ā_l + I)`` over the patch blocks then the class blocks."""
-    m: Any = model64(model)  # timm's CaiT, read attribute by attribute
-    for p in m.parameters():
-        p.requires_grad_(False)
-    got: dict = {}
-    hook = m.blocks[0].register_forward_pre_hook(lambda mod, args: got.update(tokens=args[0]))
-    try:
-        with torch.no_grad():
-            own = m(x1.double())
-    finally:
-        hook.remove()
+    m, tokens, own = first_block_input64(model, x1)  # timm's model, read attribute by attribute
     with torch.enable_grad():
-        pb, cb, head = _forward(m, got["tokens"].detach().requires_grad_(True))
+        pb, cb, head = _forward(m, tokens.requires_grad_(True))
         if not torch.allclose(head["logits"].detach(), own, rtol=0, atol=1e-9):
             raise AssertionError("the float64 restatement of CaiT is not the model")
         head["logits"][0, target].backward()

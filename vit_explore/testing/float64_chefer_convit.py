@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .float64_chefer_lrp import ref_add, ref_clone, ref_linear, ref_simple
-from .float64_model import model64
+from .float64_model import first_block_input64
 
 
 def _lin(x: torch.Tensor, mod: Any) -> torch.Tensor:
@@ -89,19 +89,10 @@ def _block_back(blk: Any, st: dict, r: torch.Tensor, last: bool) -> tuple[torch.
 def convit_row64(model: torch.nn.Module, x1: torch.Tensor, target: int, start_layer: int = 0) -> torch.Tensor:
     """Chefer LRP of one image x1 (1, 3, H, W) on a ConViT, float64: the read-out row (N,) of
     ``J - I`` on the N = 1 + P tokens (a GPSA block's cam on rows and columns 1…)."""
-    m: Any = model64(model)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    got: dict = {}
-    hook = m.blocks[0].register_forward_pre_hook(lambda mod, args: got.update(tokens=args[0]))
-    try:
-        with torch.no_grad():
-            own = m(x1.double())
-    finally:
-        hook.remove()
+    m, tokens, own = first_block_input64(model, x1)  # timm's model, read attribute by attribute
     late, saved = m.local_up_to_layer, []
     with torch.enable_grad():
-        x = got["tokens"].detach().requires_grad_(True)
+        x = tokens.requires_grad_(True)
         for i, blk in enumerate(m.blocks):
             if i == late:
                 cat_in = (m.cls_token, x)

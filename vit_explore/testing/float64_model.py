@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,22 @@ def model64(model: nn.Module) -> nn.Module:
     if hasattr(getattr(m, "attn_pool", None), "fused_attn"):
         m.attn_pool.fused_attn = False
     return m
+
+
+def first_block_input64(model: nn.Module, x1: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """A frozen float64 copy (``model64``), the tokens its first block receives for ``x1`` and its
+    logits: where the hand-written float64 forwards of CaiT and ConViT start and what they must equal."""
+    m: Any = model64(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    got: dict = {}
+    hook = m.blocks[0].register_forward_pre_hook(lambda mod, args: got.update(tokens=args[0]))
+    try:
+        with torch.no_grad():
+            own = m(x1.double())
+    finally:
+        hook.remove()
+    return m, got["tokens"].detach(), own
 
 
 def patch_size64(model: nn.Module) -> tuple[int, int]:
