@@ -45,6 +45,7 @@ import argparse
 import copy
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -213,6 +214,9 @@ def peak_rss_mb(fn) -> float:
         import resource
 
         os.close(r)
+        # the parent's OpenMP thread pool does not survive the fork: a parallel region would wait for it
+        # forever (it did, at ViT-B/16 batch 8); one thread runs every region inline
+        torch.set_num_threads(1)
         rss0 = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         try:
             fn()
@@ -304,10 +308,11 @@ def write_readme(md: str, path: Path = ROOT / "README.md") -> None:
 
 
 def markdown(rows, name, a) -> str:
-    head = (f"{name}, random init and peaky attention, CPU: {cpu_name()} ({os.cpu_count()} cores),"
+    command = " ".join(["python bench/bench_peers.py", *(shlex.quote(v) for v in sys.argv[1:])])
+    head = (f"{name}, {' and '.join(a.attention)} attention, CPU: {cpu_name()} ({os.cpu_count()} cores),"
             f" {a.threads} threads, torch "
             f"{torch.__version__}; medians of {a.repeats} interleaved runs, seconds per image "
-            f"(`python bench/bench_peers.py{' --quick' if a.quick else ''} --readme`, {time.strftime('%Y-%m-%d')}). Integrated gradients: "
+            f"(`{command}`, {time.strftime('%Y-%m-%d')}). Integrated gradients: "
             f"{a.ig_steps} steps.\n\n")
     lines = ["| attention | batch | method | ours | peer | peer | peer / ours | floor | ours / floor | peak MB (ours / peer) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
