@@ -95,6 +95,16 @@ def _mlp_back(blk: Any, st: dict, x_mid: torch.Tensor, r: torch.Tensor) -> torch
     return ref_clone(x_mid, [c1, c2])
 
 
+def _attn_back(blk: Any, st: dict, x_in: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Back through ``x_in + γ₁·proj(A v)``: the residual's share, then the cams of A and v (the
+    halved product rule), each (B, H, ·, ·)."""
+    c1, c2 = ref_add(x_in.detach(), (blk.gamma_1 * st["att"]).detach(), r)
+    c2 = ref_linear(st["att"], torch.diag(blk.gamma_1), c2)
+    c2 = _heads(ref_linear(st["o"], blk.attn.proj.weight, c2), blk.attn.num_heads)
+    cam_a, cam_v = ref_simple(lambda p, w: torch.einsum("bhij,bhjd->bhid", p, w), [st["A"], st["v"]], c2)
+    return c1, cam_a / 2, cam_v / 2
+
+
 def cait_row64(model: nn.Module, x1: torch.Tensor, target: int, start_layer: int = 0) -> torch.Tensor:
     """Chefer LRP of one image x1 (1, 3, H, W) on a CaiT, float64: the read-out row (N,) of
     ``J - I`` on the N = 1 + P tokens (a class block's cam on row 0, a patch block's on rows and
@@ -116,13 +126,9 @@ def cait_row64(model: nn.Module, x1: torch.Tensor, target: int, start_layer: int
     cams: dict[int, torch.Tensor] = {}
     for j in range(len(cb) - 1, -1, -1):
         blk, st = m.blocks_token_only[j], cb[j]
-        a, H = blk.attn, blk.attn.num_heads
+        a = blk.attn
         r = _mlp_back(blk, st, st["c_mid"], r_cls)
-        c1, c2 = ref_add(st["cls"].detach(), (blk.gamma_1 * st["att"]).detach(), r)
-        c2 = ref_linear(st["att"], torch.diag(blk.gamma_1), c2)
-        c2 = _heads(ref_linear(st["o"], a.proj.weight, c2), H)
-        cam_a, cam_v = ref_simple(lambda p, w: torch.einsum("bhij,bhjd->bhid", p, w), [st["A"], st["v"]], c2)
-        cam_a, cam_v = cam_a / 2, cam_v / 2
+        c1, cam_a, cam_v = _attn_back(blk, st, st["cls"], r)
         cams[depth + j] = cam_a
         cam_q, cam_k = ref_simple(lambda p, w: torch.einsum("bhid,bhjd->bhij", p, w), [st["q"], st["k"]], cam_a)
         y = st["y"]
@@ -135,13 +141,9 @@ def cait_row64(model: nn.Module, x1: torch.Tensor, target: int, start_layer: int
     r = ref_clone(head["xp"], r_xs)
     for i in range(depth - 1, start_layer - 1, -1):
         blk, st = m.blocks[i], pb[i]
-        a, H = blk.attn, blk.attn.num_heads
+        a = blk.attn
         r = _mlp_back(blk, st, st["x_mid"], r)
-        c1, c2 = ref_add(st["x_in"].detach(), (blk.gamma_1 * st["att"]).detach(), r)
-        c2 = ref_linear(st["att"], torch.diag(blk.gamma_1), c2)
-        c2 = _heads(ref_linear(st["o"], a.proj.weight, c2), H)
-        cam_a, cam_v = ref_simple(lambda p, w: torch.einsum("bhij,bhjd->bhid", p, w), [st["A"], st["v"]], c2)
-        cam_a, cam_v = cam_a / 2, cam_v / 2
+        c1, cam_a, cam_v = _attn_back(blk, st, st["x_in"], r)
         cams[i] = cam_a
         if i == start_layer:
             break
