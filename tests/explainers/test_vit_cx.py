@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from sklearn.cluster import AgglomerativeClustering
 
 import vit_explore as vx
+from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
 from ..conftest import input_for
@@ -308,3 +309,25 @@ def test_checks_finite_is_for_model_level_explainers():
         register_explainer("never_registered", class_specific=False, paper="", reference="", checks_finite=True)(
             lambda trace: None
         )
+
+
+def test_default_batch_size_fits_the_cache_and_changes_nothing():
+    """batch_size=None: on the CPU as many images per pass as keep the MLP activations within
+    16 MiB (ViT-B/16 at 224: 197 tokens x 3072 x 4 bytes = 2.42 MB an image -> 6), at most 50;
+    the saliency is that of any explicit batch size up to float rounding."""
+    from vit_explore.explainers.vit_cx import cpu_batch_size
+
+    assert cpu_batch_size(torch.empty(1, 197, 768), torch.device("cpu")) == (16 << 20) // (197 * 3072 * 4) == 6
+    assert cpu_batch_size(torch.empty(1, 197, 384), torch.device("cpu")) == 13
+    assert cpu_batch_size(torch.empty(1, 5, 8), torch.device("cpu")) == 50
+    assert cpu_batch_size(torch.empty(1, 4097, 4096), torch.device("cpu")) == 1
+    assert cpu_batch_size(torch.empty(1, 197, 768), torch.device("meta")) == 50  # an accelerator: the reference's
+    model = tiny_vit("vanilla")
+    x = input_for(model, batch=2, seed=8)
+    auto = vx.explain(model, x, "vit_cx", seed=1)
+    for bs in (1, 50):
+        ex = vx.explain(model, x, "vit_cx", seed=1, batch_size=bs)
+        torch.testing.assert_close(auto.extras["pixel_map"], ex.extras["pixel_map"], rtol=1e-5, atol=1e-6)
+    for bad in (0, -3, 2.5, "8"):
+        with pytest.raises(InputError, match="batch_size"):
+            vx.explain(model, x, "vit_cx", batch_size=bad)

@@ -28,13 +28,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._numba import compiled
 
-def _compiled(fn):
-    """``numba.njit`` with the machine code cached on disk where numba finds a writable place."""
-    try:
-        return njit(cache=True)(fn)
-    except RuntimeError:  # no writable cache directory: compile in each process instead
-        return njit(cache=False)(fn)
+_compiled = compiled()
 
 
 def _inline(fn):

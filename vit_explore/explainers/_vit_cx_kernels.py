@@ -24,25 +24,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from ._numba import compiled as _compiled
 
 _FAST = {"nsz", "arcp", "contract", "reassoc"}  # lets the dot products and min/max vectorise
-
-
-def _compiled(fastmath: set[str] | bool = False):
-    """``numba.njit`` with the machine code cached on disk; where numba finds no writable
-    place for it (a read-only install and home), compiled anew in each process instead of
-    failing: numba raises "cannot cache function" at decoration otherwise."""
-
-    def deco(fn):
-        try:
-            return njit(cache=True, fastmath=fastmath)(fn)
-        except RuntimeError:
-            return njit(cache=False, fastmath=fastmath)(fn)
-
-    return deco
-
-
 _TINY32 = np.float32(np.finfo(np.float32).tiny)
 
 

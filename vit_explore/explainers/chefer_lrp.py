@@ -53,7 +53,7 @@ from ..capture.session import Trace, capture
 from ..targets import TargetLike, needs_class
 from ._chefer_class_attn import class_block_relevance
 from ._fusion import check_start_layer
-from ._lrp_rules import _xw, add_rule, clone_rule, linear_rule, scale_rule, sdiv
+from ._lrp_rules import _xw, add_rule, clone_rule, linear_rule, positive_head_mean, scale_rule, sdiv, weight_buffers
 from ._registry import ExplainerResult, register_explainer
 
 
@@ -92,7 +92,7 @@ def _pool_relevance(trace: Trace, view: LRPView, r_pooled: torch.Tensor) -> tupl
     r_k = k * (s.transpose(-1, -2) @ q) / 2
     r_kv = torch.stack([r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(B, K, -1)
     r_x = linear_rule(x, r_kv, pool.kv, _xw(kv_out, bs["kv"]))
-    a_bar = (trace.pool_attn_grad * r_a).clamp_(min=0).mean(dim=1)  # (B, Q, K)
+    a_bar = positive_head_mean(trace.pool_attn_grad, r_a)  # (B, Q, K)
     lw = torch.full((Q,), 1.0 / Q, dtype=a_bar.dtype, device=a_bar.device)
     if not pool.avg:
         lw = torch.zeros_like(lw)
@@ -297,6 +297,11 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
     Returns:
         (B, gh, gw), raw.
     """
+    with weight_buffers():
+        return _transformer_attribution(trace, view, start_layer)
+
+
+def _transformer_attribution(trace: Trace, view: LRPView, start_layer: int) -> torch.Tensor:
     L = len(view.blocks)
     layout = trace.layout
     w, d = None, None
@@ -323,7 +328,7 @@ def transformer_attribution(trace: Trace, view: LRPView, start_layer: int = 0) -
             r_next = (u * sdiv(r_next, u))[:, T:]
         if r_next is not None:
             r = r_next
-        a_bar = (trace.attn_grad_at(i) * r_a).clamp_(min=0).mean(dim=1)  # (B, N, N)
+        a_bar = positive_head_mean(trace.attn_grad_at(i), r_a)  # (B, N, N)
         if w is None or d is None:
             w = layout.readout_weights(a_bar.dtype, a_bar.device).expand(a_bar.shape[0], -1)
             d = torch.zeros_like(w)
@@ -360,7 +365,7 @@ def _class_attention_attribution(trace: Trace, view: LRPView, start_layer: int) 
                                                        layer=i)
             if r_in is not None:
                 r = r_in
-        a_bar = (g * r_a).clamp_(min=0).mean(dim=1)
+        a_bar = positive_head_mean(g, r_a)
         d = d + ((w + d)[:, None, :] @ a_bar)[:, 0]
     return trace.layout.patch_columns(d)
 
