@@ -6,7 +6,8 @@ and the floor, so machine load hits them alike), medians, ratios measured in the
 Peers:
   * captum ``Saliency`` (abs), ``IntegratedGradients`` (``riemann_right``, which equals our
     ``rule="right"`` exactly; same steps and internal batch size), ``Occlusion`` (one patch
-    window and stride, zero baseline, on the logits: our ``score="logit"``);
+    window and stride, zero baseline, on the logits: our ``score="logit"``; 64 windows a pass,
+    captum's default being 1; ours at its own default pass size, ``capture/chunks.py``);
   * pytorch-grad-cam ``GradCAM`` on the last block's ``norm1`` with the ViT reshape transform;
   * Chefer et al. (CVPR 2021) Transformer Attribution and ViT-CX (Xie et al. 2023): the
     official repositories' code cannot be committed here, so the peer is a restatement of
@@ -22,7 +23,8 @@ Floors, printed beside each method (same run): saliency and grad_cam one forward
 integrated_gradients the steps' forwards + backwards at the best of internal batch 8/16/32;
 chefer_lrp the matmuls of its Linears: forward, input gradient and the rule's three
 (``bench_relevance.lrp_matmul_floor``; attention, element-wise work and the head left out);
-vit_cx its 2K+1 forwards; occlusion its 1 + windows forwards; attention_flow one forward
+vit_cx its 2K+1 forwards (at the better of the pass size ours picks and the reference's 50); occlusion
+its 1 + windows forwards (at the better of ours and captum's 64); attention_flow one forward
 (its cost is printed in forwards).
 
 Attention: ``random`` is timm's random init; ``peaky`` (trained-like) multiplies the query and
@@ -60,6 +62,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import timm
 
 import vit_explore as vx
+from vit_explore.capture.chunks import cpu_batch_size
 
 METHODS = ("saliency", "integrated_gradients", "occlusion", "grad_cam", "chefer_lrp", "vit_cx", "attention_flow")
 
@@ -122,6 +125,9 @@ def cases(method, model, x, t, a):
     gh, gw = (s // p for s, p in zip(x.shape[-2:], model.patch_embed.patch_size))
     ph, pw = model.patch_embed.patch_size
     out: dict = {}
+    # pass sizes for the many-forward floors: the one ours picks on this device (capture/chunks.py), and 50
+    ours_chunk = cpu_batch_size(1 + gh * gw, model.embed_dim, x.element_size(), x.device, 50)
+    chunks = sorted({ours_chunk, 50})
     if method == "saliency":
         from captum.attr import Saliency
 
@@ -141,11 +147,11 @@ def cases(method, model, x, t, a):
     elif method == "occlusion":
         from captum.attr import Occlusion
 
-        out["ours"] = lambda: vx.explain(model, x, "occlusion", target=t, score="logit", batch_size=64)
+        out["ours"] = lambda: vx.explain(model, x, "occlusion", target=t, score="logit")  # its own pass size
         out["captum Occlusion"] = lambda: Occlusion(model).attribute(
             x, target=t, sliding_window_shapes=(3, ph, pw), strides=(3, ph, pw), baselines=0.0,
             perturbations_per_eval=64)
-        out["floor"] = lambda: forwards(model, x, B * (1 + gh * gw))
+        out["floor"] = lambda: min(_t(lambda c=c: forwards(model, x, B * (1 + gh * gw), chunk=c)) for c in (ours_chunk, 64))
     elif method == "grad_cam":
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -177,7 +183,7 @@ def cases(method, model, x, t, a):
         K = vx.explain(model, x[:1], "vit_cx").extras["K"][0]
         out["ours"] = lambda: vx.explain(model, x, "vit_cx")
         out["official (restated)"] = lambda: [official_vit_cx(model, x[b : b + 1]) for b in range(B)]
-        out["floor"] = lambda: forwards(model, x, B * (2 * K + 1), chunk=50)
+        out["floor"] = lambda: min(_t(lambda c=c: forwards(model, x, B * (2 * K + 1), chunk=c)) for c in chunks)
     elif method == "attention_flow":
         out["ours"] = lambda: vx.explain(model, x, "attention_flow")
         out["floor"] = lambda: forwards(model, x, B)

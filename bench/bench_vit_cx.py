@@ -34,7 +34,7 @@ from bench_interventions import small_model
 
 import vit_explore as vx
 from vit_explore.capture.ablation import forward_logits
-from vit_explore.explainers.vit_cx import cpu_batch_size
+from vit_explore.capture.chunks import cpu_batch_size
 
 
 def forwards_only(model, x, xs, batch_size):
@@ -114,8 +114,8 @@ def run(name, model, repeats, official=False):
     x = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(0))
     ex = vx.explain(model, x, "vit_cx")  # warm-up; K is fixed by x
     K = ex.extras["K"][0]
-    tok = torch.empty(1, model.patch_embed.num_patches + model.num_prefix_tokens, model.embed_dim)
-    ours_bs = cpu_batch_size(tok, x.device)  # what vit_cx picks on the CPU when no batch_size is given
+    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    ours_bs = cpu_batch_size(tokens, model.embed_dim, 4, x.device, 50)  # what vit_cx picks on the CPU
     sizes = sorted({ours_bs, 50})  # the floor: the 2K+1 forwards at the better of ours and the reference's 50
     # the baseline's 2K inputs, made once (see the module docstring)
     xs = x.repeat(2 * K, 1, 1, 1) + 0.01 * torch.randn(2 * K, *x.shape[1:], generator=torch.Generator().manual_seed(1))

@@ -36,6 +36,7 @@ from .._recent import RecentTensors
 from ..capture.ablation import forward_logits, forward_recording
 from ..capture.adapters import ViTInfo, layout_for
 from ..capture.attn_class import layer_blocks
+from ..capture.chunks import cpu_batch_size
 from ..capture.state import submodules
 from ..errors import InputError
 from ..inputs import check_finite
@@ -230,16 +231,6 @@ def _scratch(shape: Sequence[int], like: torch.Tensor) -> Iterator[torch.Tensor]
         _SCRATCH.put(key, buf)
 
 
-def cpu_batch_size(tokens: torch.Tensor, device: torch.device) -> int:
-    """Images per forward pass for ViT-CX's 2K inputs when the caller names none: on an
-    accelerator the reference's 50; on the CPU the most whose MLP activations (``N x 4C`` per
-    image, from the recorded tokens (B, N, C)) fit in 16 MiB, between 1 and 50."""
-    if device.type != "cpu":
-        return 50
-    per_image = tokens.shape[1] * 4 * tokens.shape[2] * tokens.element_size()
-    return max(1, min(50, (16 << 20) // max(per_image, 1)))
-
-
 @register_explainer(
     "vit_cx",
     kind="model",
@@ -267,7 +258,7 @@ def vit_cx(
             on the CPU (the same for every image, independent of the batch).
         batch_size: images per forward pass of the 2K masked inputs. None: the reference's
             ``gpu_batch`` of 50 on an accelerator; on the CPU as many as keep one pass's MLP
-            activations within 16 MiB, at most 50 (``cpu_batch_size``: ViT-B/16 at 224 runs 6 at
+            activations within 16 MiB, at most 50 (``capture/chunks.py``: ViT-B/16 at 224 runs 6 at
             a time, ViT-S/16 13), since a larger pass runs out of cache (ViT-S/16: 44 ms an image
             at 50, 33 ms at 8 to 16). The results differ only by float rounding.
         distance_threshold: complete-linkage threshold on the cosine distance (0.1).
@@ -329,7 +320,7 @@ def vit_cx(
             torch.addcmul(x[b], eps, 1 - Mx, out=fed[at + K : at + 2 * K])
             at += 2 * K
         rows = torch.repeat_interleave(torch.arange(B, device=x.device), torch.tensor(counts, device=x.device) * 2)
-        chunk = batch_size or cpu_batch_size(acts[name], x.device)
+        chunk = batch_size or cpu_batch_size(act.shape[1] + T, act.shape[2], x.element_size(), x.device, 50)
         probs = target_score(forward_logits(model, fed, chunk, mods), tgt, sc, rows=rows)  # (2 sum K,)
     sal = x.new_empty(B, H * W)
     scores, at = [], 0

@@ -1,0 +1,42 @@
+"""capture/chunks.py: images per forward pass of the many-image explainers on the CPU."""
+
+import timm
+import torch
+
+import vit_explore as vx
+from vit_explore.capture.adapters import inspect_vit
+from vit_explore.capture.chunks import CPU_BUDGET_BYTES, cpu_batch_size, token_width
+from vit_explore.testing import tiny_vit
+
+from ..conftest import input_for
+
+CPU, META = torch.device("cpu"), torch.device("meta")
+
+
+def test_pass_size_from_the_mlp_activations():
+    # ViT-B/16 at 224: 197 tokens x 3072 hidden x 4 bytes = 2.42 MB an image -> 6 in 16 MiB
+    assert cpu_batch_size(197, 768, 4, CPU, 50) == CPU_BUDGET_BYTES // (197 * 3072 * 4) == 6
+    assert cpu_batch_size(197, 384, 4, CPU, 50) == 13  # ViT-S/16
+    assert cpu_batch_size(197, 768, 8, CPU, 50) == 3  # float64 doubles the bytes
+    assert cpu_batch_size(5, 8, 4, CPU, 50) == 50  # a toy model: the explainer's default caps it
+    assert cpu_batch_size(4097, 4096, 4, CPU, 50) == 1  # never below one image
+    assert cpu_batch_size(197, 768, 4, META, 50) == 50  # not the CPU: the default
+    assert cpu_batch_size(197, None, 4, CPU, 64) == 64  # width unknown: the default
+
+
+def test_token_width_of_timm_vits_and_none_without_attention():
+    for arch, width in (("vit_tiny_patch16_224", 192), ("deit_small_patch16_224", 384)):
+        model = timm.create_model(arch, pretrained=False, depth=1)
+        assert token_width(inspect_vit(model).attns) == width
+    assert token_width(()) is None
+
+
+def test_occlusion_default_pass_size_changes_nothing():
+    model = tiny_vit("vanilla")
+    x = input_for(model, batch=2, seed=4)
+    auto = vx.explain(model, x, "occlusion", target=1, score="logit").patch_map
+    for bs in (1, 64):
+        torch.testing.assert_close(
+            auto, vx.explain(model, x, "occlusion", target=1, score="logit", batch_size=bs).patch_map,
+            rtol=1e-5, atol=1e-5,
+        )
