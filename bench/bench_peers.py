@@ -125,9 +125,8 @@ def cases(method, model, x, t, a):
     gh, gw = (s // p for s, p in zip(x.shape[-2:], model.patch_embed.patch_size))
     ph, pw = model.patch_embed.patch_size
     out: dict = {}
-    # pass sizes for the many-forward floors: the one ours picks on this device (capture/chunks.py), and 50
+    # the pass size ours picks on this device (capture/chunks.py), for the many-forward floors
     ours_chunk = cpu_batch_size(1 + gh * gw, model.embed_dim, x.element_size(), x.device, 50)
-    chunks = sorted({ours_chunk, 50})
     if method == "saliency":
         from captum.attr import Saliency
 
@@ -183,7 +182,7 @@ def cases(method, model, x, t, a):
         K = vx.explain(model, x[:1], "vit_cx").extras["K"][0]
         out["ours"] = lambda: vx.explain(model, x, "vit_cx")
         out["official (restated)"] = lambda: [official_vit_cx(model, x[b : b + 1]) for b in range(B)]
-        out["floor"] = lambda: min(_t(lambda c=c: forwards(model, x, B * (2 * K + 1), chunk=c)) for c in chunks)
+        out["floor"] = lambda: min(_t(lambda c=c: forwards(model, x, B * (2 * K + 1), chunk=c)) for c in (ours_chunk, 50))
     elif method == "attention_flow":
         out["ours"] = lambda: vx.explain(model, x, "attention_flow")
         out["floor"] = lambda: forwards(model, x, B)

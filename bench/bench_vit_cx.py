@@ -115,7 +115,7 @@ def run(name, model, repeats, official=False):
     ex = vx.explain(model, x, "vit_cx")  # warm-up; K is fixed by x
     K = ex.extras["K"][0]
     tokens = model.patch_embed.num_patches + model.num_prefix_tokens
-    ours_bs = cpu_batch_size(tokens, model.embed_dim, 4, x.device, 50)  # what vit_cx picks on the CPU
+    ours_bs = cpu_batch_size(tokens, model.embed_dim, x.element_size(), x.device, 50)  # what vit_cx picks on the CPU
     sizes = sorted({ours_bs, 50})  # the floor: the 2K+1 forwards at the better of ours and the reference's 50
     # the baseline's 2K inputs, made once (see the module docstring)
     xs = x.repeat(2 * K, 1, 1, 1) + 0.01 * torch.randn(2 * K, *x.shape[1:], generator=torch.Generator().manual_seed(1))

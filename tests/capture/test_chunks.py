@@ -1,11 +1,14 @@
 """capture/chunks.py: images per forward pass of the many-image explainers on the CPU."""
 
+import pytest
 import timm
 import torch
 
 import vit_explore as vx
 from vit_explore.capture.adapters import inspect_vit
-from vit_explore.capture.chunks import CPU_BUDGET_BYTES, cpu_batch_size, token_width
+from vit_explore.capture.chunks import CPU_BUDGET_BYTES, check_batch_size, cpu_batch_size, model_batch_size, token_width
+from vit_explore.capture.classifier import inspect_classifier
+from vit_explore.errors import InputError
 from vit_explore.testing import tiny_vit
 
 from ..conftest import input_for
@@ -40,3 +43,16 @@ def test_occlusion_default_pass_size_changes_nothing():
             auto, vx.explain(model, x, "occlusion", target=1, score="logit", batch_size=bs).patch_map,
             rtol=1e-5, atol=1e-5,
         )
+
+
+def test_model_batch_size_and_the_check():
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, depth=1)
+    x = torch.zeros(1, 3, 224, 224)
+    assert model_batch_size(inspect_vit(vit), (14, 14), x, 50) == cpu_batch_size(197, 384, 4, CPU, 50) == 13
+    cnn = timm.create_model("resnet18", pretrained=False)
+    assert model_batch_size(inspect_classifier(cnn), (7, 7), x, 64) == 64  # no tokens known: the default
+    for bad in (0, -1, True, 2.5, "8"):
+        with pytest.raises(InputError, match="batch_size must be a positive int or None"):
+            check_batch_size(bad)
+    check_batch_size(None)
+    check_batch_size(3)

@@ -12,10 +12,23 @@ but float rounding.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .classifier import ModelInfo
+
 CPU_BUDGET_BYTES = 16 << 20
+
+
+def check_batch_size(batch_size: object) -> None:
+    """A caller's ``batch_size``: a positive int, or None for the size chosen here."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive int or None (chosen for the device), got {batch_size!r}")
 
 
 def cpu_batch_size(tokens: int, width: int | None, itemsize: int, device: torch.device, default: int) -> int:
@@ -36,3 +49,11 @@ def token_width(attns: tuple[nn.Module, ...]) -> int | None:
         if isinstance(mod, nn.Linear):
             return mod.in_features
     return None
+
+
+def model_batch_size(info: ModelInfo, grid: tuple[int, int], x: torch.Tensor, default: int) -> int:
+    """``cpu_batch_size`` for a model described by ``info`` (a ``ViTInfo``, or a ``ClassifierInfo``,
+    which has no attention modules and so keeps ``default``) on inputs like ``x`` whose patch grid
+    is ``grid``: its prefix tokens plus the grid's cells, at the width of ``token_width``."""
+    tokens = info.num_prefix + grid[0] * grid[1]
+    return cpu_batch_size(tokens, token_width(info.attns), x.element_size(), x.device, default)

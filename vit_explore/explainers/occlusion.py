@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..capture.chunks import cpu_batch_size, token_width
+from ..capture.chunks import check_batch_size, model_batch_size
 from ..capture.classifier import ClassifierInfo, ModelInfo, layout_any, not_token_mode
 from ..errors import InputError
 from ..perturb import ForwardEngine, check_mode
@@ -67,8 +67,7 @@ def occlusion(
             takes as many as keep a pass's MLP activations within 16 MiB (``capture/chunks.py``;
             ViT-B/16 at 224: 6, and 14% less time than passes of 64).
     """
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size must be a positive int or None (chosen for the device), got {batch_size!r}")
+    check_batch_size(batch_size)
     check_mode(mode)
     if score not in ("prob", "logit"):
         raise InputError(f"score must be 'prob' or 'logit', got {score!r}")
@@ -84,10 +83,7 @@ def occlusion(
         raise InputError(f"window {window} is larger than the {gh}x{gw} patch grid")
     B = st.x.shape[0]
     if batch_size is None:
-        vit = not isinstance(st.info, ClassifierInfo)
-        width = token_width(st.info.attns) if vit else None
-        tokens = st.info.num_prefix + gh * gw if vit else 0
-        batch_size = cpu_batch_size(tokens, width, st.x.element_size(), st.x.device, 64)
+        batch_size = model_batch_size(st.info, (gh, gw), st.x, 64)
     wins = []
     for r in window_starts(gh, window, stride):
         for c in window_starts(gw, window, stride):

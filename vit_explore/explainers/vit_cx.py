@@ -36,7 +36,7 @@ from .._recent import RecentTensors
 from ..capture.ablation import forward_logits, forward_recording
 from ..capture.adapters import ViTInfo, layout_for
 from ..capture.attn_class import layer_blocks
-from ..capture.chunks import cpu_batch_size
+from ..capture.chunks import check_batch_size, model_batch_size
 from ..capture.state import submodules
 from ..errors import InputError
 from ..inputs import check_finite
@@ -277,8 +277,7 @@ def vit_cx(
     makes the first forward's output non-finite, and only then is the input checked, for the
     same error ``explain`` gives.
     """
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size must be a positive int or None (chosen for the device), got {batch_size!r}")
+    check_batch_size(batch_size)
     if not 0 < float(distance_threshold) <= 2:
         raise InputError(f"distance_threshold must be in (0, 2], got {distance_threshold}")
     check_float("sigma", sigma, 0.0, open_lo=True, fix="a noise standard deviation such as 0.1")
@@ -320,7 +319,7 @@ def vit_cx(
             torch.addcmul(x[b], eps, 1 - Mx, out=fed[at + K : at + 2 * K])
             at += 2 * K
         rows = torch.repeat_interleave(torch.arange(B, device=x.device), torch.tensor(counts, device=x.device) * 2)
-        chunk = batch_size or cpu_batch_size(act.shape[1] + T, act.shape[2], x.element_size(), x.device, 50)
+        chunk = batch_size or model_batch_size(info, (gh, gw), x, 50)
         probs = target_score(forward_logits(model, fed, chunk, mods), tgt, sc, rows=rows)  # (2 sum K,)
     sal = x.new_empty(B, H * W)
     scores, at = [], 0
