@@ -54,6 +54,23 @@ def lin64(x: torch.Tensor, mod: Mod) -> torch.Tensor:
     return F.linear(x, mod.weight, mod.bias)
 
 
+def qkv64(attn: Mod, x: torch.Tensor, rule: Rule = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (B, H, N, D) from the fused ``attn.qkv`` Linear on x (B, N, C), each share's gradient
+    halved under AttnLRP's uniform rule."""
+    B, N, C = x.shape
+    qkv = lin64(x, attn.qkv)
+    if rule == "attnlrp":
+        qkv = half64(qkv)
+    q, k, v = qkv.reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+def attend64(attn: Mod, a: torch.Tensor, v: torch.Tensor, rule: Rule = None) -> torch.Tensor:
+    """``proj(A v)`` with the heads merged: a (B, H, q, N) under ``rule``, v (B, H, N, D) -> (B, q, C)."""
+    o = ruled64(a, rule) @ v
+    return lin64(o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1), attn.proj)
+
+
 def _heads(t: torch.Tensor, lin: Mod) -> torch.Tensor:
     """A Linear over the head axis of (B, H, q, k)."""
     return torch.einsum("gh,bhqk->bgqk", lin.weight, t) + lin.bias[None, :, None, None]
@@ -62,16 +79,10 @@ def _heads(t: torch.Tensor, lin: Mod) -> torch.Tensor:
 def talking_heads64(attn: Mod, x: torch.Tensor, rule: Rule = None):
     """``TalkingHeadAttn`` on x (B, P, C): output (B, P, C), ``A = proj_w(softmax(S))`` and
     ``S = proj_l((q·scale) kᵀ)``, both (B, H, P, P)."""
-    B, N, C = x.shape
-    H = attn.num_heads
-    qkv = lin64(x, attn.qkv)
-    if rule == "attnlrp":
-        qkv = half64(qkv)
-    q, k, v = qkv.reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv64(attn, x, rule)
     S = _heads((q * attn.scale) @ k.transpose(-1, -2), attn.proj_l)
     A = _heads(S.softmax(-1), attn.proj_w)
-    out = lin64((ruled64(A, rule) @ v).transpose(1, 2).reshape(B, N, C), attn.proj)
-    return out, A, S
+    return attend64(attn, A, v, rule), A, S
 
 
 def class_attention64(attn: Mod, x: torch.Tensor, rule: Rule = None):
@@ -86,8 +97,7 @@ def class_attention64(attn: Mod, x: torch.Tensor, rule: Rule = None):
     k, v = (t.reshape(B, N, H, C // H).transpose(1, 2) for t in (k, v))
     S = (q * attn.scale) @ k.transpose(-1, -2)
     A = S.softmax(-1)
-    out = lin64((ruled64(A, rule) @ v).transpose(1, 2).reshape(B, 1, C), attn.proj)
-    return out, A, S
+    return attend64(attn, A, v, rule), A, S
 
 
 def class_blocks64(m: Mod) -> tuple[Mod, ...]:

@@ -38,6 +38,16 @@ def _merged(t: torch.Tensor) -> torch.Tensor:  # b h n d -> b n (h d)
     return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
 
 
+def _block_tail(blk: Any, x: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A CaiT block after its attention (patch or class block alike): from the merged heads ``o``
+    and the residual stream ``x``: (proj(o), x + γ₁·proj(o), its norm2, the MLP's hidden, the MLP's output)."""
+    att = _lin(o, blk.attn.proj)
+    mid = x + blk.gamma_1 * att
+    y2 = _ln(mid, blk.norm2)
+    h = blk.mlp.act(_lin(y2, blk.mlp.fc1))
+    return att, mid, y2, h, _lin(h, blk.mlp.fc2)
+
+
 def _forward(m: Any, x: torch.Tensor) -> tuple[list[dict], list[dict], dict]:
     """CaiT written out from the patch tokens ``x`` (1, P, C): per patch block and per class
     block the tensors the rules read; the head's (tok, pooled, logits)."""
@@ -52,11 +62,7 @@ def _forward(m: Any, x: torch.Tensor) -> tuple[list[dict], list[dict], dict]:
         A = _lin(p.permute(0, 2, 3, 1), a.proj_w).permute(0, 3, 1, 2)
         A.retain_grad()
         o = _merged(A @ v)
-        att = _lin(o, a.proj)
-        x_mid = x + blk.gamma_1 * att
-        y2 = _ln(x_mid, blk.norm2)
-        h = blk.mlp.act(_lin(y2, blk.mlp.fc1))
-        mo = _lin(h, blk.mlp.fc2)
+        att, x_mid, y2, h, mo = _block_tail(blk, x, o)
         x = x_mid + blk.gamma_2 * mo
         st.update(q=q, k=k, v=v, s0=s0, p=p, A=A, o=o, att=att, x_mid=x_mid, y2=y2, h=h, mo=mo)
         pb.append(st)
@@ -69,11 +75,7 @@ def _forward(m: Any, x: torch.Tensor) -> tuple[list[dict], list[dict], dict]:
         A = ((q * a.scale) @ k.transpose(-1, -2)).softmax(-1)
         A.retain_grad()
         o = _merged(A @ v)
-        att = _lin(o, a.proj)
-        c_mid = cls + blk.gamma_1 * att
-        y2 = _ln(c_mid, blk.norm2)
-        h = blk.mlp.act(_lin(y2, blk.mlp.fc1))
-        mo = _lin(h, blk.mlp.fc2)
+        att, c_mid, y2, h, mo = _block_tail(blk, cls, o)
         cb.append({"cls": cls, "xp": xp, "y": y, "q": q, "k": k, "v": v, "A": A, "o": o, "att": att,
                    "c_mid": c_mid, "y2": y2, "h": h, "mo": mo})
         cls = c_mid + blk.gamma_2 * mo

@@ -28,13 +28,14 @@ from .float64_cait import (
     Restate,
     Rule,
     _ln,
+    attend64,
     half64,
     lin64,
     logits_lrp64,
     mlp64,
     patch_tokens64,
+    qkv64,
     restated_run64,
-    ruled64,
 )
 from .float64_model import Run64
 
@@ -70,22 +71,15 @@ def gpsa64(attn: Mod, x: torch.Tensor, rule: Rule = None):
     g = torch.sigmoid(attn.gating_param)[None, :, None, None]
     A = (1 - g) * content + g * pos
     A = A / A.sum(-1, keepdim=True)
-    out = lin64((ruled64(A, rule) @ v).transpose(1, 2).reshape(B, N, C), attn.proj)
-    return out, A, torch.full_like(A, float("nan"))
+    return attend64(attn, A, v, rule), A, torch.full_like(A, float("nan"))
 
 
 def mhsa64(attn: Mod, x: torch.Tensor, rule: Rule = None):
     """ConViT's MHSA on x (B, N, C): output, ``A = softmax(S)``, ``S = (q kᵀ)·scale`` (B, H, N, N)."""
-    B, N, C = x.shape
-    H = attn.num_heads
-    qkv = lin64(x, attn.qkv)
-    if rule == "attnlrp":
-        qkv = half64(qkv)
-    q, k, v = qkv.reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv64(attn, x, rule)
     S = (q @ k.transpose(-1, -2)) * attn.scale
     A = S.softmax(-1)
-    out = lin64((ruled64(A, rule) @ v).transpose(1, 2).reshape(B, N, C), attn.proj)
-    return out, A, S
+    return attend64(attn, A, v, rule), A, S
 
 
 def _gpsa(attn: Mod, x: torch.Tensor):
