@@ -40,6 +40,8 @@ softmax concentrates on a few keys (the mean of the row maxima is printed).
 ``--quick`` runs the embedded toy-shapes model (96 px, patch 8) with batches 1 and 2 and one
 repeat: a smoke test, not a measurement. Peak memory: the growth of the peak resident set
 size while a method runs once at the largest batch, in a forked child (Linux).
+``--memory-only`` measures just that (no timing, so it may run on a busy machine), e.g.
+``--batches 8 --attention random --methods occlusion --memory-only``.
 """
 
 from __future__ import annotations
@@ -247,6 +249,8 @@ def main() -> None:
     ap.add_argument("--ig-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak memory at the largest batch (no timing; a busy machine does not change it)")
     ap.add_argument("--markdown", action="store_true", help="print the README speed table")
     ap.add_argument("--readme", action="store_true",
                     help=f"also write that table into README.md, between its two {README_MARKER} lines")
@@ -276,6 +280,12 @@ def main() -> None:
                 t = model(x).argmax(-1)
             for m in methods:
                 fns = cases(m, model, x, t, a)
+                if a.memory_only:
+                    if B == max(a.batches):
+                        mem = {k: peak_rss_mb(f) for k, f in fns.items() if k != "floor"}
+                        print(f"[{att} attn, max-attn {peak:.2f}] batch {B} {m}: peak RSS growth "
+                              + ", ".join(f"{k} {v:.0f} MB" for k, v in mem.items()), flush=True)
+                    continue
                 med = timed(fns, a.repeats)
                 mem = {}
                 if B == max(a.batches) and not a.no_memory:

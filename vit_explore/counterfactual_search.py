@@ -136,7 +136,7 @@ def counterfactual(
     def evaluate(sets: list[torch.Tensor], owners: list[int]) -> torch.Tensor:
         """Probabilities (N, C) after removing each of N patch sets ((P,) bool) from image ``owners[n]``."""
         regions = torch.stack(sets).reshape(-1, gh, gw)
-        lg, *_ = eng.run_regions(model, s, regions, torch.tensor(owners), mode, batch_size=batch_size, **kw)
+        lg, *_ = eng.run_regions(model, s, regions, torch.tensor(owners), mode, batch_size=batch_size, keep_fed=False, **kw)
         return lg.softmax(-1)
 
     # greedy: each image still searching tries its next batch_size prefixes; all in one call

@@ -288,11 +288,12 @@ def intervene(
         regions, img_idx = _parse(patches, s)
         if keep:
             regions = ~regions
-        logits, fused_base, fed, kept = eng.run_regions(
+        logits, fused_base, fed_out, kept = eng.run_regions(
             model, s, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
             blur_sigma=blur_sigma, batch_size=batch_size, fp=fp, mods=mods,
         )
-        assert fused_base is not None  # with_base=True
+        assert fused_base is not None and fed_out is not None  # with_base=True, keep_fed=True
+        fed = fed_out
         base = fused_base
 
         def regions_of() -> torch.Tensor:

@@ -56,3 +56,21 @@ def test_model_batch_size_and_the_check():
             check_batch_size(bad)
     check_batch_size(None)
     check_batch_size(3)
+
+
+def test_rise_default_pass_size_is_the_cpu_rule():
+    """RISE with batch_size=None runs its masked images in passes of the CPU rule (ViT-S/16: 13,
+    a pass of one image's masks per chunk), and gives the map of the reference's 100 up to rounding."""
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, depth=1).eval()
+    x = input_for(vit, batch=1, seed=2)
+    sizes: list[int] = []
+    handle = vit.patch_embed.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[0]))
+    try:
+        auto = vx.explain(vit, x, "rise", target=3, n_masks=30, seed=1)
+    finally:
+        handle.remove()
+    assert sizes == [1, 13, 13, 4]  # the unmasked forward, then 30 masks in passes of 13
+    ref = vx.explain(vit, x, "rise", target=3, n_masks=30, seed=1, batch_size=100)
+    torch.testing.assert_close(auto.extras["pixel_map"], ref.extras["pixel_map"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="batch_size must be a positive int or None"):
+        vx.explain(vit, x, "rise", target=3, n_masks=30, batch_size=0)

@@ -141,3 +141,48 @@ def test_parse_patches_forms():
     assert i.tolist() == [0, 0] and r.reshape(2, -1).sum(1).tolist() == [1, 2]
     with pytest.raises(InputError, match="out of range"):
         parse_patches([6], 1, grid, hw, ps)
+
+
+class Passes:
+    """Records the batch size of every pass through the model (a pre-hook on the patch embedding)."""
+
+    def __init__(self, model):
+        self.sizes: list[int] = []
+        self.handle = model.patch_embed.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.sizes.append(args[0].shape[0])
+
+
+@pytest.mark.parametrize("with_base", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 3, 5, 64])
+def test_streamed_passes_equal_the_materialised_stack(with_base, batch_size):
+    """keep_fed=False blends each pass's rows just before it: the same passes as forwarding the
+    whole blended stack (the unmodified images first when fused), so the same logits bit for bit,
+    and no pass of inputs larger than batch_size."""
+    model = tiny_vit("vanilla").eval()
+    x = input_for(model, batch=2, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    eng = ForwardEngine()
+    s = eng.setup(model, x)
+    regions = torch.rand(7, *s.grid, generator=gen) < 0.3
+    img_idx = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    out = {}
+    for keep in (True, False):
+        passes = Passes(model)
+        logits, base, fed, _ = ForwardEngine().run_regions(
+            model, s, regions, img_idx, "blur", batch_size=batch_size, with_base=with_base, keep_fed=keep
+        )
+        passes.handle.remove()
+        out[keep] = (logits, base, passes.sizes)
+        assert (fed is not None) == keep
+    assert torch.equal(out[True][0], out[False][0])
+    if with_base:
+        assert torch.equal(out[True][1], out[False][1])
+    assert out[True][2] == out[False][2]  # the same passes
+    n = 7 + (2 if with_base else 0)
+    assert out[False][2] == [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    # the streamed rows are the blended inputs: each equals the image with its region's patches replaced
+    S = eng.substrate(x, s.token, "blur", seed=0, sigma=0.1, blur_size=11, blur_sigma=5.0)  # run_regions defaults
+    fed_all = eng.blend(s, regions, img_idx, S)
+    torch.testing.assert_close(out[False][0], fwd(model, fed_all), rtol=1e-5, atol=1e-6)

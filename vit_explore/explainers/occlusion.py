@@ -99,7 +99,7 @@ def occlusion(
     b_s = target_score(base, tgt, score)[:, None]  # (B, 1)
     lg, *_ = eng.run_regions(
         model, st, regions, img_idx, mode, seed=seed, sigma=sigma, blur_size=blur_size,
-        blur_sigma=blur_sigma, batch_size=batch_size, with_base=False,
+        blur_sigma=blur_sigma, batch_size=batch_size, with_base=False, keep_fed=False,
     )
     o_s = target_score(lg, tgt, score, rows=img_idx.to(base.device)).reshape(B, n)
     drop = (b_s - o_s).to(torch.float64)  # (B, n)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .._checks import MAX_PASSES, check_int
 from ..capture.ablation import forward_logits
+from ..capture.chunks import check_batch_size, model_batch_size
 from ..capture.classifier import ModelInfo, check_logits, layout_any
 from ..errors import InputError
 from ..targets import ScoreTarget, TargetLike, resolve_target, target_score
@@ -96,7 +97,7 @@ def rise(
     s: int = 8,
     p1: float = 0.1,
     seed: int = 0,
-    batch_size: int = 100,
+    batch_size: int | None = None,
 ) -> ExplainerResult:
     """RISE saliency with the reference defaults (N=6000, s=8, p1=0.1 of the PyTorch notebook).
 
@@ -104,14 +105,18 @@ def rise(
         x: (B, 3, H, W); every image gets the same N masks (as ``RISEBatch``).
         n_masks, s, p1: number of masks, grid cells per side, keep probability.
         seed: mask seed (see the module docstring).
-        batch_size: masked images per forward pass.
+        batch_size: masked images per forward pass. None: the reference's 100, except a ViT on
+            the CPU, which takes as many as keep a pass's MLP activations within 16 MiB
+            (``capture/chunks.py``; ViT-B/16 at 224: 6), as occlusion and ViT-CX do. The results
+            differ only by float rounding.
 
     Returns:
         ``patch_map`` (B, gh, gw): the pixel saliency averaged within each patch;
         ``extras["pixel_map"]`` (B, H, W) the RISE map of the target class (of a callable
         target's value, the score RISE weighs the masks by, in place of the class probability).
     """
-    for name, v in (("n_masks", n_masks), ("s", s), ("batch_size", batch_size)):
+    check_batch_size(batch_size)
+    for name, v in (("n_masks", n_masks), ("s", s)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(f"{name} must be a positive int, got {v!r}")
     check_int("n_masks", n_masks, 1, MAX_PASSES, fix="e.g. 6000")
@@ -119,6 +124,9 @@ def rise(
     if not 0 < float(p1) <= 1:
         raise InputError(f"p1 must be in (0, 1], got {p1}")
     B, _, H, W = x.shape
+    layout = layout_any(info, H, W)
+    if batch_size is None:
+        batch_size = model_batch_size(info, layout.grid, x, 100)
     logits = check_logits(model, forward_logits(model, x))
     tgt = resolve_target(target, logits)
     sc = "logit" if isinstance(tgt, ScoreTarget) else "prob"  # a callable's own value, else the class probability
@@ -134,7 +142,6 @@ def rise(
         pc = target_score(out, tgt, sc, rows=rows.repeat(n)).reshape(n, B).to(torch.float64)  # (n, B)
         sal += pc.T @ m.reshape(n, -1).to(torch.float64)
     sal = (sal / (n_masks * float(p1))).reshape(B, H, W).to(torch.float32)
-    layout = layout_any(info, H, W)
     return ExplainerResult(
         patch_map=layout.pool_pixels(sal, "mean"),
         extras={"pixel_map": sal, "n_masks": n_masks, "s": s, "p1": float(p1)},
