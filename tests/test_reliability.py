@@ -99,6 +99,15 @@ def test_meta_device_model_is_refused():
             fn()
 
 
+def test_one_meta_weight_deep_in_the_model_is_refused():
+    model = tiny_vit("vanilla")
+    fc2 = model.blocks[-1].mlp.fc2
+    fc2.weight = torch.nn.Parameter(torch.empty(fc2.weight.shape, device="meta"))
+    x = torch.randn(1, 3, *model.patch_embed.img_size)
+    with pytest.raises(UnsupportedModelError, match="meta device"):
+        vx.explain(model, x)
+
+
 @pytest.mark.parametrize(("kw", "pattern"), [
     ({"layer": "2"}, "'layer' must be int"), ({"layer": 1.5}, "'layer' must be int"),
     ({"head": True}, "'head' must be int or None"),

@@ -8,6 +8,7 @@ one ``softmax`` the forward calls (``tap.ScoreTap``), their gradients, and the m
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -64,8 +65,18 @@ class AttentionAdapter:
 
 def forward_params(module: nn.Module) -> tuple[str, ...]:
     """Names of the parameters of ``type(module).forward`` (without ``self``)."""
+    fn = type(module).forward
     try:
-        sig = inspect.signature(type(module).forward)
+        return _params_of(fn)  # cached by the function object: a class given a new forward gets its own entry
+    except TypeError:  # an unhashable callable
+        return _params_of.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=512)
+def _params_of(fn: object) -> tuple[str, ...]:
+    """``inspect.signature`` costs ~30 µs a call, and inspection asks once per attention module per call."""
+    try:
+        sig = inspect.signature(fn)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return ()
     return tuple(n for n in sig.parameters if n != "self")
