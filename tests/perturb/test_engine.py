@@ -186,3 +186,16 @@ def test_streamed_passes_equal_the_materialised_stack(with_base, batch_size):
     S = eng.substrate(x, s.token, "blur", seed=0, sigma=0.1, blur_size=11, blur_sigma=5.0)  # run_regions defaults
     fed_all = eng.blend(s, regions, img_idx, S)
     torch.testing.assert_close(out[False][0], fwd(model, fed_all), rtol=1e-5, atol=1e-6)
+
+
+def test_drop_mode_without_fed_returns_the_same_logits():
+    model = tiny_vit("vanilla").eval()
+    x = input_for(model, batch=2, seed=5)
+    eng = ForwardEngine()
+    s = eng.setup(model, x)
+    regions = torch.rand(5, *s.grid, generator=torch.Generator().manual_seed(1)) < 0.4
+    img_idx = torch.tensor([0, 1, 0, 1, 1])
+    a = ForwardEngine().run_regions(model, s, regions, img_idx, "drop", batch_size=2, with_base=False)
+    b = ForwardEngine().run_regions(model, s, regions, img_idx, "drop", batch_size=2, with_base=False, keep_fed=False)
+    assert torch.equal(a[0], b[0]) and b[2] is None and torch.equal(a[2], x[img_idx])
+    assert all(torch.equal(u, v) for u, v in zip(a[3], b[3]))

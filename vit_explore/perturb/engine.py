@@ -233,10 +233,10 @@ class ForwardEngine:
         Returns (logits (K, C), base logits (B, C) or None, fed input (K, 3, H, W), kept indices or None).
         The unmodified forward is taken from the cache when possible, else fused into the batch.
         ``fp``, ``mods``: ``model_fingerprint(model)`` and ``submodules(model)`` if the caller
-        already has them. ``keep_fed=False`` (a pixel mode, fed returned as None): each pass's inputs
-        are blended just before it, so one pass of inputs is in memory instead of all K (occlusion of
-        8 ViT-B/16 images: 1568 inputs, 0.9 GB, and as much again in each of blend's two gathers);
-        the passes are the same, so are the logits.
+        already has them. ``keep_fed=False``: fed is returned as None, and in a pixel mode each pass's
+        inputs are blended just before it, so one pass of inputs is in memory instead of all K
+        (occlusion of 8 ViT-B/16 images: 1568 inputs, 0.9 GB, and as much again in each of blend's
+        two gathers); the passes are the same, so are the logits.
         """
         check_mode(mode)
         if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or batch_size < 1):
@@ -290,7 +290,7 @@ class ForwardEngine:
                     res = lg.new_empty(len(regions), lg.shape[1])
                 res[r.to(lg.device)] = lg
         assert res is not None
-        return res, base, x[img_idx.to(x.device)], kept
+        return res, base, x[img_idx.to(x.device)] if keep_fed else None, kept
 
     def _streamed_logits(
         self, model: nn.Module, s: Setup, regions: torch.Tensor, img_idx: torch.Tensor, S: torch.Tensor,
