@@ -64,7 +64,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import timm
 
 import vit_explore as vx
-from vit_explore.capture.chunks import cpu_batch_size
+from vit_explore.capture.adapters import inspect_vit
+from vit_explore.capture.chunks import model_batch_size
 
 METHODS = ("saliency", "integrated_gradients", "occlusion", "grad_cam", "chefer_lrp", "vit_cx", "attention_flow")
 
@@ -128,7 +129,7 @@ def cases(method, model, x, t, a):
     ph, pw = model.patch_embed.patch_size
     out: dict = {}
     # the pass size ours picks on this device (capture/chunks.py), for the many-forward floors
-    ours_chunk = cpu_batch_size(1 + gh * gw, model.embed_dim, x.element_size(), x.device, 50)
+    ours_chunk = model_batch_size(inspect_vit(model), (gh, gw), x, 50)
     if method == "saliency":
         from captum.attr import Saliency
 

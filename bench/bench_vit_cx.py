@@ -34,7 +34,8 @@ from bench_interventions import small_model
 
 import vit_explore as vx
 from vit_explore.capture.ablation import forward_logits
-from vit_explore.capture.chunks import cpu_batch_size
+from vit_explore.capture.adapters import inspect_vit
+from vit_explore.capture.chunks import model_batch_size
 
 
 def forwards_only(model, x, xs, batch_size):
@@ -114,8 +115,7 @@ def run(name, model, repeats, official=False):
     x = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(0))
     ex = vx.explain(model, x, "vit_cx")  # warm-up; K is fixed by x
     K = ex.extras["K"][0]
-    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
-    ours_bs = cpu_batch_size(tokens, model.embed_dim, x.element_size(), x.device, 50)  # what vit_cx picks on the CPU
+    ours_bs = model_batch_size(inspect_vit(model), model.patch_embed.grid_size, x, 50)  # what vit_cx picks on the CPU
     sizes = sorted({ours_bs, 50})  # the floor: the 2K+1 forwards at the better of ours and the reference's 50
     # the baseline's 2K inputs, made once (see the module docstring)
     xs = x.repeat(2 * K, 1, 1, 1) + 0.01 * torch.randn(2 * K, *x.shape[1:], generator=torch.Generator().manual_seed(1))

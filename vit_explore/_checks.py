@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._modules import submodules
 from .errors import InputError, NonFiniteOutputError, UnsupportedModelError, suggest
 
 SEED_MAX = 2**63 - 1
@@ -175,19 +176,12 @@ def check_model(model: Any) -> Any:
     through (``inspect_vit`` says what it expects)."""
     if not isinstance(model, nn.Module):
         return model  # inspect_vit says what is expected
-    # a plain walk over ``_modules`` (``model.parameters()`` costs ~10x more: 0.7 ms on the toy ViT, every call)
-    stack, seen = [model], {id(model)}
-    while stack:
-        m = stack.pop()
-        if any(t is not None and t.is_meta for t in m._parameters.values()):
-            raise UnsupportedModelError(
-                "the model's weights are on the meta device (no data): load or materialise them first, "
-                "e.g. model.to_empty(device='cpu') then load_state_dict(...), or vx.load_model(...)"
-            )
-        for c in m._modules.values():
-            if c is not None and id(c) not in seen:
-                seen.add(id(c))
-                stack.append(c)
+    # ``submodules``: a plain walk (``model.parameters()`` costs ~10x more: 0.7 ms on the toy ViT, every call)
+    if any(t is not None and t.is_meta for m in submodules(model) for t in m._parameters.values()):
+        raise UnsupportedModelError(
+            "the model's weights are on the meta device (no data): load or materialise them first, "
+            "e.g. model.to_empty(device='cpu') then load_state_dict(...), or vx.load_model(...)"
+        )
     return model
 
 

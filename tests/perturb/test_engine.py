@@ -155,7 +155,7 @@ class Passes:
 
 
 @pytest.mark.parametrize("with_base", [True, False])
-@pytest.mark.parametrize("batch_size", [1, 3, 5, 64])
+@pytest.mark.parametrize("batch_size", [1, 3, 5, 64, None])
 def test_streamed_passes_equal_the_materialised_stack(with_base, batch_size):
     """keep_fed=False blends each pass's rows just before it: the same passes as forwarding the
     whole blended stack (the unmodified images first when fused), so the same logits bit for bit,
@@ -181,7 +181,8 @@ def test_streamed_passes_equal_the_materialised_stack(with_base, batch_size):
         assert torch.equal(out[True][1], out[False][1])
     assert out[True][2] == out[False][2]  # the same passes
     n = 7 + (2 if with_base else 0)
-    assert out[False][2] == [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    step = batch_size or n  # None: one pass
+    assert out[False][2] == [min(step, n - i) for i in range(0, n, step)]
     # the streamed rows are the blended inputs: each equals the image with its region's patches replaced
     S = eng.substrate(x, s.token, "blur", seed=0, sigma=0.1, blur_size=11, blur_sigma=5.0)  # run_regions defaults
     fed_all = eng.blend(s, regions, img_idx, S)

@@ -1,5 +1,5 @@
 """Images per forward pass for the explainers that forward many perturbed copies of their input
-(occlusion, ViT-CX) when the caller names no batch size (issue 17).
+(occlusion, ViT-CX, RISE) when the caller names no batch size (issue 17).
 
 On the CPU a pass whose activations outgrow the cache runs slower per image: ViT-B/16 at 224,
 occlusion took 24.8 s an image in passes of 8 against 28.8 s in passes of 64; ViT-S/16 forwards

@@ -16,20 +16,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from .._modules import submodules
+
 __all__ = ["SavedState", "eval_mode", "model_fingerprint", "scan", "submodules"]
-
-
-def submodules(model: nn.Module) -> list[nn.Module]:
-    """Every module of ``model`` (itself included) once, breadth first (``model.modules()``
-    gives the same set depth first)."""
-    out = [model]
-    seen = {model}  # modules hash by identity
-    for m in out:  # the list grows while it is read: breadth first
-        for c in m._modules.values():
-            if c is not None and c not in seen:
-                seen.add(c)
-                out.append(c)
-    return out
 
 
 def _parameters(mods: Sequence[nn.Module]) -> list[nn.Parameter]:

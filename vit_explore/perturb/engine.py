@@ -251,10 +251,9 @@ class ForwardEngine:
             S = self.substrate(x, token, mode, seed=seed, sigma=sigma, blur_size=blur_size, blur_sigma=blur_sigma)
             head = x if need_base else None
             fed: torch.Tensor | None = None
-            if keep_fed or batch_size is None or len(regions) + (0 if head is None else len(head)) <= batch_size:
+            if keep_fed:
                 fed = self.blend(s, regions, img_idx, S)
                 out = forward_logits(model, fed if head is None else torch.cat([head, fed]), batch_size, mods)
-                fed = fed if keep_fed else None
             else:
                 out = self._streamed_logits(model, s, regions, img_idx, S, head, batch_size, mods)
             out = check_logits(model, out)
@@ -294,15 +293,16 @@ class ForwardEngine:
 
     def _streamed_logits(
         self, model: nn.Module, s: Setup, regions: torch.Tensor, img_idx: torch.Tensor, S: torch.Tensor,
-        head: torch.Tensor | None, batch_size: int, mods: Sequence[nn.Module] | None,
+        head: torch.Tensor | None, batch_size: int | None, mods: Sequence[nn.Module] | None,
     ) -> torch.Tensor:
-        """Logits of ``cat([head, blend(regions)])`` in the passes of ``batch_size`` that
-        ``forward_logits`` makes of that stack, each pass's rows blended just before it."""
+        """Logits of ``cat([head, blend(regions)])`` in the passes of ``batch_size`` (None: one)
+        that ``forward_logits`` makes of that stack, each pass's rows blended just before it."""
         n_head = 0 if head is None else len(head)
         total = n_head + len(regions)
+        step = batch_size or total
         out: torch.Tensor | None = None
-        for a in range(0, total, batch_size):
-            b = min(a + batch_size, total)
+        for a in range(0, total, step):
+            b = min(a + step, total)
             parts = [] if head is None or a >= n_head else [head[a : min(b, n_head)]]
             lo, hi = max(a - n_head, 0), b - n_head
             if hi > lo:
