@@ -27,7 +27,7 @@ PKG = ROOT / "vit_explore"
 ORDER = ("capture", "perturb", "explainers", "interventions/api", "metrics", "widget")
 LAYERS: dict[str, str] = {
     **dict.fromkeys([
-        "capture", "errors", "_version", "_checks", "_recent", "_files", "inputs", "inputs_hf", "targets",
+        "capture", "errors", "_version", "_checks", "_modules", "_recent", "_files", "inputs", "inputs_hf", "targets",
         "zoo", "zoo_hf", "zero_shot", "datasets", "testing",
     ], "capture"),
     "perturb": "perturb",
