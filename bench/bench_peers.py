@@ -16,10 +16,15 @@ Peers:
     time as the official code does); for ViT-CX ``bench_vit_cx.official_vit_cx`` (one image at
     a time, its model copy, feature extraction with a backward, full-resolution masks and
     cosine matrix, and the 2K masked forwards in batches of 50, as ``ViT_CX.py`` does);
-  * zennit: not run. It has no LRP rules for softmax attention or LayerNorm, so on a ViT it
-    computes neither Chefer's relevance nor AttnLRP (say ``n/a`` rather than time something else).
+  * LXT (``lxt`` on PyPI, the AttnLRP authors' library) for ``attn_lrp``: its ``cp_LRP`` rules for
+    torchvision's ViT on a torchvision ``VisionTransformer`` holding the same weights, in a child
+    process (LXT patches ``torch.nn`` classes for the whole process; ``bench/lxt_peer.py``), timed
+    by this process through a pipe; its maps equal ours (``tests/test_bench_lxt_peer.py``);
+  * zennit: not run alone. It has no LRP rules for softmax attention or LayerNorm, so on a ViT it
+    computes neither Chefer's relevance nor AttnLRP by itself; LXT uses its ``Gamma`` rule for the
+    patch embedding (``attn_lrp``'s ``gamma_conv``, in the equality test, not timed here).
 
-Floors, printed beside each method (same run): saliency and grad_cam one forward + backward;
+Floors, printed beside each method (same run): saliency, grad_cam and attn_lrp one forward + backward;
 integrated_gradients the steps' forwards + backwards at the best of internal batch 8/16/32;
 chefer_lrp the matmuls of its Linears: forward, input gradient and the rule's three
 (``bench_relevance.lrp_matmul_floor``; attention, element-wise work and the head left out);
@@ -67,7 +72,8 @@ import vit_explore as vx
 from vit_explore.capture.adapters import inspect_vit
 from vit_explore.capture.chunks import model_batch_size
 
-METHODS = ("saliency", "integrated_gradients", "occlusion", "grad_cam", "chefer_lrp", "vit_cx", "attention_flow")
+METHODS = ("saliency", "integrated_gradients", "occlusion", "grad_cam", "chefer_lrp", "attn_lrp", "vit_cx",
+           "attention_flow")
 
 
 def cpu_name() -> str:
@@ -179,6 +185,15 @@ def cases(method, model, x, t, a):
         out["ours"] = lambda: vx.explain(model, x, "chefer_lrp", target=t, start_layer=1)
         out["official (restated, fp32)"] = lambda: replica_maps(model, x, t, start_layer=1, dtype=torch.float32)
         out["floor"] = mm  # the forward, the input gradient and the rule's three matmuls per Linear
+    elif method == "attn_lrp":
+        from lxt_peer import LXTPeer
+
+        out["ours"] = lambda: vx.explain(model, x, "attn_lrp", target=t)  # CP-LRP, epsilon on Linear / Conv2d
+        try:
+            out["LXT cp_LRP (torchvision ViT)"] = LXTPeer(model, x, t, threads=a.threads)
+        except (TypeError, ValueError) as e:  # a model torchvision's ViT cannot hold
+            print(f"attn_lrp: no LXT peer for this model ({e})", flush=True)
+        out["floor"] = lambda: fwd_bwd(model, x)
     elif method == "vit_cx":
         from bench_vit_cx import official_vit_cx
 
@@ -213,31 +228,20 @@ def timed(fns: dict, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def peak_rss_mb(fn) -> float:
-    """Growth of the peak RSS while ``fn`` runs once, in a forked child (Linux); NaN elsewhere."""
-    if not hasattr(os, "fork"):
-        return float("nan")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        import resource
+def close(fns: dict) -> None:
+    """End the peers that run in a child process of their own (LXT)."""
+    for f in fns.values():
+        getattr(f, "close", lambda: None)()
 
-        os.close(r)
-        # the parent's OpenMP thread pool does not survive the fork: a parallel region would wait for it
-        # forever (it did, at ViT-B/16 batch 8); one thread runs every region inline
-        torch.set_num_threads(1)
-        rss0 = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-        try:
-            fn()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            os.write(w, f"{max(peak - rss0, 0.0)}".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = os.read(r, 64)
-    os.waitpid(pid, 0)
-    os.close(r)
-    return float(data) if data else float("nan")
+
+def memory(fns: dict, warm: bool) -> dict[str, float]:
+    """Peak RSS growth of each case but the floor; a peer that runs in a child process of its own
+    (LXT) measures it there the same way (``peak_rss_mb(warm)``: after one run of its own when
+    this process has run the cases before, ``warm``)."""
+    from _memory import peak_rss_mb
+
+    return {k: f.peak_rss_mb(warm) if hasattr(f, "peak_rss_mb") else peak_rss_mb(f)
+            for k, f in fns.items() if k != "floor"}
 
 
 def main() -> None:
@@ -271,6 +275,7 @@ def main() -> None:
             raise SystemExit(f"unknown method {m!r}; use some of {', '.join(METHODS)}")
     H, W = base.patch_embed.img_size
     rows = []
+    later = []  # (row, model, x, t): peak memory, measured once every timing is done (see below)
     for att in a.attention:
         model = base if att == "random" else peaky(base)
         x_all = torch.randn(max(a.batches), 3, H, W, generator=torch.Generator().manual_seed(0))
@@ -280,29 +285,35 @@ def main() -> None:
             with torch.no_grad():
                 t = model(x).argmax(-1)
             for m in methods:
-                fns = cases(m, model, x, t, a)
-                if a.memory_only:
-                    if B == max(a.batches):
-                        mem = {k: peak_rss_mb(f) for k, f in fns.items() if k != "floor"}
-                        print(f"[{att} attn, max-attn {peak:.2f}] batch {B} {m}: peak RSS growth "
-                              + ", ".join(f"{k} {v:.0f} MB" for k, v in mem.items()), flush=True)
-                    continue
-                med = timed(fns, a.repeats)
-                mem = {}
+                row = {"att": att, "peak": peak, "B": B, "method": m, "mem": {}}
                 if B == max(a.batches) and not a.no_memory:
-                    mem = {k: peak_rss_mb(f) for k, f in fns.items() if k != "floor"}
+                    later.append((row, model, x, t))
+                if a.memory_only:
+                    continue
+                fns = cases(m, model, x, t, a)
+                try:
+                    med = timed(fns, a.repeats)
+                finally:
+                    close(fns)
                 peer = next((k for k in fns if k not in ("ours", "floor")), None)
-                rows.append({"att": att, "peak": peak, "B": B, "method": m, "ours": med["ours"] / B, "peer": peer,
-                                 "peer_t": med[peer] / B if peer else None, "floor": med.get("floor", float("nan")) / B,
-                                 "mem": mem})
-                r = rows[-1]
-                ratio = f"{r['peer_t'] / r['ours']:.2f}x" if peer else "—"
-                ptxt = f"{peer} {r['peer_t']:.3f} s/img" if peer else "no peer"
-                print(f"[{att} attn, max-attn {peak:.2f}] batch {B} {m}: ours {r['ours']:.3f} s/img, "
+                row.update({"ours": med["ours"] / B, "peer": peer, "peer_t": med[peer] / B if peer else None,
+                            "floor": med.get("floor", float("nan")) / B})
+                rows.append(row)
+                ratio = f"{row['peer_t'] / row['ours']:.2f}x" if peer else "—"
+                ptxt = f"{peer} {row['peer_t']:.3f} s/img" if peer else "no peer"
+                print(f"[{att} attn, max-attn {peak:.2f}] batch {B} {m}: ours {row['ours']:.3f} s/img, "
                       f"{ptxt}, peer/ours {ratio}, "
-                      f"floor {r['floor']:.3f} s/img (ours/floor {r['ours'] / r['floor']:.2f})"
-                      + (f", peak RSS growth {', '.join(f'{k} {v:.0f} MB' for k, v in mem.items())}" if mem else ""),
-                      flush=True)
+                      f"floor {row['floor']:.3f} s/img (ours/floor {row['ours'] / row['floor']:.2f})", flush=True)
+    # Peak memory last: it forks this process once per case, and a timing run after those forks
+    # came out up to 1.3x slower here (ours; the LXT peer, in a process of its own, was not).
+    for row, model, x, t in later:
+        fns = cases(row["method"], model, x, t, a)
+        try:
+            row["mem"] = memory(fns, warm=not a.memory_only)
+        finally:
+            close(fns)
+        print(f"[{row['att']} attn, max-attn {row['peak']:.2f}] batch {row['B']} {row['method']}: peak RSS growth "
+              + ", ".join(f"{k} {v:.0f} MB" for k, v in row["mem"].items()), flush=True)
     if a.markdown or a.readme:
         md = markdown(rows, name, a)
         print()

@@ -15,14 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_peers_quick_runs_and_prints_the_markdown_table():
     pytest.importorskip("captum")
     pytest.importorskip("pytorch_grad_cam")
+    pytest.importorskip("lxt")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "bench" / "bench_peers.py"), "--quick", "--batches", "1", "--attention", "peaky",
-           "--methods", "saliency,grad_cam,chefer_lrp", "--markdown", "--threads", "1"]
+           "--methods", "saliency,grad_cam,chefer_lrp,attn_lrp", "--markdown", "--threads", "1"]
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| peaky | 1 |")]
-    assert [r.split("|")[3].strip() for r in rows] == ["saliency", "grad_cam", "chefer_lrp"]
+    assert [r.split("|")[3].strip() for r in rows] == ["saliency", "grad_cam", "chefer_lrp", "attn_lrp"]
     assert "captum Saliency" in rows[0] and "pytorch-grad-cam GradCAM" in rows[1] and "official" in rows[2]
+    assert "LXT cp_LRP" in rows[3]
     assert "CPU:" in out.stdout and "toy-shapes" in out.stdout
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from timm.layers.attention import Attention as TimmAttention
 from torch import nn
 
 from ..errors import InputError, UnsupportedModelError
@@ -26,6 +27,7 @@ from .adapters import ViTInfo
 from .attn_pool import PoolTap
 from .hf_zero_shot import UnitNorm
 from .lrp_view import LRPBlock, LRPView, lrp_view
+from .patchify import patchify_grad_hook
 from .state import SavedState
 
 __all__ = ["LRPBlock", "LRPView", "lrp_rules", "lrp_view", "same_value", "scale_grad"]
@@ -44,18 +46,30 @@ def scale_grad(out: torch.Tensor, factor: float) -> torch.Tensor:
     return out.detach() + factor * (out - out.detach())
 
 
+class _LayerNormIdentity(torch.autograd.Function):
+    """The LayerNorm's own output ``out``, with the gradient of ``(x - mu) / stopgrad(sigma) * w``
+    (the identity rule): ``g_x = u - mean(u)``, ``u = g w / sigma``, over the normalised dims.
+
+    The hooks of this file that use an autograd function pass it ``out`` detached, so the graph
+    the module built for its own output (and the tensors saved for it) is freed at once."""
+
+    @staticmethod
+    def forward(ctx, x, out, weight, shape, eps):
+        rstd = torch.native_layer_norm(x, shape, None, None, eps)[2]  # 1 / sigma, as the module computed it
+        ctx.save_for_backward(rstd, weight)
+        ctx.dims = tuple(range(-len(shape), 0))
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, g):
+        inv, w = ctx.saved_tensors
+        u = (g if w is None else g * w) * inv
+        return u - u.mean(ctx.dims, keepdim=True), None, None, None, None
+
+
 def _layer_norm_hook(mod: nn.LayerNorm, args, out):
     """Identity rule: ``y = (x - mu) / stopgrad(sigma) * w + b`` (LXT, docs/methods.md §11)."""
-    x = args[0]
-    dims = tuple(range(-len(mod.normalized_shape), 0))
-    mu = x.mean(dims, keepdim=True)
-    var = (x - mu).pow(2).mean(dims, keepdim=True)
-    y = (x - mu) / (var + mod.eps).sqrt().detach()
-    if mod.weight is not None:
-        y = y * mod.weight
-    if mod.bias is not None:
-        y = y + mod.bias
-    return same_value(out, y)
+    return _LayerNormIdentity.apply(args[0], out.detach(), mod.weight, list(mod.normalized_shape), mod.eps)
 
 
 def _unit_norm_hook(mod: nn.Module, args, out):
@@ -64,11 +78,45 @@ def _unit_norm_hook(mod: nn.Module, args, out):
     return same_value(out, x / x.norm(p=2, dim=-1, keepdim=True).detach())
 
 
+class _RatioGrad(torch.autograd.Function):
+    """``out = f(x)`` with the gradient ``f(x)/x`` (the identity rule of an element-wise
+    non-linearity; 1/2 where ``x == 0``, GELU's and SiLU's limit). For finite ``x`` and ``out`` the
+    quotient is non-finite only where ``x == 0`` (0/0 or ±f(0)/0), so those take the 1/2."""
+
+    @staticmethod
+    def forward(ctx, x, out):
+        ctx.save_for_backward(torch.nan_to_num_(out / x, nan=0.5, posinf=0.5, neginf=0.5))  # one tensor kept, not two
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, g):
+        (ratio,) = ctx.saved_tensors
+        return g * ratio, None
+
+
 def _identity_act_hook(mod: nn.Module, args, out):
     """Identity rule for an element-wise non-linearity: gradient ``f(x)/x`` (detached)."""
-    x = args[0]
-    ratio = torch.where(x != 0, out / torch.where(x != 0, x, torch.ones_like(x)), torch.full_like(x, 0.5))
-    return same_value(out, x * ratio.detach())
+    return _RatioGrad.apply(args[0], out.detach())
+
+
+class _ValueRowsGrad(torch.autograd.Function):
+    """A ``qkv`` Linear's output whose input gradient is taken from its v third alone, ``g_v W_v``:
+    under CP-LRP q and k are detached (``lrp_rules`` on ``_plain_attention``), so the q and k thirds of the gradient
+    are zero and their share of ``g W`` need not be computed."""
+
+    @staticmethod
+    def forward(ctx, x, out, w_v):
+        ctx.save_for_backward(w_v)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, g):
+        (w_v,) = ctx.saved_tensors
+        return g[..., -w_v.shape[0]:] @ w_v, None, None
+
+
+def _value_rows_hook(mod: nn.Linear, args, out):
+    return _ValueRowsGrad.apply(args[0], out.detach(), mod.weight[-mod.out_features // 3:])
 
 
 def _stabilize(d: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -134,6 +182,13 @@ def _gate_factors(mlp: nn.Module) -> list[nn.Module]:
     return []
 
 
+def _plain_attention(attn: nn.Module) -> bool:
+    """timm's ``Attention`` with its own forward: ``qkv`` (a Linear) -> q, k, v; ``q_norm(q)``,
+    ``k_norm(k)`` (modules, called once each) -> softmax(q kᵀ) v, nothing else reading q or k."""
+    return (type(attn).forward is TimmAttention.forward and isinstance(getattr(attn, "qkv", None), nn.Linear)
+            and isinstance(attn.q_norm, nn.Module) and isinstance(attn.k_norm, nn.Module))
+
+
 def _adapters(info: ViTInfo):
     from .adapters import adapter_for
 
@@ -188,7 +243,9 @@ def lrp_rules(
     family does not call its ``qkv`` module (q, k gradients / 4, v / 2: the uniform rule
     through both matmuls); an attention-pool (MAP) head the same (``_pool_rules``); ``gamma_linear`` / ``gamma_conv`` > 0 put the
     LRP-gamma rule on every ``nn.Linear`` / ``nn.Conv2d`` (0: epsilon = plain gradient x input).
-    Attention runs on timm's unfused path for the call. With ``enabled=False`` nothing is
+    Attention runs on timm's unfused path for the call; CP-LRP on timm's plain ``Attention``
+    detaches q and k at ``q_norm`` / ``k_norm`` (as LXT does for torchvision's ViT), elsewhere the
+    rule acts on the probabilities at ``attn_drop``. With ``enabled=False`` nothing is
     hooked (plain gradient x input), but the model is still put in eval mode with frozen
     parameters for the call.
 
@@ -240,6 +297,16 @@ def lrp_rules(
                         f"blocks.{i}.attn multiplies its output by a sigmoid gate (attn.gate); attn_lrp has no "
                         "rule for that product here. Use chefer_generic, attn_grad_cam or saliency instead."
                     )
+                if variant == "cp" and _plain_attention(attn):
+                    # q and k detached where the module normalises them: the probabilities are constants
+                    # (nothing of softmax's backward is recorded) and v alone carries the gradient, so
+                    # qkv's input gradient needs only its v rows
+                    attn.fused_attn = False  # the fused backward computes q's and k's gradients all the same
+                    handles += [attn.q_norm.register_forward_hook(_detach_hook),
+                                attn.k_norm.register_forward_hook(_detach_hook)]
+                    if gamma_linear == 0:
+                        handles.append(attn.qkv.register_forward_hook(_value_rows_hook))
+                    continue
                 attn.fused_attn = False
                 if variant == "cp":
                     handles.append(attn.attn_drop.register_forward_hook(_detach_hook))
@@ -258,6 +325,8 @@ def lrp_rules(
                 if gamma_linear > 0 and getattr(pool, "gamma_refusal", None):  # hf_pool.HFPool
                     raise UnsupportedModelError(pool.gamma_refusal)
                 _pool_rules(pool, variant, handles, taps)
+        if not (enabled and gamma_conv > 0) and (h := patchify_grad_hook(model)) is not None:
+            handles.append(h)  # epsilon on the patch embedding: its input gradient as one matmul
         yield model
     finally:
         for t in taps:

@@ -24,6 +24,7 @@ from .attn_class import to_tokens
 from .attn_pool import PoolTap, readout_query
 from .hf import as_vit
 from .layout import TokenLayout
+from .patchify import patchify_grad_hook
 from .state import SavedState
 from .tap import ScoreTap
 
@@ -267,6 +268,8 @@ def capture(
             handles.append(modules[name].register_forward_hook(_store_output(act_store[name])))
         for name in needs.inputs:
             handles.append(modules[name].register_forward_hook(_store_input(in_store[name])))
+        if needs.needs_grad and needs.input_grad and (h := patchify_grad_hook(model)) is not None:
+            handles.append(h)  # the patch embedding's input gradient as one matmul
 
         need_grad = needs.needs_grad
         xin = x.detach()
