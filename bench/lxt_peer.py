@@ -107,8 +107,10 @@ class LXTPeer:
         ckpt = pathlib.Path(self._dir.name) / "in.pt"
         torch.save({"args": args, "state": state, "x": x.detach().cpu().float(), "target": target.cpu(),
                     "threads": threads, "gamma_conv": float(gamma_conv)}, ckpt)
+        # stderr to a file: a full pipe would stall the child
+        self._err = open(pathlib.Path(self._dir.name) / "stderr.txt", "w+")  # noqa: SIM115 - closed in close()
         self._proc = subprocess.Popen([sys.executable, str(HERE / "lxt_peer.py"), str(ckpt)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                      stdout=subprocess.PIPE, stderr=self._err, text=True)
         self._ask("ping")
 
     def _ask(self, cmd: str) -> str:
@@ -118,8 +120,9 @@ class LXTPeer:
         reply = self._proc.stdout.readline().strip()
         if not reply.startswith("ok"):
             self._proc.kill()
-            err = self._proc.stderr.read() if self._proc.stderr else ""
-            raise RuntimeError(f"the LXT child process failed on {cmd!r}: {reply or err[-3000:]}")
+            self._proc.wait(timeout=30)
+            self._err.seek(0)
+            raise RuntimeError(f"the LXT child process failed on {cmd!r}: {reply or self._err.read()[-3000:]}")
         return reply
 
     def __call__(self) -> None:
@@ -145,7 +148,7 @@ class LXTPeer:
             except (RuntimeError, BrokenPipeError):
                 pass
             self._proc.wait(timeout=30)
-        for f in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+        for f in (self._proc.stdin, self._proc.stdout, self._err):
             if f is not None:
                 f.close()
         self._dir.cleanup()
