@@ -26,16 +26,11 @@ every layer-1 node's first arc, their capacities set per sink.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ._numba import compiled
 
 _compiled = compiled()
-
-
-def _inline(fn):
-    """A helper inlined into its callers by numba (no call per arc)."""
-    return njit(inline="always")(fn)
+_inline = compiled(inline="always")  # a helper inlined into its callers by numba (no call per arc)
 
 
 @_inline
