@@ -44,15 +44,18 @@ softmax concentrates on a few keys (the mean of the row maxima is printed).
 
 ``--quick`` runs the embedded toy-shapes model (96 px, patch 8) with batches 1 and 2 and one
 repeat: a smoke test, not a measurement. Peak memory: the growth of the peak resident set
-size while a method runs once at the largest batch, in a forked child (Linux).
-``--memory-only`` measures just that (no timing, so it may run on a busy machine), e.g.
-``--batches 8 --attention random --methods occlusion --memory-only``.
+size while a method runs once at the largest batch, in a forked child (Linux) of a process that
+has not run it: after the timings, a fresh ``--memory-only`` run of this script measures it (in
+the timing process the allocator keeps the timed runs' freed memory, and a call grows by a
+fraction of what it needs). ``--memory-only`` measures just that (no timing, so it may run on a
+busy machine), e.g. ``--batches 8 --attention random --methods occlusion --memory-only``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import shlex
@@ -234,14 +237,33 @@ def close(fns: dict) -> None:
         getattr(f, "close", lambda: None)()
 
 
-def memory(fns: dict, warm: bool) -> dict[str, float]:
+def memory(fns: dict) -> dict[str, float]:
     """Peak RSS growth of each case but the floor; a peer that runs in a child process of its own
-    (LXT) measures it there the same way (``peak_rss_mb(warm)``: after one run of its own when
-    this process has run the cases before, ``warm``)."""
+    (LXT) measures it there the same way (``peak_rss_mb()``)."""
     from _memory import peak_rss_mb
 
-    return {k: f.peak_rss_mb(warm) if hasattr(f, "peak_rss_mb") else peak_rss_mb(f)
-            for k, f in fns.items() if k != "floor"}
+    return {k: f.peak_rss_mb() if hasattr(f, "peak_rss_mb") else peak_rss_mb(f) for k, f in fns.items() if k != "floor"}
+
+
+def cold_memory(a) -> dict[str, dict[str, float]]:
+    """The ``--memory-only`` figures of this run's cases, from a fresh process of this script. After
+    the timed runs, this process's allocator keeps their freed memory, and a call measured here
+    would grow by a fraction of what it needs (attn_lrp at batch 8: 129–388 MB against 729–902 MB
+    cold), differently from method to method."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as d:
+        out = Path(d) / "memory.json"
+        cmd = [sys.executable, __file__, "--memory-only", "--memory-json", str(out), "--threads", str(a.threads),
+               "--batches", *map(str, a.batches), "--attention", *a.attention, "--methods", a.methods,
+               "--ig-steps", str(a.ig_steps), *(["--quick"] if a.quick else [])]
+        subprocess.run(cmd, check=True)
+        return json.loads(out.read_text())
+
+
+def _key(row: dict) -> str:
+    return f"{row['att']}|{row['B']}|{row['method']}"
 
 
 def main() -> None:
@@ -256,6 +278,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true",
                     help="only the peak memory at the largest batch (no timing; a busy machine does not change it)")
+    ap.add_argument("--memory-json", default=None, help=argparse.SUPPRESS)  # --memory-only's figures, for cold_memory
     ap.add_argument("--markdown", action="store_true", help="print the README speed table")
     ap.add_argument("--readme", action="store_true",
                     help=f"also write that table into README.md, between its two {README_MARKER} lines")
@@ -304,16 +327,23 @@ def main() -> None:
                 print(f"[{att} attn, max-attn {peak:.2f}] batch {B} {m}: ours {row['ours']:.3f} s/img, "
                       f"{ptxt}, peer/ours {ratio}, "
                       f"floor {row['floor']:.3f} s/img (ours/floor {row['ours'] / row['floor']:.2f})", flush=True)
-    # Peak memory last: it forks this process once per case, and a timing run after those forks
-    # came out up to 1.3x slower here (ours; the LXT peer, in a process of its own, was not).
-    for row, model, x, t in later:
+    # Peak memory last, and in a process that has not run the cases (cold_memory): measured here it
+    # forks this process once per case, and a timing run after those forks came out up to 1.3x
+    # slower (ours; the LXT peer, in a process of its own, was not).
+    if later and not a.memory_only:
+        cold = cold_memory(a)
+        for row, *_ in later:
+            row["mem"] = cold[_key(row)]
+    for row, model, x, t in later if a.memory_only else ():
         fns = cases(row["method"], model, x, t, a)
         try:
-            row["mem"] = memory(fns, warm=not a.memory_only)
+            row["mem"] = memory(fns)
         finally:
             close(fns)
         print(f"[{row['att']} attn, max-attn {row['peak']:.2f}] batch {row['B']} {row['method']}: peak RSS growth "
               + ", ".join(f"{k} {v:.0f} MB" for k, v in row["mem"].items()), flush=True)
+    if a.memory_json:
+        Path(a.memory_json).write_text(json.dumps({_key(row): row["mem"] for row, *_ in later}))
     if a.markdown or a.readme:
         md = markdown(rows, name, a)
         print()

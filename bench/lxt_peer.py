@@ -134,12 +134,10 @@ class LXTPeer:
         got = torch.load(out, weights_only=True)
         return got["pixel"], got["logits"]
 
-    def peak_rss_mb(self, warm: bool = False) -> float:
+    def peak_rss_mb(self) -> float:
         """Growth of the peak resident set while one attribution runs, measured in the child as
-        ``bench_peers`` measures ours (``_memory.peak_rss_mb``: a forked process); NaN off Linux.
-        ``warm``: after one attribution in the child (as ours is measured after its timed runs,
-        whose freed memory the allocator keeps)."""
-        return float(self._ask("mem warm" if warm else "mem").split()[1])
+        ``bench_peers`` measures ours (``_memory.peak_rss_mb``: a forked process); NaN off Linux."""
+        return float(self._ask("mem").split()[1])
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -216,8 +214,6 @@ def _child(ckpt: str) -> None:
         elif cmd == "mem":
             from _memory import peak_rss_mb  # bench/, this script's folder
 
-            if arg == "warm":
-                attribute()
             print(f"ok {peak_rss_mb(attribute)}", flush=True)
         elif cmd == "ping":
             print("ok", flush=True)

@@ -25,6 +25,10 @@ def test_bench_peers_quick_runs_and_prints_the_markdown_table():
     assert [r.split("|")[3].strip() for r in rows] == ["saliency", "grad_cam", "chefer_lrp", "attn_lrp"]
     assert "captum Saliency" in rows[0] and "pytorch-grad-cam GradCAM" in rows[1] and "official" in rows[2]
     assert "LXT cp_LRP" in rows[3]
+    # peak memory at the largest batch, from a fresh --memory-only process: ours / the peer, both > 0
+    for r in rows:
+        ours_mb, peer_mb = (float(v) for v in r.split("|")[10].split("/"))
+        assert ours_mb > 0 and peer_mb > 0, r
     assert "CPU:" in out.stdout and "toy-shapes" in out.stdout
 
 
