@@ -330,18 +330,19 @@ def main() -> None:
     # Peak memory last, and in a process that has not run the cases (cold_memory): measured here it
     # forks this process once per case, and a timing run after those forks came out up to 1.3x
     # slower (ours; the LXT peer, in a process of its own, was not).
-    if later and not a.memory_only:
+    if a.memory_only:
+        for row, model, x, t in later:
+            fns = cases(row["method"], model, x, t, a)
+            try:
+                row["mem"] = memory(fns)
+            finally:
+                close(fns)
+            print(f"[{row['att']} attn, max-attn {row['peak']:.2f}] batch {row['B']} {row['method']}: peak RSS growth "
+                  + ", ".join(f"{k} {v:.0f} MB" for k, v in row["mem"].items()), flush=True)
+    elif later:
         cold = cold_memory(a)
         for row, *_ in later:
             row["mem"] = cold[_key(row)]
-    for row, model, x, t in later if a.memory_only else ():
-        fns = cases(row["method"], model, x, t, a)
-        try:
-            row["mem"] = memory(fns)
-        finally:
-            close(fns)
-        print(f"[{row['att']} attn, max-attn {row['peak']:.2f}] batch {row['B']} {row['method']}: peak RSS growth "
-              + ", ".join(f"{k} {v:.0f} MB" for k, v in row["mem"].items()), flush=True)
     if a.memory_json:
         Path(a.memory_json).write_text(json.dumps({_key(row): row["mem"] for row, *_ in later}))
     if a.markdown or a.readme:

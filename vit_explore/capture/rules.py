@@ -297,18 +297,16 @@ def lrp_rules(
                         f"blocks.{i}.attn multiplies its output by a sigmoid gate (attn.gate); attn_lrp has no "
                         "rule for that product here. Use chefer_generic, attn_grad_cam or saliency instead."
                     )
+                attn.fused_attn = False  # unfused even with q, k detached: the fused backward computes their gradients anyway
                 if variant == "cp" and _plain_attention(attn):
                     # q and k detached where the module normalises them: the probabilities are constants
                     # (nothing of softmax's backward is recorded) and v alone carries the gradient, so
                     # qkv's input gradient needs only its v rows
-                    attn.fused_attn = False  # the fused backward computes q's and k's gradients all the same
                     handles += [attn.q_norm.register_forward_hook(_detach_hook),
                                 attn.k_norm.register_forward_hook(_detach_hook)]
                     if gamma_linear == 0:
                         handles.append(attn.qkv.register_forward_hook(_value_rows_hook))
-                    continue
-                attn.fused_attn = False
-                if variant == "cp":
+                elif variant == "cp":
                     handles.append(attn.attn_drop.register_forward_hook(_detach_hook))
                 else:
                     handles.append(attn.attn_drop.register_forward_hook(_half_grad_hook))
